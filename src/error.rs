@@ -1,0 +1,81 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// Everything that can go wrong in `sds_lora`.
+///
+/// Every fallible operation leaves its inputs (parameters, optimizer state) exactly as they
+/// were when it returns one of these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// A Stiefel point must be tall: `[n, r]` with `r <= n`.
+    NotTall {
+        /// Rows `n`.
+        rows: usize,
+        /// Columns `r`.
+        cols: usize,
+    },
+    /// Two operands that must have the same shape do not.
+    ShapeMismatch {
+        /// Shape of the first operand.
+        left: (usize, usize),
+        /// Shape of the second operand.
+        right: (usize, usize),
+    },
+    /// An input holds NaN or an infinity.
+    NonFinite {
+        /// What was not finite ("point", "tangent step", "gradient of 0.basis_out", ...).
+        what: String,
+    },
+    /// A Cholesky factorisation met a matrix that is not numerically positive definite.
+    NotPositiveDefinite {
+        /// Which computation needed it.
+        what: &'static str,
+    },
+    /// A linear solve met a numerically singular matrix.
+    Singular {
+        /// Which computation needed it.
+        what: &'static str,
+    },
+    /// Newton-Schulz was started outside its convergence region (`||X^T X - I||_2 >= 1`).
+    NotConvergent {
+        /// The spectral distance `||Y^T Y - I||_2` of the starting point.
+        distance: f64,
+    },
+    /// The dfdx device reported an error.
+    Device(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotTall { rows, cols } => write!(
+                f,
+                "a Stiefel point must be tall ([n, r] with r <= n), got [{rows}, {cols}]"
+            ),
+            Error::ShapeMismatch { left, right } => {
+                write!(f, "shape mismatch: {left:?} vs {right:?}")
+            }
+            Error::NonFinite { what } => write!(f, "non-finite values (NaN or inf) in {what}"),
+            Error::NotPositiveDefinite { what } => {
+                write!(f, "{what}: matrix is not numerically positive definite")
+            }
+            Error::Singular { what } => write!(f, "{what}: matrix is numerically singular"),
+            Error::NotConvergent { distance } => write!(
+                f,
+                "Newton-Schulz needs ||Y^T Y - I||_2 < 1 to converge, got {distance:.3e}: \
+                 take a smaller step or another retraction"
+            ),
+            Error::Device(e) => write!(f, "device error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// Wraps a dfdx device error.
+    pub(crate) fn device(e: impl fmt::Debug) -> Self {
+        Error::Device(format!("{e:?}"))
+    }
+}

@@ -1,0 +1,106 @@
+//! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
+
+use super::{householder_q, slices, HostMat, Real, TallOps};
+use crate::Error;
+use dfdx::shapes::{Dim, HasShape, Shape};
+use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+use dfdx::tensor_ops::Device;
+use nalgebra::DMatrix;
+
+/// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
+/// loops and GEMM (matrixmultiply) on its slice, and the result is copied back once.
+#[derive(Debug, Clone, Default)]
+pub struct HostOps {
+    dev: Cpu,
+}
+
+impl HostOps {
+    /// The host backend for `dev`.
+    pub fn new(dev: &Cpu) -> Self {
+        Self { dev: dev.clone() }
+    }
+}
+
+impl<E: Real> TallOps<E> for HostOps
+where
+    Cpu: Device<E>,
+{
+    type Device = Cpu;
+    type Mat = HostMat<E>;
+
+    fn dims(&self, a: &HostMat<E>) -> (usize, usize) {
+        (a.rows, a.cols)
+    }
+
+    fn load<N: Dim, R: Dim>(&self, x: &Tensor<(N, R), E, Cpu>) -> Result<HostMat<E>, Error> {
+        let [n, r] = x.shape().concrete();
+        Ok(HostMat::new(n, r, x.as_vec()))
+    }
+
+    fn store<N: Dim, R: Dim>(
+        &self,
+        a: HostMat<E>,
+        shape: (N, R),
+    ) -> Result<Tensor<(N, R), E, Cpu>, Error> {
+        check_dims(&a, shape.concrete())?;
+        self.dev
+            .try_tensor_from_vec(a.data, shape)
+            .map_err(Error::device)
+    }
+
+    fn store_into<N: Dim, R: Dim>(
+        &self,
+        a: &HostMat<E>,
+        dst: &mut Tensor<(N, R), E, Cpu>,
+    ) -> Result<(), Error> {
+        check_dims(a, dst.shape().concrete())?;
+        dst.copy_from(&a.data);
+        Ok(())
+    }
+
+    fn gram(&self, a: &HostMat<E>, b: &HostMat<E>) -> Result<DMatrix<f64>, Error> {
+        Ok(a.gram(b))
+    }
+
+    fn mul_small(&self, a: &HostMat<E>, m: &DMatrix<f64>) -> Result<HostMat<E>, Error> {
+        Ok(a.mul_small_add(m, None))
+    }
+
+    fn mul_small_add(
+        &self,
+        a: &HostMat<E>,
+        m: &DMatrix<f64>,
+        c: &HostMat<E>,
+    ) -> Result<HostMat<E>, Error> {
+        Ok(a.mul_small_add(m, Some(c)))
+    }
+
+    fn lincomb(
+        &self,
+        alpha: E,
+        a: &HostMat<E>,
+        beta: E,
+        b: &HostMat<E>,
+    ) -> Result<HostMat<E>, Error> {
+        Ok(HostMat::lincomb(alpha, a, beta, b))
+    }
+
+    fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {
+        Ok(slices::all_finite(&a.data))
+    }
+
+    fn qr_q(&self, a: &HostMat<E>) -> Result<HostMat<E>, Error> {
+        Ok(householder_q(a))
+    }
+}
+
+fn check_dims<E>(a: &HostMat<E>, [n, r]: [usize; 2]) -> Result<(), Error> {
+    if (a.rows, a.cols) == (n, r) {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            left: (a.rows, a.cols),
+            right: (n, r),
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Per-device arithmetic: the bottom layer.
+//!
+//! Everything the geometry needs is a handful of operations on tall `n x r` matrices
+//! ([`TallOps`]) plus small `r x r` work on the host in `f64` ([`small`]). On `Cpu` they
+//! run as fused loops and GEMM on plain slices ([`HostOps`]); on other devices they are
+//! composed from dfdx ops ([`ComposedOps`]).
+
+mod composed_ops;
+mod host_mat;
+mod host_ops;
+mod householder;
+mod real;
+pub mod slices;
+pub mod small;
+mod stiefel_device;
+mod tall_ops;
+
+pub use composed_ops::ComposedOps;
+pub use host_mat::HostMat;
+pub use host_ops::HostOps;
+pub use householder::householder_q;
+pub use real::Real;
+pub use stiefel_device::StiefelDevice;
+pub use tall_ops::TallOps;

@@ -1,0 +1,67 @@
+//! The per-device arithmetic on tall `n x r` matrices that the geometry is written in.
+
+use super::Real;
+use crate::Error;
+use dfdx::shapes::Dim;
+use dfdx::tensor::Tensor;
+use dfdx::tensor_ops::Device;
+use nalgebra::DMatrix;
+
+/// Operations on tall `n x r` matrices (`r` small) that every Stiefel computation reduces
+/// to: `O(n r^2)` products with small matrices, Gram matrices, linear combinations and a
+/// Householder QR. Small `r x r` results live on the host in `f64`.
+///
+/// Two implementations: [`HostOps`](super::HostOps), fused loops and GEMM on plain slices
+/// (the CPU fast path), and [`ComposedOps`](super::ComposedOps), composed from dfdx tensor
+/// ops (the path used on CUDA, also runnable on `Cpu` for testing it).
+pub trait TallOps<E: Real> {
+    /// The dfdx device whose tensors are loaded and stored.
+    type Device: Device<E>;
+    /// A tall matrix in this backend's working form.
+    type Mat: Clone;
+
+    /// `(rows, cols)` of `a`.
+    fn dims(&self, a: &Self::Mat) -> (usize, usize);
+
+    /// Reads a tensor into the working form.
+    fn load<N: Dim, R: Dim>(&self, x: &Tensor<(N, R), E, Self::Device>)
+        -> Result<Self::Mat, Error>;
+
+    /// Builds a new tensor of shape `shape` from the working form.
+    fn store<N: Dim, R: Dim>(
+        &self,
+        a: Self::Mat,
+        shape: (N, R),
+    ) -> Result<Tensor<(N, R), E, Self::Device>, Error>;
+
+    /// Overwrites `dst`'s data with `a`, in place: `dst` keeps its tensor id.
+    fn store_into<N: Dim, R: Dim>(
+        &self,
+        a: &Self::Mat,
+        dst: &mut Tensor<(N, R), E, Self::Device>,
+    ) -> Result<(), Error>;
+
+    /// `A^T B`, returned on the host in `f64`.
+    fn gram(&self, a: &Self::Mat, b: &Self::Mat) -> Result<DMatrix<f64>, Error>;
+
+    /// `A M` with a small host matrix `M`.
+    fn mul_small(&self, a: &Self::Mat, m: &DMatrix<f64>) -> Result<Self::Mat, Error>;
+
+    /// `C + A M` with a small host matrix `M`.
+    fn mul_small_add(
+        &self,
+        a: &Self::Mat,
+        m: &DMatrix<f64>,
+        c: &Self::Mat,
+    ) -> Result<Self::Mat, Error>;
+
+    /// `alpha A + beta B`.
+    fn lincomb(&self, alpha: E, a: &Self::Mat, beta: E, b: &Self::Mat)
+        -> Result<Self::Mat, Error>;
+
+    /// Whether every element of `a` is finite.
+    fn all_finite(&self, a: &Self::Mat) -> Result<bool, Error>;
+
+    /// The Q factor of the thin QR of `a` with `diag(R) >= 0` (Householder).
+    fn qr_q(&self, a: &Self::Mat) -> Result<Self::Mat, Error>;
+}

@@ -1,0 +1,33 @@
+//! # sds-lora
+//!
+//! SDS-LoRA (scale-decoupled, Stiefel-constrained low-rank adaptation) for
+//! [dfdx](https://docs.rs/dfdx) 0.13.
+//!
+//! The adapter is `dW = c U diag(s) V^T` with `U`, `V` on Stiefel manifolds (orthonormal
+//! columns) and the scales `s` Euclidean. This crate is layered, dependencies pointing
+//! down only:
+//!
+//! - [`stiefel`]: geometry on `St(n, r)`: tangent projection, six retractions, transport,
+//!   random points, checks.
+//! - [`kernels`]: per-device arithmetic: fused loops and GEMM on plain slices for `Cpu`,
+//!   dfdx ops for other devices, small `r x r` work on the host through nalgebra.
+//!
+//! ```
+//! use dfdx::prelude::*;
+//! use sds_lora::stiefel::{orthogonality_error, project_tangent, random_point, retract, Retraction};
+//!
+//! let dev = Cpu::default();
+//! let x: Tensor<Rank2<64, 8>, f32, _> = random_point(&dev, (Const, Const), 42).unwrap();
+//! let euclidean_grad: Tensor<Rank2<64, 8>, f32, _> = dev.sample_normal();
+//! let step = project_tangent(&x, &euclidean_grad).unwrap() * -0.01;
+//! let x_next = retract(&x, &step, Retraction::Qr).unwrap();
+//! assert!(orthogonality_error(&x_next) < 1e-5);
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod kernels;
+pub mod stiefel;
+
+pub use error::Error;

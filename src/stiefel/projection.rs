@@ -1,0 +1,57 @@
+//! Orthogonal projection onto the tangent space of St(n, r) (Euclidean metric).
+
+use crate::kernels::{small::sym, Real, StiefelDevice, TallOps};
+use crate::Error;
+use dfdx::shapes::{Dim, HasShape};
+use dfdx::tensor::Tensor;
+
+/// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`, on a backend's working form:
+/// one Gram product and one fused multiply-add, `O(n r^2)`.
+pub fn project_mat<E: Real, B: TallOps<E>>(
+    ops: &B,
+    x: &B::Mat,
+    g: &B::Mat,
+) -> Result<B::Mat, Error> {
+    check_same_dims(ops, x, g)?;
+    let s = sym(&ops.gram(x, g)?);
+    ops.mul_small_add(x, &(-s), g)
+}
+
+/// Projects `g` onto the tangent space of the Stiefel manifold at `x`:
+/// `P_X(G) = G - X sym(X^T G)`.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::stiefel::{is_tangent, project_tangent, random_point};
+///
+/// let dev = Cpu::default();
+/// let x = random_point::<f64, _, _, _>(&dev, (8, 3), 0).unwrap();
+/// let g: Tensor<(usize, usize), f64, _> = dev.sample_normal_like(&(8, 3));
+/// let v = project_tangent(&x, &g).unwrap();
+/// assert!(is_tangent(&x, &v, 1e-12));
+/// ```
+pub fn project_tangent<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
+    x: &Tensor<(N, R), E, D>,
+    g: &Tensor<(N, R), E, D>,
+) -> Result<Tensor<(N, R), E, D>, Error> {
+    let ops = x.device().tall_ops();
+    let p = project_mat(&ops, &ops.load(x)?, &ops.load(g)?)?;
+    ops.store(p, *x.shape())
+}
+
+/// Errors unless `a` and `b` have the same dimensions.
+pub(crate) fn check_same_dims<E: Real, B: TallOps<E>>(
+    ops: &B,
+    a: &B::Mat,
+    b: &B::Mat,
+) -> Result<(), Error> {
+    let (da, db) = (ops.dims(a), ops.dims(b));
+    if da == db {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            left: da,
+            right: db,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! Choosing a retraction and applying it.
+
+use super::projection::check_same_dims;
+use super::retractions;
+use crate::kernels::{Real, StiefelDevice, TallOps};
+use crate::Error;
+use dfdx::shapes::{Dim, HasShape};
+use dfdx::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// A retraction `R_X(xi)` of St(n, r): a map from a tangent step back onto the manifold
+/// with `R_X(0) = X` and `R_X(t xi) = X + t xi + O(t^2)`.
+///
+/// All cost `O(n r^2)` time and `O(n r)` memory; nothing `n x n` is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retraction {
+    /// Q factor of `X + xi` with `diag(R) >= 0` (Householder): the reference.
+    Qr,
+    /// The same Q factor by Cholesky-QR, twice: matmul plus `r x r` work.
+    CholeskyQr2,
+    /// The polar factor `(X + xi)(I + xi^T xi)^{-1/2}`: the closest manifold point.
+    Polar,
+    /// `iters` Newton-Schulz steps towards the polar factor: matmul only, small steps.
+    NewtonSchulz {
+        /// Number of iterations (4 or more for agreement with `Polar` to 1e-10 at
+        /// moderate steps).
+        iters: usize,
+    },
+    /// The Cayley transform of the skew matrix `P xi X^T - X xi^T P`.
+    Cayley,
+    /// The exponential map: the Euclidean-metric geodesic.
+    Exp,
+}
+
+impl Default for Retraction {
+    fn default() -> Self {
+        Retraction::Qr
+    }
+}
+
+impl Retraction {
+    /// All six, `NewtonSchulz` with `iters` iterations (for benches and ablations).
+    pub fn all(iters: usize) -> [Retraction; 6] {
+        [
+            Retraction::Qr,
+            Retraction::CholeskyQr2,
+            Retraction::Polar,
+            Retraction::NewtonSchulz { iters },
+            Retraction::Cayley,
+            Retraction::Exp,
+        ]
+    }
+
+    /// A short lowercase name (`"qr"`, `"cholesky_qr2"`, `"polar"`, `"newton_schulz"`,
+    /// `"cayley"`, `"exp"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Retraction::Qr => "qr",
+            Retraction::CholeskyQr2 => "cholesky_qr2",
+            Retraction::Polar => "polar",
+            Retraction::NewtonSchulz { .. } => "newton_schulz",
+            Retraction::Cayley => "cayley",
+            Retraction::Exp => "exp",
+        }
+    }
+
+    /// Parses [`Retraction::name`] (NewtonSchulz takes `ns_iters` iterations).
+    pub fn from_name(name: &str, ns_iters: usize) -> Option<Self> {
+        Self::all(ns_iters).into_iter().find(|r| r.name() == name)
+    }
+
+    /// Applies the retraction on a backend's working form, after checking that `x` and
+    /// `xi` have the same tall shape and are finite.
+    pub fn apply<E: Real, B: TallOps<E>>(
+        &self,
+        ops: &B,
+        x: &B::Mat,
+        xi: &B::Mat,
+    ) -> Result<B::Mat, Error> {
+        check_same_dims(ops, x, xi)?;
+        let (rows, cols) = ops.dims(x);
+        if cols > rows {
+            return Err(Error::NotTall { rows, cols });
+        }
+        for (m, what) in [(x, "point"), (xi, "tangent step")] {
+            if !ops.all_finite(m)? {
+                return Err(Error::NonFinite { what: what.into() });
+            }
+        }
+        match *self {
+            Retraction::Qr => retractions::qr(ops, x, xi),
+            Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, x, xi),
+            Retraction::Polar => retractions::polar(ops, x, xi),
+            Retraction::NewtonSchulz { iters } => retractions::newton_schulz(ops, x, xi, iters),
+            Retraction::Cayley => retractions::cayley(ops, x, xi),
+            Retraction::Exp => retractions::exp(ops, x, xi),
+        }
+    }
+}
+
+/// Retracts the step `xi` at the point `x` back onto St(n, r) with `kind`.
+///
+/// Errors (inputs untouched): shapes differ or are not tall ([`Error::ShapeMismatch`],
+/// [`Error::NotTall`]), NaN or infinity in either input ([`Error::NonFinite`]), a failed
+/// factorisation or solve, Newton-Schulz outside its convergence region.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::stiefel::{orthogonality_error, project_tangent, random_point, retract, Retraction};
+///
+/// let dev = Cpu::default();
+/// let x = random_point::<f64, _, _, _>(&dev, (32, 4), 0).unwrap();
+/// let g: Tensor<(usize, usize), f64, _> = dev.sample_normal_like(&(32, 4));
+/// let xi = project_tangent(&x, &g).unwrap() * -0.1;
+/// for kind in Retraction::all(5) {
+///     let y = retract(&x, &xi, kind).unwrap();
+///     assert!(orthogonality_error(&y) < 1e-13, "{kind:?}");
+/// }
+/// ```
+pub fn retract<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
+    x: &Tensor<(N, R), E, D>,
+    xi: &Tensor<(N, R), E, D>,
+    kind: Retraction,
+) -> Result<Tensor<(N, R), E, D>, Error> {
+    let ops = x.device().tall_ops();
+    let y = kind.apply(&ops, &ops.load(x)?, &ops.load(xi)?)?;
+    ops.store(y, *x.shape())
+}

@@ -1,0 +1,31 @@
+//! Exponential map (geodesic) of the Euclidean metric.
+
+use crate::kernels::{small, Real, TallOps};
+use crate::Error;
+use nalgebra::DMatrix;
+
+/// The geodesic of the Euclidean (embedded) metric from `X` with velocity `xi`, at time 1
+/// (Edelman, Arias and Smith 1998, eq. 2.14):
+///
+/// `R_X(xi) = [X, xi] expm([[A, -S], [I, A]]) [expm(-A); 0]`, `A = X^T xi`, `S = xi^T xi`.
+///
+/// With `[C1; C2] = expm([[A, -S], [I, A]])[:, ..r] expm(-A)` (`2r x r`, host), the result
+/// is `X C1 + xi C2`. For tangent `xi`, `A` is skew.
+pub fn exp<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
+    let a = ops.gram(x, xi)?;
+    let s = ops.gram(xi, xi)?;
+    let r = a.nrows();
+    let mut m = DMatrix::zeros(2 * r, 2 * r);
+    m.view_mut((0, 0), (r, r)).copy_from(&a);
+    m.view_mut((0, r), (r, r)).copy_from(&(-s));
+    m.view_mut((r, 0), (r, r)).fill_with_identity();
+    m.view_mut((r, r), (r, r)).copy_from(&a);
+    let c = small::expm(&m).columns(0, r) * small::expm(&(-a));
+    if !c.iter().all(|v| v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "matrix exponential of the geodesic".into(),
+        });
+    }
+    let x_c1 = ops.mul_small(x, &c.rows(0, r).into_owned())?;
+    ops.mul_small_add(xi, &c.rows(r, r).into_owned(), &x_c1)
+}
