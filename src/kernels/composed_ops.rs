@@ -62,7 +62,10 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         dst: &mut Tensor<(N, R), E, D>,
     ) -> Result<(), Error> {
         check_dims(a, dst.shape().concrete())?;
-        let src = a.clone().try_reshape_like(dst.shape()).map_err(Error::device)?;
+        let src = a
+            .clone()
+            .try_reshape_like(dst.shape())
+            .map_err(Error::device)?;
         dst.try_fill_with_zeros().map_err(Error::device)?;
         dst.try_axpy(1.0, &src, 1.0).map_err(Error::device)
     }
@@ -97,13 +100,7 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         c.clone().try_add(am).map_err(Error::device)
     }
 
-    fn lincomb(
-        &self,
-        alpha: E,
-        a: &Mat<E, D>,
-        beta: E,
-        b: &Mat<E, D>,
-    ) -> Result<Mat<E, D>, Error> {
+    fn lincomb(&self, alpha: E, a: &Mat<E, D>, beta: E, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
         let mut out = b.clone();
         out.try_axpy(beta.to_f64(), a, alpha.to_f64())
             .map_err(Error::device)?;

@@ -57,7 +57,10 @@ pub fn all_finite<E: Real>(a: &[E]) -> bool {
             acc[l] += c[l] - c[l];
         }
     }
-    let tail = chunks.remainder().iter().fold(E::zero(), |s, &x| s + (x - x));
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(E::zero(), |s, &x| s + (x - x));
     acc.iter().fold(tail, |s, &x| s + x) == E::zero()
 }
 

@@ -56,8 +56,7 @@ pub trait TallOps<E: Real> {
     ) -> Result<Self::Mat, Error>;
 
     /// `alpha A + beta B`.
-    fn lincomb(&self, alpha: E, a: &Self::Mat, beta: E, b: &Self::Mat)
-        -> Result<Self::Mat, Error>;
+    fn lincomb(&self, alpha: E, a: &Self::Mat, beta: E, b: &Self::Mat) -> Result<Self::Mat, Error>;
 
     /// Whether every element of `a` is finite.
     fn all_finite(&self, a: &Self::Mat) -> Result<bool, Error>;

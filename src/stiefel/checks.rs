@@ -1,17 +1,44 @@
-//! Diagnostics of points and tangent vectors, computed on the host in `f64`.
+//! Diagnostics of points and tangent vectors, computed on the host with compensated
+//! `f64` dot products, so that they measure the stored values rather than their own
+//! rounding.
 
 use crate::kernels::Real;
-use dfdx::shapes::{Dim, HasShape};
+use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Storage, Tensor};
 use nalgebra::DMatrix;
 
-fn host_f64<N: Dim, R: Dim, E: Real, D: Storage<E>>(x: &Tensor<(N, R), E, D>) -> DMatrix<f64> {
-    let [n, r] = dfdx::shapes::Shape::concrete(x.shape());
-    DMatrix::from_row_iterator(n, r, x.as_vec().into_iter().map(Real::to_f64))
+/// Columns of `x` as `f64` vectors (copies `x` to the host).
+fn host_columns<N: Dim, R: Dim, E: Real, D: Storage<E>>(x: &Tensor<(N, R), E, D>) -> Vec<Vec<f64>> {
+    let [n, r] = x.shape().concrete();
+    let data = x.as_vec();
+    (0..r)
+        .map(|j| (0..n).map(|i| data[i * r + j].to_f64()).collect())
+        .collect()
 }
 
-/// `||X^T X - I||_F`, accumulated in `f64` on the host (so it measures the stored values,
-/// not the rounding of the check). Copies `x` to the host: a diagnostic, not a hot path.
+/// `sum_i a_i b_i` to about twice working precision (Ogita, Rump and Oishi's Dot2:
+/// exact products by FMA, error-free sums by TwoSum, errors summed separately).
+fn dot2(a: &[f64], b: &[f64]) -> f64 {
+    let (mut s, mut c) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let p = x * y;
+        let pe = x.mul_add(y, -p);
+        let t = s + p;
+        let z = t - s;
+        let se = (s - (t - z)) + (p - z);
+        s = t;
+        c += pe + se;
+    }
+    s + c
+}
+
+/// `A^T B` by compensated dot products.
+fn gram(a: &[Vec<f64>], b: &[Vec<f64>]) -> DMatrix<f64> {
+    DMatrix::from_fn(a.len(), b.len(), |i, j| dot2(&a[i], &b[j]))
+}
+
+/// `||X^T X - I||_F`, accumulated with compensated `f64` dot products on the host.
+/// Copies `x` to the host: a diagnostic, not a hot path.
 ///
 /// ```
 /// use dfdx::prelude::*;
@@ -24,12 +51,12 @@ fn host_f64<N: Dim, R: Dim, E: Real, D: Storage<E>>(x: &Tensor<(N, R), E, D>) ->
 pub fn orthogonality_error<N: Dim, R: Dim, E: Real, D: Storage<E>>(
     x: &Tensor<(N, R), E, D>,
 ) -> f64 {
-    let x = host_f64(x);
-    let r = x.ncols();
-    (x.transpose() * &x - DMatrix::identity(r, r)).norm()
+    let cols = host_columns(x);
+    let r = cols.len();
+    (gram(&cols, &cols) - DMatrix::identity(r, r)).norm()
 }
 
-/// Whether `v` is tangent at `x`: `||X^T V + V^T X||_F <= tol` (computed in `f64`).
+/// Whether `v` is tangent at `x`: `||X^T V + V^T X||_F <= tol` (compensated `f64`).
 ///
 /// ```
 /// use dfdx::prelude::*;
@@ -46,7 +73,19 @@ pub fn is_tangent<N: Dim, R: Dim, E: Real, D: Storage<E>>(
     v: &Tensor<(N, R), E, D>,
     tol: f64,
 ) -> bool {
-    let (x, v) = (host_f64(x), host_f64(v));
-    let a = x.transpose() * v;
+    let a = gram(&host_columns(x), &host_columns(v));
     (&a + a.transpose()).norm() <= tol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot2;
+
+    #[test]
+    fn dot2_recovers_cancelled_terms() {
+        // Plain summation loses the 1.0 entirely; Dot2 keeps it.
+        let a = [1e17, 1.0, -1e17];
+        let b = [1.0, 1.0, 1.0];
+        assert_eq!(dot2(&a, &b), 1.0);
+    }
 }

@@ -10,17 +10,24 @@ use nalgebra::DMatrix;
 /// `R_X(xi) = [X, xi] expm([[A, -S], [I, A]]) [expm(-A); 0]`, `A = X^T xi`, `S = xi^T xi`.
 ///
 /// With `[C1; C2] = expm([[A, -S], [I, A]])[:, ..r] expm(-A)` (`2r x r`, host), the result
-/// is `X C1 + xi C2`. For tangent `xi`, `A` is skew.
+/// is `X C1 + xi C2`. For tangent `xi`, `A` is skew. `C` is [polished](small::polish)
+/// against the Gram matrix `[[X^T X, A], [A^T, S]]` of `[X, xi]`, which moves it by
+/// rounding only and keeps the result on the manifold to rounding.
 pub fn exp<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
     let a = ops.gram(x, xi)?;
     let s = ops.gram(xi, xi)?;
     let r = a.nrows();
+    let mut h = DMatrix::zeros(2 * r, 2 * r);
+    h.view_mut((0, 0), (r, r)).copy_from(&ops.gram(x, x)?);
+    h.view_mut((0, r), (r, r)).copy_from(&a);
+    h.view_mut((r, 0), (r, r)).copy_from(&a.transpose());
+    h.view_mut((r, r), (r, r)).copy_from(&s);
     let mut m = DMatrix::zeros(2 * r, 2 * r);
     m.view_mut((0, 0), (r, r)).copy_from(&a);
     m.view_mut((0, r), (r, r)).copy_from(&(-s));
     m.view_mut((r, 0), (r, r)).fill_with_identity();
     m.view_mut((r, r), (r, r)).copy_from(&a);
-    let c = small::expm(&m).columns(0, r) * small::expm(&(-a));
+    let c = small::polish(&(small::expm(&m).columns(0, r) * small::expm(&(-a))), &h);
     if !c.iter().all(|v| v.is_finite()) {
         return Err(Error::NonFinite {
             what: "matrix exponential of the geodesic".into(),

@@ -17,10 +17,8 @@ pub fn newton_schulz<E: Real, B: TallOps<E>>(
 ) -> Result<B::Mat, Error> {
     let mut y = ops.lincomb(E::one(), x, E::one(), xi)?;
     let mut gram = ops.gram(&y, &y)?;
-    let distance = small::spectral_distance_from_identity(&gram);
-    if !(distance < 1.0) {
-        return Err(Error::NotConvergent { distance });
-    }
+    small::within_unit_distance_of_identity(&gram)
+        .map_err(|distance| Error::NotConvergent { distance })?;
     let r = gram.nrows();
     for i in 0..iters {
         if i > 0 {
