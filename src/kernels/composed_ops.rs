@@ -120,9 +120,9 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
     fn qr_q(&self, a: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
         let (n, r) = *a.shape();
         let q = householder_q(&HostMat::new(n, r, a.as_vec()));
-        let mut out: Mat<E, D> = self.dev.try_zeros_like(&(n, r)).map_err(Error::device)?;
-        out.copy_from(&q.data);
-        Ok(out)
+        self.dev
+            .try_tensor_from_vec(q.into_compact(), (n, r))
+            .map_err(Error::device)
     }
 }
 

@@ -1,25 +1,151 @@
 //! A dense row-major `n x r` matrix on the host: the CPU fast path's working type.
 
+use super::scratch;
 use super::slices;
 use super::Real;
 use nalgebra::DMatrix;
 
-/// A row-major `rows x cols` matrix in a plain `Vec`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostMat<E> {
-    /// Number of rows `n`.
-    pub rows: usize,
-    /// Number of columns `r`.
-    pub cols: usize,
-    /// Row-major data, `rows * cols` long.
-    pub data: Vec<E>,
+/// Rows are padded to a multiple of this many elements (one AVX2 register of `f32`), so
+/// that row kernels run over whole vector registers.
+pub const ROW_ALIGN: usize = 8;
+
+/// A row-major `rows x cols` matrix whose rows are `stride` elements apart
+/// (`stride = cols` rounded up to [`ROW_ALIGN`]); the padding holds zeros.
+///
+/// Storage comes from, and returns on drop to, a per-thread [pool](super::scratch).
+#[derive(Debug, PartialEq)]
+pub struct HostMat<E: Real> {
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    data: Vec<E>,
+}
+
+impl<E: Real> Drop for HostMat<E> {
+    fn drop(&mut self) {
+        scratch::recycle(std::mem::take(&mut self.data));
+    }
+}
+
+impl<E: Real> Clone for HostMat<E> {
+    fn clone(&self) -> Self {
+        let mut data = scratch::zeroed(self.data.len());
+        data.copy_from_slice(&self.data);
+        Self { data, ..*self }
+    }
 }
 
 impl<E: Real> HostMat<E> {
-    /// Wraps row-major `data`. Panics if the length is not `rows * cols`.
+    /// The padded row length for `cols` columns.
+    pub fn stride_for(cols: usize) -> usize {
+        cols.div_ceil(ROW_ALIGN).max(1) * ROW_ALIGN
+    }
+
+    /// A `rows x cols` matrix of zeros.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        let stride = Self::stride_for(cols);
+        Self {
+            rows,
+            cols,
+            stride,
+            data: scratch::zeroed(rows * stride),
+        }
+    }
+
+    /// Fills a matrix through `fill`, which receives the padded storage (`rows * stride`
+    /// long) when `stride == cols`, else a compact row-major buffer that is then padded.
+    pub fn filled_with(rows: usize, cols: usize, fill: impl FnOnce(&mut [E])) -> Self {
+        let mut m = Self::zeros(rows, cols);
+        if m.stride == cols {
+            fill(&mut m.data);
+        } else {
+            let mut compact = scratch::zeroed(rows * cols);
+            fill(&mut compact);
+            for (dst, src) in m
+                .data
+                .chunks_exact_mut(m.stride)
+                .zip(compact.chunks_exact(cols))
+            {
+                dst[..cols].copy_from_slice(src);
+            }
+            scratch::recycle(compact);
+        }
+        m
+    }
+
+    /// A matrix holding compact row-major `data`. Panics if the length is not `rows * cols`.
     pub fn new(rows: usize, cols: usize, data: Vec<E>) -> Self {
         assert_eq!(data.len(), rows * cols, "HostMat: data length");
-        Self { rows, cols, data }
+        if Self::stride_for(cols) == cols {
+            return Self {
+                rows,
+                cols,
+                stride: cols,
+                data,
+            };
+        }
+        let m = Self::filled_with(rows, cols, |buf| buf.copy_from_slice(&data));
+        scratch::recycle(data);
+        m
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Distance between the starts of consecutive rows.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The padded storage, `rows * stride` long.
+    pub fn storage(&self) -> &[E] {
+        &self.data
+    }
+
+    /// The padded storage, mutably. Padding must stay zero.
+    pub fn storage_mut(&mut self) -> &mut [E] {
+        &mut self.data
+    }
+
+    /// Element `(i, j)`.
+    pub fn get(&self, i: usize, j: usize) -> E {
+        self.data[i * self.stride + j]
+    }
+
+    /// Runs `f` on the compact row-major data (no copy when `stride == cols`).
+    pub fn with_compact<R>(&self, f: impl FnOnce(&[E]) -> R) -> R {
+        if self.stride == self.cols {
+            return f(&self.data);
+        }
+        let compact = self.to_compact();
+        let out = f(&compact);
+        scratch::recycle(compact);
+        out
+    }
+
+    /// The compact row-major data, copied.
+    pub fn to_compact(&self) -> Vec<E> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for row in self.data.chunks_exact(self.stride) {
+            out.extend_from_slice(&row[..self.cols]);
+        }
+        out
+    }
+
+    /// The compact row-major data (moved out when `stride == cols`).
+    pub fn into_compact(mut self) -> Vec<E> {
+        if self.stride == self.cols {
+            std::mem::take(&mut self.data)
+        } else {
+            self.to_compact()
+        }
     }
 
     /// `A^T B` (`cols_a x cols_b`, computed in `E` by GEMM, returned in `f64`).
@@ -27,8 +153,8 @@ impl<E: Real> HostMat<E> {
         assert_eq!(self.rows, b.rows, "HostMat::gram: row counts differ");
         let (ra, rb) = (self.cols, b.cols);
         let mut c = vec![E::zero(); ra * rb];
-        // SAFETY: A^T is `ra x n` with strides (1, ra) over self.data (n * ra long);
-        // B is `n x rb` with strides (rb, 1); C is `ra x rb` row-major and owned here.
+        // SAFETY: A^T is `ra x n` with strides (1, stride_a) over self.data; B is `n x rb`
+        // with strides (stride_b, 1); C is `ra x rb` row-major and owned here.
         unsafe {
             E::gemm(
                 ra,
@@ -37,9 +163,9 @@ impl<E: Real> HostMat<E> {
                 E::one(),
                 self.data.as_ptr(),
                 1,
-                ra as isize,
+                self.stride as isize,
                 b.data.as_ptr(),
-                rb as isize,
+                b.stride as isize,
                 1,
                 E::zero(),
                 c.as_mut_ptr(),
@@ -58,12 +184,12 @@ impl<E: Real> HostMat<E> {
         let (mut out, beta) = match c {
             Some(c) => {
                 assert_eq!((c.rows, c.cols), (self.rows, k), "HostMat::mul_small_add");
-                (c.data.clone(), E::one())
+                (c.clone(), E::one())
             }
-            None => (vec![E::zero(); self.rows * k], E::zero()),
+            None => (Self::zeros(self.rows, k), E::zero()),
         };
-        // SAFETY: A is `n x r` row-major, M (transposed iteration above gives row-major)
-        // is `r x k`, out is `n x k` row-major and owned here.
+        // SAFETY: A is `n x r` with row stride `stride`, M is `r x k` row-major, out is
+        // `n x k` with its own row stride, all owned or borrowed here.
         unsafe {
             E::gemm(
                 self.rows,
@@ -71,25 +197,25 @@ impl<E: Real> HostMat<E> {
                 k,
                 E::one(),
                 self.data.as_ptr(),
-                self.cols as isize,
+                self.stride as isize,
                 1,
                 m_e.as_ptr(),
                 k as isize,
                 1,
                 beta,
-                out.as_mut_ptr(),
-                k as isize,
+                out.data.as_mut_ptr(),
+                out.stride as isize,
                 1,
             );
         }
-        Self::new(self.rows, k, out)
+        out
     }
 
     /// `alpha A + beta B`.
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");
-        let mut out = vec![E::zero(); a.data.len()];
-        slices::lincomb(alpha, &a.data, beta, &b.data, &mut out);
-        Self::new(a.rows, a.cols, out)
+        let mut out = Self::zeros(a.rows, a.cols);
+        slices::lincomb(alpha, &a.data, beta, &b.data, &mut out.data);
+        out
     }
 }

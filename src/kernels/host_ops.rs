@@ -4,7 +4,7 @@ use super::{householder_q, slices, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
-use dfdx::tensor_ops::Device;
+use dfdx::tensor_ops::{Device, ReshapeTo};
 use nalgebra::DMatrix;
 
 /// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
@@ -29,12 +29,14 @@ where
     type Mat = HostMat<E>;
 
     fn dims(&self, a: &HostMat<E>) -> (usize, usize) {
-        (a.rows, a.cols)
+        (a.rows(), a.cols())
     }
 
     fn load<N: Dim, R: Dim>(&self, x: &Tensor<(N, R), E, Cpu>) -> Result<HostMat<E>, Error> {
         let [n, r] = x.shape().concrete();
-        Ok(HostMat::new(n, r, x.as_vec()))
+        // A contiguous view (free unless `x` is strided), then one memcpy.
+        let contiguous = x.clone().try_reshape_like(&(n, r)).map_err(Error::device)?;
+        Ok(HostMat::filled_with(n, r, |buf| contiguous.copy_into(buf)))
     }
 
     fn store<N: Dim, R: Dim>(
@@ -44,7 +46,7 @@ where
     ) -> Result<Tensor<(N, R), E, Cpu>, Error> {
         check_dims(&a, shape.concrete())?;
         self.dev
-            .try_tensor_from_vec(a.data, shape)
+            .try_tensor_from_vec(a.into_compact(), shape)
             .map_err(Error::device)
     }
 
@@ -54,7 +56,7 @@ where
         dst: &mut Tensor<(N, R), E, Cpu>,
     ) -> Result<(), Error> {
         check_dims(a, dst.shape().concrete())?;
-        dst.copy_from(&a.data);
+        a.with_compact(|data| dst.copy_from(data));
         Ok(())
     }
 
@@ -86,7 +88,7 @@ where
     }
 
     fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {
-        Ok(slices::all_finite(&a.data))
+        Ok(slices::all_finite(a.storage()))
     }
 
     fn qr_q(&self, a: &HostMat<E>) -> Result<HostMat<E>, Error> {
@@ -94,12 +96,12 @@ where
     }
 }
 
-fn check_dims<E>(a: &HostMat<E>, [n, r]: [usize; 2]) -> Result<(), Error> {
-    if (a.rows, a.cols) == (n, r) {
+fn check_dims<E: Real>(a: &HostMat<E>, [n, r]: [usize; 2]) -> Result<(), Error> {
+    if (a.rows(), a.cols()) == (n, r) {
         Ok(())
     } else {
         Err(Error::ShapeMismatch {
-            left: (a.rows, a.cols),
+            left: (a.rows(), a.cols()),
             right: (n, r),
         })
     }

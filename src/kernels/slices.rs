@@ -49,18 +49,18 @@ pub fn lincomb<E: Real>(alpha: E, a: &[E], beta: E, b: &[E], out: &mut [E]) {
 
 /// Whether every element is finite (no NaN, no infinity).
 pub fn all_finite<E: Real>(a: &[E]) -> bool {
-    // x - x is 0 for finite x and NaN otherwise; NaN poisons the sum.
+    // 0 * x is 0 for finite x and NaN otherwise; NaN poisons the sum.
     let mut acc = [E::zero(); LANES];
     let mut chunks = a.chunks_exact(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
-            acc[l] += c[l] - c[l];
+            acc[l] += c[l] * E::zero();
         }
     }
     let tail = chunks
         .remainder()
         .iter()
-        .fold(E::zero(), |s, &x| s + (x - x));
+        .fold(E::zero(), |s, &x| s + x * E::zero());
     acc.iter().fold(tail, |s, &x| s + x) == E::zero()
 }
 

@@ -7,6 +7,9 @@ use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::Device;
 use nalgebra::DMatrix;
 
+/// A rank-2 tensor `[N, R]` on a backend's device.
+pub type TallTensor<N, R, E, D> = Tensor<(N, R), E, D>;
+
 /// Operations on tall `n x r` matrices (`r` small) that every Stiefel computation reduces
 /// to: `O(n r^2)` products with small matrices, Gram matrices, linear combinations and a
 /// Householder QR. Small `r x r` results live on the host in `f64`.
@@ -24,21 +27,23 @@ pub trait TallOps<E: Real> {
     fn dims(&self, a: &Self::Mat) -> (usize, usize);
 
     /// Reads a tensor into the working form.
-    fn load<N: Dim, R: Dim>(&self, x: &Tensor<(N, R), E, Self::Device>)
-        -> Result<Self::Mat, Error>;
+    fn load<N: Dim, R: Dim>(
+        &self,
+        x: &TallTensor<N, R, E, Self::Device>,
+    ) -> Result<Self::Mat, Error>;
 
     /// Builds a new tensor of shape `shape` from the working form.
     fn store<N: Dim, R: Dim>(
         &self,
         a: Self::Mat,
         shape: (N, R),
-    ) -> Result<Tensor<(N, R), E, Self::Device>, Error>;
+    ) -> Result<TallTensor<N, R, E, Self::Device>, Error>;
 
     /// Overwrites `dst`'s data with `a`, in place: `dst` keeps its tensor id.
     fn store_into<N: Dim, R: Dim>(
         &self,
         a: &Self::Mat,
-        dst: &mut Tensor<(N, R), E, Self::Device>,
+        dst: &mut TallTensor<N, R, E, Self::Device>,
     ) -> Result<(), Error>;
 
     /// `A^T B`, returned on the host in `f64`.

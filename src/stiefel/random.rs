@@ -33,6 +33,6 @@ pub fn random_point<E: Real, N: Dim, R: Dim, D: TensorFromVec<E>>(
         .map(|_| E::of_f64(StandardNormal.sample(&mut rng)))
         .collect();
     let q = householder_q(&HostMat::new(n, r, data));
-    dev.try_tensor_from_vec(q.data, shape)
+    dev.try_tensor_from_vec(q.into_compact(), shape)
         .map_err(Error::device)
 }

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 /// with `R_X(0) = X` and `R_X(t xi) = X + t xi + O(t^2)`.
 ///
 /// All cost `O(n r^2)` time and `O(n r)` memory; nothing `n x n` is formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Retraction {
     /// Q factor of `X + xi` with `diag(R) >= 0` (Householder): the reference.
+    #[default]
     Qr,
     /// The same Q factor by Cholesky-QR, twice: matmul plus `r x r` work.
     CholeskyQr2,
@@ -30,12 +31,6 @@ pub enum Retraction {
     Cayley,
     /// The exponential map: the Euclidean-metric geodesic.
     Exp,
-}
-
-impl Default for Retraction {
-    fn default() -> Self {
-        Retraction::Qr
-    }
 }
 
 impl Retraction {

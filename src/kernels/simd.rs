@@ -1,0 +1,63 @@
+//! Runtime selection of the instruction set for the fused host loops.
+//!
+//! The crate is compiled for the baseline target (SSE2 on x86-64), like dfdx. Hot loops
+//! are written once, generic over [`Fma`], and run through [`dispatch`], which compiles
+//! them a second time with AVX2 and FMA enabled and picks that version when the CPU has
+//! both (as the `gemm` crate does for matrix products). Results are deterministic on one
+//! machine; FMA rounding differs from separate multiply-add in the last bit.
+
+/// How a kernel computes `a * b + c`: fused (one rounding) where the CPU has FMA, else
+/// a multiply and an add. `mul_add` without hardware FMA would call libm, which is slow.
+pub trait Fma: Copy {
+    /// `a * b + c`.
+    fn mul_add<E: crate::kernels::Real>(a: E, b: E, c: E) -> E;
+}
+
+/// Separate multiply and add.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+/// Hardware fused multiply-add.
+#[derive(Clone, Copy)]
+pub struct Fused;
+
+impl Fma for Plain {
+    #[inline(always)]
+    fn mul_add<E: crate::kernels::Real>(a: E, b: E, c: E) -> E {
+        a * b + c
+    }
+}
+
+impl Fma for Fused {
+    #[inline(always)]
+    fn mul_add<E: crate::kernels::Real>(a: E, b: E, c: E) -> E {
+        a.mul_add(b, c)
+    }
+}
+
+/// A loop body generic over how it multiplies and adds.
+pub trait Kernel {
+    /// What the loop returns.
+    type Output;
+    /// Runs the loop.
+    fn run<F: Fma>(self) -> Self::Output;
+}
+
+/// Runs `k` compiled for AVX2 + FMA when the CPU supports both, else for the baseline.
+#[inline]
+pub fn dispatch<K: Kernel>(k: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features this function is compiled with.
+            return unsafe { run_avx2_fma(k) };
+        }
+    }
+    k.run::<Plain>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2_fma<K: Kernel>(k: K) -> K::Output {
+    k.run::<Fused>()
+}
