@@ -107,12 +107,12 @@ where
     let g = tensor::<E>(&dev, &(gaussian(50, 6, 10) * 0.02));
     let (xh, gh) = (host_ops.load(&x).unwrap(), host_ops.load(&g).unwrap());
     let (xc, gc) = (composed.load(&x).unwrap(), composed.load(&g).unwrap());
-    let p_h = project_mat(&host_ops, &xh, &gh).unwrap();
-    let p_c = project_mat(&composed, &xc, &gc).unwrap();
+    let p_h = project_mat(&host_ops, &xh, gh.clone()).unwrap();
+    let p_c = project_mat(&composed, &xc, gc.clone()).unwrap();
     let p_h_t = host_ops.store(p_h.clone(), (50, 6)).unwrap();
     let p_c_t = composed.store(p_c.clone(), (50, 6)).unwrap();
     assert!(dist(&p_h_t, &p_c_t) < tol);
-    let t_c = transport_mat(&composed, &xc, &gc).unwrap();
+    let t_c = transport_mat(&composed, &xc, gc.clone()).unwrap();
     assert!(dist(&p_h_t, &composed.store(t_c, (50, 6)).unwrap()) < tol);
     for kind in Retraction::all(6) {
         let a = kind.apply(&host_ops, &xh, &p_h).unwrap();

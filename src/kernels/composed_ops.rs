@@ -94,10 +94,10 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         &self,
         a: &Mat<E, D>,
         m: &DMatrix<f64>,
-        c: &Mat<E, D>,
+        c: Mat<E, D>,
     ) -> Result<Mat<E, D>, Error> {
         let am = self.mul_small(a, m)?;
-        c.clone().try_add(am).map_err(Error::device)
+        c.try_add(am).map_err(Error::device)
     }
 
     fn lincomb(&self, alpha: E, a: &Mat<E, D>, beta: E, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
@@ -117,9 +117,9 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         Ok(s.as_vec()[0] == E::zero())
     }
 
-    fn qr_q(&self, a: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
+    fn qr_q(&self, a: Mat<E, D>) -> Result<Mat<E, D>, Error> {
         let (n, r) = *a.shape();
-        let q = householder_q(&HostMat::new(n, r, a.as_vec()));
+        let q = householder_q(HostMat::new(n, r, a.as_vec()));
         self.dev
             .try_tensor_from_vec(q.into_compact(), (n, r))
             .map_err(Error::device)

@@ -29,7 +29,7 @@ impl<E: Real> Drop for HostMat<E> {
 
 impl<E: Real> Clone for HostMat<E> {
     fn clone(&self) -> Self {
-        let mut data = scratch::zeroed(self.data.len());
+        let mut data = scratch::overwritten(self.data.len());
         data.copy_from_slice(&self.data);
         Self { data, ..*self }
     }
@@ -52,14 +52,29 @@ impl<E: Real> HostMat<E> {
         }
     }
 
-    /// Fills a matrix through `fill`, which receives the padded storage (`rows * stride`
-    /// long) when `stride == cols`, else a compact row-major buffer that is then padded.
+    /// A matrix whose every element (padding included) the caller will overwrite.
+    fn overwritten(rows: usize, cols: usize) -> Self {
+        let stride = Self::stride_for(cols);
+        Self {
+            rows,
+            cols,
+            stride,
+            data: scratch::overwritten(rows * stride),
+        }
+    }
+
+    /// Fills a matrix through `fill`, which must write all of the buffer it receives: the
+    /// storage itself when `stride == cols`, else a compact row-major buffer that is then
+    /// copied in with zero padding.
     pub fn filled_with(rows: usize, cols: usize, fill: impl FnOnce(&mut [E])) -> Self {
-        let mut m = Self::zeros(rows, cols);
-        if m.stride == cols {
+        if Self::stride_for(cols) == cols {
+            let mut m = Self::overwritten(rows, cols);
             fill(&mut m.data);
-        } else {
-            let mut compact = scratch::zeroed(rows * cols);
+            return m;
+        }
+        let mut m = Self::zeros(rows, cols);
+        {
+            let mut compact = scratch::overwritten(rows * cols);
             fill(&mut compact);
             for (dst, src) in m
                 .data
@@ -176,16 +191,19 @@ impl<E: Real> HostMat<E> {
         DMatrix::from_row_iterator(ra, rb, c.into_iter().map(Real::to_f64))
     }
 
-    /// `C + A M` where `M` is a small host matrix (`cols x m.ncols()`); `C` defaults to 0.
-    pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<&Self>) -> Self {
+    /// `C + A M` where `M` is a small host matrix (`cols x m.ncols()`), computed in `C`'s
+    /// storage; `C` defaults to 0.
+    pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<Self>) -> Self {
         assert_eq!(self.cols, m.nrows(), "HostMat::mul_small: inner dimensions");
         let k = m.ncols();
         let m_e: Vec<E> = m.transpose().iter().map(|&v| E::of_f64(v)).collect();
         let (mut out, beta) = match c {
             Some(c) => {
                 assert_eq!((c.rows, c.cols), (self.rows, k), "HostMat::mul_small_add");
-                (c.clone(), E::one())
+                (c, E::one())
             }
+            // gemm writes every column of the output; only the padding needs zeros.
+            None if Self::stride_for(k) == k => (Self::overwritten(self.rows, k), E::zero()),
             None => (Self::zeros(self.rows, k), E::zero()),
         };
         // SAFETY: A is `n x r` with row stride `stride`, M is `r x k` row-major, out is
@@ -214,7 +232,8 @@ impl<E: Real> HostMat<E> {
     /// `alpha A + beta B`.
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");
-        let mut out = Self::zeros(a.rows, a.cols);
+        // Padding: alpha 0 + beta 0 = 0.
+        let mut out = Self::overwritten(a.rows, a.cols);
         slices::lincomb(alpha, &a.data, beta, &b.data, &mut out.data);
         out
     }

@@ -72,7 +72,7 @@ where
         &self,
         a: &HostMat<E>,
         m: &DMatrix<f64>,
-        c: &HostMat<E>,
+        c: HostMat<E>,
     ) -> Result<HostMat<E>, Error> {
         Ok(a.mul_small_add(m, Some(c)))
     }
@@ -91,7 +91,7 @@ where
         Ok(slices::all_finite(a.storage()))
     }
 
-    fn qr_q(&self, a: &HostMat<E>) -> Result<HostMat<E>, Error> {
+    fn qr_q(&self, a: HostMat<E>) -> Result<HostMat<E>, Error> {
         Ok(householder_q(a))
     }
 }

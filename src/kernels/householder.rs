@@ -23,10 +23,10 @@ use nalgebra::DMatrix;
 /// `T_kk = beta_k`, `T[..k, k] = -beta_k T[..k, ..k] V[.., ..k]^T v_k`, so
 /// `Q = [I; 0] - V (T V_top^T)` (`V_top` the top `r x r` block of `V`): one Gram
 /// product and one GEMM. Column `k` is negated where `alpha_k < 0`.
-pub fn householder_q<E: Real>(a: &HostMat<E>) -> HostMat<E> {
+pub fn householder_q<E: Real>(a: HostMat<E>) -> HostMat<E> {
     let (n, r) = (a.rows(), a.cols());
     assert!(r <= n, "householder_q needs a tall matrix");
-    let mut v = a.clone();
+    let mut v = a;
     let stride = v.stride();
     let (alpha, beta) = dispatch(Reflect {
         a: v.storage_mut(),
@@ -93,37 +93,43 @@ fn lanes<E: Real>(s: &[E], chunk: usize) -> [E; LANES] {
     s[chunk * LANES..(chunk + 1) * LANES].try_into().unwrap()
 }
 
-/// One reflection sweep over `rows` (each `C * LANES` long), for reflector `k`: every row
-/// gets `A[i, ..] += v_i * w` (`w` holding `-beta_k w_j`, zero for `j <= k`), and
-/// `u += A[i, k+1] A[i, ..]` (after the update) collects the inner products the next
-/// reflector needs, in blocks of [`SUM_BLOCK`] rows.
+/// One reflection sweep over `rows` (each `stride` long) for reflector `k`, on the `A`
+/// chunks of each row starting at column `off`: every row gets `A[i, ..] += v_i * w`
+/// (`w` holding `-beta_k w_j`, zero for `j <= k`), and `u += A[i, k+1] A[i, ..]` (after
+/// the update) collects the inner products the next reflector needs, in blocks of
+/// [`SUM_BLOCK`] rows.
 ///
-/// Whole rows, with the chunk count `C` a compile-time constant, so that the body is
-/// straight-line vector code with the accumulators in registers: a few more flops than
-/// the triangle needs, far less overhead.
+/// `A[i, k+1]` after the update is recomputed from the row by the same fused operation,
+/// so segments of a row are independent. With `A` a compile-time constant the body is
+/// straight-line vector code with the accumulators in registers.
 #[inline(always)]
-fn sweep_rows<E: Real, F: Fma, const C: usize>(rows: &mut [E], k: usize, w: &[E], u: &mut [E]) {
-    let stride = C * LANES;
+fn sweep_segment<E: Real, F: Fma, const A: usize>(
+    rows: &mut [E],
+    (stride, off): (usize, usize),
+    k: usize,
+    w: &[E],
+    u: &mut [E],
+) {
     let w_next = w[k + 1];
-    let wv: [[E; LANES]; C] = std::array::from_fn(|c| lanes(w, c));
+    let wv: [[E; LANES]; A] = std::array::from_fn(|c| lanes(&w[off..], c));
     for block in rows.chunks_mut(stride * SUM_BLOCK) {
-        let mut acc = [[E::zero(); LANES]; C];
+        let mut acc = [[E::zero(); LANES]; A];
         for row in block.chunks_exact_mut(stride) {
             let vi = row[k];
-            // A[i, k+1] after the update, by the same operation as in the loop below.
             let x = F::mul_add(vi, w_next, row[k + 1]);
-            let mut rv: [[E; LANES]; C] = std::array::from_fn(|c| lanes(row, c));
-            for c in 0..C {
+            let segment = &mut row[off..off + A * LANES];
+            let mut rv: [[E; LANES]; A] = std::array::from_fn(|c| lanes(segment, c));
+            for c in 0..A {
                 for l in 0..LANES {
                     rv[c][l] = F::mul_add(vi, wv[c][l], rv[c][l]);
                     acc[c][l] = F::mul_add(x, rv[c][l], acc[c][l]);
                 }
             }
-            for (c, chunk) in row.chunks_exact_mut(LANES).enumerate() {
+            for (c, chunk) in segment.chunks_exact_mut(LANES).enumerate() {
                 chunk.copy_from_slice(&rv[c]);
             }
         }
-        for (c, chunk) in u.chunks_exact_mut(LANES).enumerate() {
+        for (c, chunk) in u[off..off + A * LANES].chunks_exact_mut(LANES).enumerate() {
             for l in 0..LANES {
                 chunk[l] += acc[c][l];
             }
@@ -131,37 +137,25 @@ fn sweep_rows<E: Real, F: Fma, const C: usize>(rows: &mut [E], k: usize, w: &[E]
     }
 }
 
-/// [`sweep_rows`] with the chunk count of `stride` as a constant, for widths up to
-/// 8 (64 columns); wider rows go through [`sweep_wide`].
+/// Chunks per segment: 4 row registers, 4 of `w` and 4 accumulators fit the 16 AVX2
+/// registers without spilling.
+const SEGMENT_CHUNKS: usize = 4;
+
+/// The sweep for reflector `k` over the chunks from the one holding column `k+1`, in
+/// segments of up to [`SEGMENT_CHUNKS`] chunks, each with its width as a constant.
 #[inline(always)]
 fn sweep<E: Real, F: Fma>(rows: &mut [E], stride: usize, k: usize, w: &[E], u: &mut [E]) {
-    macro_rules! unrolled {
-        ($($c:literal)*) => {
-            match stride / LANES {
-                $($c => sweep_rows::<E, F, $c>(rows, k, w, u),)*
-                _ => sweep_wide::<E, F>(rows, stride, k, w, u),
-            }
-        };
-    }
-    unrolled!(1 2 3 4 5 6 7 8)
-}
-
-/// Rows wider than 8 chunks (64 columns): per row, the same update and
-/// accumulation as [`sweep_rows`], with `u` accumulated in place.
-#[inline(always)]
-fn sweep_wide<E: Real, F: Fma>(rows: &mut [E], stride: usize, k: usize, w: &[E], u: &mut [E]) {
-    let w_next = w[k + 1];
-    let mut block = vec![E::zero(); stride];
-    for rows_block in rows.chunks_mut(stride * SUM_BLOCK) {
-        for row in rows_block.chunks_exact_mut(stride) {
-            let vi = row[k];
-            let x = F::mul_add(vi, w_next, row[k + 1]);
-            for ((rv, &wv), acc) in row.iter_mut().zip(w).zip(block.iter_mut()) {
-                *rv = F::mul_add(vi, wv, *rv);
-                *acc = F::mul_add(x, *rv, *acc);
-            }
+    let mut off = (k + 1) / LANES * LANES;
+    while off < stride {
+        let chunks = ((stride - off) / LANES).min(SEGMENT_CHUNKS);
+        let at = (stride, off);
+        match chunks {
+            1 => sweep_segment::<E, F, 1>(rows, at, k, w, u),
+            2 => sweep_segment::<E, F, 2>(rows, at, k, w, u),
+            3 => sweep_segment::<E, F, 3>(rows, at, k, w, u),
+            _ => sweep_segment::<E, F, SEGMENT_CHUNKS>(rows, at, k, w, u),
         }
-        flush(&mut block, u);
+        off += chunks * LANES;
     }
 }
 
@@ -218,7 +212,7 @@ mod tests {
 
     fn check(n: usize, r: usize, data: Vec<f64>) {
         let a = HostMat::new(n, r, data.clone());
-        let q = householder_q(&a);
+        let q = householder_q(a);
         let qm = DMatrix::from_row_slice(n, r, &q.to_compact());
         let am = DMatrix::from_row_slice(n, r, &data);
         let rm = qm.transpose() * &am;
@@ -245,7 +239,7 @@ mod tests {
     #[test]
     fn zero_column_keeps_q_orthonormal() {
         let a = HostMat::new(3, 2, vec![1.0f64, 0.0, 1.0, 0.0, 0.0, 0.0]);
-        let q = DMatrix::from_row_slice(3, 2, &householder_q(&a).to_compact());
+        let q = DMatrix::from_row_slice(3, 2, &householder_q(a).to_compact());
         assert!((q.transpose() * &q - DMatrix::<f64>::identity(2, 2)).norm() < 1e-15);
         check(
             4,

@@ -24,7 +24,7 @@ pub trait Real:
 
     /// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
     /// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's
-    /// own `Cpu` matmul uses, with the same rayon parallelism (`RAYON_NUM_THREADS`).
+    /// own `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread.
     ///
     /// # Safety
     /// The pointers and strides must describe valid, non-overlapping (for `c`) storage
@@ -46,19 +46,6 @@ pub trait Real:
         rsc: isize,
         csc: isize,
     );
-}
-
-/// Products below this many multiply-adds run on one thread: for the thin shapes of this
-/// crate (`n x r` by `r x r`) rayon's overhead costs more than it gains (measured: 4096 x 16
-/// by 16 x 16 takes 43 us on one thread, 82 us on two).
-const PARALLEL_MIN_MULADDS: usize = 1 << 24;
-
-fn parallelism(m: usize, k: usize, n: usize) -> gemm::Parallelism {
-    if m.saturating_mul(k).saturating_mul(n) >= PARALLEL_MIN_MULADDS {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    }
 }
 
 macro_rules! impl_real {
@@ -117,7 +104,10 @@ macro_rules! impl_real {
                     false,
                     false,
                     false,
-                    parallelism(m, k, n),
+                    // One thread: for this crate's thin shapes (n x r by r x r, r <= 64)
+                    // rayon made every measured case slower (4096 x 16 by 16 x 16: 43 us
+                    // on one thread, 82 us on two; 4096 x 64 Qr: 4.2 ms against 4.8 ms).
+                    gemm::Parallelism::None,
                 )
             }
         }

@@ -27,14 +27,23 @@ impl<E> Default for Pool<E> {
     }
 }
 
+/// The smallest pooled allocation of `len` to `2 len` elements, if there is one (a much
+/// larger one stays for the requests it fits).
+fn take<E: Real>(len: usize) -> Option<Vec<E>> {
+    E::with_pool(|p| {
+        let mut pool = p.0.borrow_mut();
+        let (i, _) = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len.max(1))
+            .min_by_key(|(_, b)| b.capacity())?;
+        Some(pool.swap_remove(i))
+    })
+}
+
 /// A buffer of `len` zeros, reusing a pooled allocation when one is large enough.
 pub fn zeroed<E: Real>(len: usize) -> Vec<E> {
-    let reused = E::with_pool(|p| {
-        let mut pool = p.0.borrow_mut();
-        let i = pool.iter().position(|b| b.capacity() >= len)?;
-        Some(pool.swap_remove(i))
-    });
-    match reused {
+    match take(len) {
         Some(mut b) => {
             b.clear();
             b.resize(len, E::zero());
@@ -44,16 +53,30 @@ pub fn zeroed<E: Real>(len: usize) -> Vec<E> {
     }
 }
 
-/// Returns a buffer to the pool (dropped if the pool is full or the buffer is small).
+/// A buffer of `len` elements with unspecified (but initialised) contents, for callers
+/// that overwrite all of it: a pooled allocation keeps its old values, saving the zeroing.
+pub fn overwritten<E: Real>(len: usize) -> Vec<E> {
+    match take(len) {
+        Some(mut b) => {
+            b.resize(len, E::zero());
+            b.truncate(len);
+            b
+        }
+        None => vec![E::zero(); len],
+    }
+}
+
+/// Returns a buffer to the pool (small buffers are freed; a full pool drops its oldest).
 pub fn recycle<E: Real>(buf: Vec<E>) {
     if buf.capacity() * std::mem::size_of::<E>() < 32 * 1024 {
         return;
     }
     E::with_pool(|p| {
         let mut pool = p.0.borrow_mut();
-        if pool.len() < KEPT {
-            pool.push(buf);
+        if pool.len() == KEPT {
+            pool.remove(0);
         }
+        pool.push(buf);
     });
 }
 
@@ -70,5 +93,12 @@ mod tests {
         let c = zeroed::<f32>(10_000);
         assert_eq!(c.as_ptr(), ptr, "reused");
         assert!(c.iter().all(|&v| v == 0.0) && c.len() == 10_000);
+        recycle(c);
+        let d = overwritten::<f32>(15_000);
+        assert_eq!(
+            (d.as_ptr(), d.len()),
+            (ptr, 15_000),
+            "reused at the asked length"
+        );
     }
 }

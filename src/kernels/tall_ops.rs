@@ -52,12 +52,13 @@ pub trait TallOps<E: Real> {
     /// `A M` with a small host matrix `M`.
     fn mul_small(&self, a: &Self::Mat, m: &DMatrix<f64>) -> Result<Self::Mat, Error>;
 
-    /// `C + A M` with a small host matrix `M`.
+    /// `C + A M` with a small host matrix `M`, computed in `C`'s storage where the backend
+    /// can.
     fn mul_small_add(
         &self,
         a: &Self::Mat,
         m: &DMatrix<f64>,
-        c: &Self::Mat,
+        c: Self::Mat,
     ) -> Result<Self::Mat, Error>;
 
     /// `alpha A + beta B`.
@@ -66,6 +67,7 @@ pub trait TallOps<E: Real> {
     /// Whether every element of `a` is finite.
     fn all_finite(&self, a: &Self::Mat) -> Result<bool, Error>;
 
-    /// The Q factor of the thin QR of `a` with `diag(R) >= 0` (Householder).
-    fn qr_q(&self, a: &Self::Mat) -> Result<Self::Mat, Error>;
+    /// The Q factor of the thin QR of `a` with `diag(R) >= 0` (Householder), computed in
+    /// `a`'s storage where the backend can.
+    fn qr_q(&self, a: Self::Mat) -> Result<Self::Mat, Error>;
 }

@@ -6,14 +6,14 @@ use dfdx::shapes::{Dim, HasShape};
 use dfdx::tensor::Tensor;
 
 /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`, on a backend's working form:
-/// one Gram product and one fused multiply-add, `O(n r^2)`.
+/// one Gram product and one multiply-add into `G`'s storage, `O(n r^2)`.
 pub fn project_mat<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &B::Mat,
-    g: &B::Mat,
+    g: B::Mat,
 ) -> Result<B::Mat, Error> {
-    check_same_dims(ops, x, g)?;
-    let s = sym(&ops.gram(x, g)?);
+    check_same_dims(ops, x, &g)?;
+    let s = sym(&ops.gram(x, &g)?);
     ops.mul_small_add(x, &(-s), g)
 }
 
@@ -35,7 +35,7 @@ pub fn project_tangent<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     g: &Tensor<(N, R), E, D>,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
     let ops = x.device().tall_ops();
-    let p = project_mat(&ops, &ops.load(x)?, &ops.load(g)?)?;
+    let p = project_mat(&ops, &ops.load(x)?, ops.load(g)?)?;
     ops.store(p, *x.shape())
 }
 

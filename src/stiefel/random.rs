@@ -32,7 +32,7 @@ pub fn random_point<E: Real, N: Dim, R: Dim, D: TensorFromVec<E>>(
     let data: Vec<E> = (0..n * r)
         .map(|_| E::of_f64(StandardNormal.sample(&mut rng)))
         .collect();
-    let q = householder_q(&HostMat::new(n, r, data));
+    let q = householder_q(HostMat::new(n, r, data));
     dev.try_tensor_from_vec(q.into_compact(), shape)
         .map_err(Error::device)
 }

@@ -11,7 +11,7 @@ use dfdx::tensor::Tensor;
 pub fn transport_mat<E: Real, B: TallOps<E>>(
     ops: &B,
     x_new: &B::Mat,
-    v: &B::Mat,
+    v: B::Mat,
 ) -> Result<B::Mat, Error> {
     project_mat(ops, x_new, v)
 }
@@ -32,6 +32,6 @@ pub fn transport<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     v: &Tensor<(N, R), E, D>,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
     let ops = x_new.device().tall_ops();
-    let t = transport_mat(&ops, &ops.load(x_new)?, &ops.load(v)?)?;
+    let t = transport_mat(&ops, &ops.load(x_new)?, ops.load(v)?)?;
     ops.store(t, *x_new.shape())
 }

@@ -15,7 +15,7 @@ use nalgebra::DMatrix;
 /// ([`Error::Singular`] if it is numerically singular).
 pub fn cayley<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
     // P xi = xi - X (X^T xi) / 2
-    let p_xi = ops.mul_small_add(x, &(ops.gram(x, xi)? * -0.5), xi)?;
+    let p_xi = ops.mul_small_add(x, &(ops.gram(x, xi)? * -0.5), xi.clone())?;
     let xtx = ops.gram(x, x)?;
     let xtp = ops.gram(x, &p_xi)?;
     let ptp = ops.gram(&p_xi, &p_xi)?;
@@ -34,5 +34,5 @@ pub fn cayley<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Resul
     let z1 = z.rows(0, r).into_owned();
     let z2 = z.rows(r, r).into_owned() + DMatrix::identity(r, r);
     let p_xi_z1 = ops.mul_small(&p_xi, &z1)?;
-    ops.mul_small_add(x, &z2, &p_xi_z1)
+    ops.mul_small_add(x, &z2, p_xi_z1)
 }

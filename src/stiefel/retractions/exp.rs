@@ -34,5 +34,5 @@ pub fn exp<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B
         });
     }
     let x_c1 = ops.mul_small(x, &c.rows(0, r).into_owned())?;
-    ops.mul_small_add(xi, &c.rows(r, r).into_owned(), &x_c1)
+    ops.mul_small_add(xi, &c.rows(r, r).into_owned(), x_c1)
 }
