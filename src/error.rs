@@ -15,6 +15,17 @@ pub enum Error {
         /// Columns `r`.
         cols: usize,
     },
+    /// A tensor marked as a Stiefel point is not a matrix.
+    NotAMatrix {
+        /// Its dotted path in the model.
+        path: String,
+        /// Its dimensions.
+        dims: Vec<usize>,
+    },
+    /// Trainable tensors received no gradient (dotted paths).
+    UnusedParams(Vec<String>),
+    /// A serialised optimizer state does not fit the model.
+    StateMismatch(String),
     /// Two operands that must have the same shape do not.
     ShapeMismatch {
         /// Shape of the first operand.
@@ -53,6 +64,18 @@ impl fmt::Display for Error {
                 f,
                 "a Stiefel point must be tall ([n, r] with r <= n), got [{rows}, {cols}]"
             ),
+            Error::NotAMatrix { path, dims } => write!(
+                f,
+                "{path} is marked as a Stiefel point but has dimensions {dims:?}, not [n, r]"
+            ),
+            Error::UnusedParams(paths) => {
+                write!(
+                    f,
+                    "trainable tensors without a gradient: {}",
+                    paths.join(", ")
+                )
+            }
+            Error::StateMismatch(what) => write!(f, "optimizer state does not fit: {what}"),
             Error::ShapeMismatch { left, right } => {
                 write!(f, "shape mismatch: {left:?} vs {right:?}")
             }

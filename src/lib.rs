@@ -7,6 +7,8 @@
 //! columns) and the scales `s` Euclidean. This crate is layered, dependencies pointing
 //! down only:
 //!
+//! - [`optim`]: the dfdx optimizers [`optim::SdsAdam`] and [`optim::SdsSgd`]: Euclidean
+//!   rules, parameter groups, the Riemannian composition for Stiefel tensors.
 //! - [`stiefel`]: geometry on `St(n, r)`: tangent projection, six retractions, transport,
 //!   random points, checks.
 //! - [`kernels`]: per-device arithmetic: fused loops and GEMM on plain slices for `Cpu`,
@@ -28,6 +30,7 @@
 
 mod error;
 pub mod kernels;
+pub mod optim;
 pub mod stiefel;
 
 pub use error::Error;

@@ -104,6 +104,24 @@ impl<E: Real> HostMat<E> {
         m
     }
 
+    /// Wraps padded storage (`rows * stride_for(cols)` long, padding zero), as returned by
+    /// [`HostMat::into_storage`].
+    pub fn from_storage(rows: usize, cols: usize, data: Vec<E>) -> Self {
+        let stride = Self::stride_for(cols);
+        assert_eq!(data.len(), rows * stride, "HostMat::from_storage: length");
+        Self {
+            rows,
+            cols,
+            stride,
+            data,
+        }
+    }
+
+    /// The padded storage, moved out.
+    pub fn into_storage(mut self) -> Vec<E> {
+        std::mem::take(&mut self.data)
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows

@@ -8,8 +8,29 @@ use nalgebra::RealField;
 /// Implemented for `f32` and `f64`. Small `r x r` work is always done in `f64` on the
 /// host; [`Real::to_f64`] and [`Real::of_f64`] convert at that boundary.
 pub trait Real:
-    Dtype + NotMixedPrecision + RealField + Copy + Default + Send + Sync + std::fmt::Debug + 'static
+    Dtype
+    + NotMixedPrecision
+    + RealField
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + 'static
 {
+    /// The fused host backend for this type: [`HostOps`](super::HostOps), named here so
+    /// that generic code can use it without a `Cpu: Device<E>` bound.
+    type Host: super::TallOps<Self, Mat = super::HostMat<Self>>
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync;
+
+    /// The host backend.
+    fn host_ops() -> Self::Host;
+
     /// Machine epsilon of the type.
     const EPSILON: Self;
 
@@ -51,6 +72,12 @@ pub trait Real:
 macro_rules! impl_real {
     ($t:ty) => {
         impl Real for $t {
+            type Host = super::HostOps;
+
+            fn host_ops() -> super::HostOps {
+                super::HostOps::default()
+            }
+
             const EPSILON: Self = <$t>::EPSILON;
 
             fn to_f64(self) -> f64 {

@@ -1,0 +1,144 @@
+//! Parameter groups: which tensors are Stiefel bases, scales or plain Euclidean, and the
+//! learning rate and weight decay of each group.
+
+use super::rules::WeightDecay;
+use crate::Error;
+use serde::{Deserialize, Serialize};
+
+/// Learning rate and weight decay of a Euclidean group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GroupConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay, if any.
+    pub weight_decay: Option<WeightDecay>,
+}
+
+/// The three groups' settings. Bases take no weight decay (it would pull them off the
+/// manifold); their step size is `bases_lr`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ParamGroups {
+    /// Learning rate of the Stiefel bases.
+    pub bases_lr: f64,
+    /// The adapter scales (`scales`).
+    pub scales: GroupConfig,
+    /// Every other trainable tensor.
+    pub others: GroupConfig,
+}
+
+impl ParamGroups {
+    /// All groups with learning rate `lr` and no weight decay.
+    pub fn uniform(lr: f64) -> Self {
+        let g = GroupConfig {
+            lr,
+            weight_decay: None,
+        };
+        Self {
+            bases_lr: lr,
+            scales: g,
+            others: g,
+        }
+    }
+}
+
+/// The group a tensor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// A point of St(n, r), updated by the Riemannian composition.
+    Stiefel,
+    /// Adapter scales: Euclidean, with the scales' settings.
+    Scales,
+    /// Any other trainable tensor: Euclidean, with the others' settings.
+    Euclidean,
+}
+
+/// Names (the last component of a tensor's dotted path) that `SdsLinear` gives its bases.
+pub const BASIS_NAMES: [&str; 2] = ["basis_out", "basis_in"];
+/// The name `SdsLinear` gives its scales.
+pub const SCALES_NAME: &str = "scales";
+
+/// Classifies tensors by their dotted path: `*.basis_out` and `*.basis_in` (and whatever
+/// the user's predicate accepts) are Stiefel points, `*.scales` are scales, the rest is
+/// Euclidean.
+pub struct Classifier {
+    extra_stiefel: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("extra_stiefel", &self.extra_stiefel.is_some())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// The naming contract only.
+    pub fn by_name() -> Self {
+        Self {
+            extra_stiefel: None,
+        }
+    }
+
+    /// The naming contract plus `pred` for further Stiefel tensors.
+    pub fn with_stiefel(pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            extra_stiefel: Some(Box::new(pred)),
+        }
+    }
+
+    /// The group of the tensor at `path`.
+    pub fn group(&self, path: &str) -> Group {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        if BASIS_NAMES.contains(&name) || self.extra_stiefel.as_ref().is_some_and(|p| p(path)) {
+            Group::Stiefel
+        } else if name == SCALES_NAME {
+            Group::Scales
+        } else {
+            Group::Euclidean
+        }
+    }
+
+    /// The group of the tensor at `path` with dimensions `dims`; a Stiefel tensor must be
+    /// a tall matrix.
+    pub fn checked_group(&self, path: &str, dims: &[usize]) -> Result<Group, Error> {
+        let group = self.group(path);
+        if group == Group::Stiefel {
+            match dims {
+                [n, r] if r <= n => {}
+                [n, r] => return Err(Error::NotTall { rows: *n, cols: *r }),
+                _ => {
+                    return Err(Error::NotAMatrix {
+                        path: path.to_string(),
+                        dims: dims.to_vec(),
+                    })
+                }
+            }
+        }
+        Ok(group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_by_path() {
+        let c = Classifier::with_stiefel(|p| p.ends_with("ortho"));
+        assert_eq!(c.group("0.basis_out"), Group::Stiefel);
+        assert_eq!(c.group("layers.1.basis_in"), Group::Stiefel);
+        assert_eq!(c.group("2.scales"), Group::Scales);
+        assert_eq!(c.group("2.weight"), Group::Euclidean);
+        assert_eq!(c.group("my.ortho"), Group::Stiefel);
+        assert_eq!(Classifier::by_name().group("my.ortho"), Group::Euclidean);
+        assert_eq!(
+            c.checked_group("0.basis_in", &[3, 5]),
+            Err(Error::NotTall { rows: 3, cols: 5 })
+        );
+        assert!(matches!(
+            c.checked_group("0.basis_in", &[7]),
+            Err(Error::NotAMatrix { .. })
+        ));
+    }
+}

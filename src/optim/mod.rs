@@ -1,0 +1,23 @@
+//! Optimizers: Euclidean rules ([`rules`]), parameter groups ([`groups`]), the Riemannian
+//! composition ([`riemannian`]) and the dfdx optimizers [`SdsAdam`] and [`SdsSgd`].
+//!
+//! Tensors are classified by dotted path: `*.basis_out` and `*.basis_in` (and any path a
+//! user predicate accepts) are Stiefel points, `*.scales` are scales, every other
+//! trainable tensor is Euclidean; frozen tensors are skipped. Each group has its own
+//! learning rate and weight decay; bases take no weight decay.
+
+pub mod groups;
+pub mod riemannian;
+pub mod rules;
+mod sds;
+mod sds_adam;
+mod sds_sgd;
+mod state;
+mod walk;
+
+pub use groups::{Group, GroupConfig, ParamGroups};
+pub use rules::{AdamRule, Momentum, RuleState, SecondMoment, SgdRule, WeightDecay};
+pub use sds::{Sds, SdsConfig, StiefelConfig};
+pub use sds_adam::{SdsAdam, SdsAdamConfig};
+pub use sds_sgd::{SdsSgd, SdsSgdConfig};
+pub use state::OptimizerState;

@@ -1,0 +1,89 @@
+//! Stochastic gradient descent with momentum, dampening and weight decay.
+
+use super::{RuleState, WeightDecay};
+use crate::kernels::Real;
+use serde::{Deserialize, Serialize};
+
+/// Momentum of [`SgdRule`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Momentum {
+    /// `v <- mu v + (1 - dampening) g`, `u = lr v`.
+    Classic(f64),
+    /// `v <- mu v + (1 - dampening) g`, `u = lr (g + mu v)` (Nesterov).
+    Nesterov(f64),
+}
+
+/// SGD as PyTorch and dfdx define it:
+///
+/// - `g <- g + wd p` for [`WeightDecay::L2`];
+/// - with momentum `mu`: `v <- g` on the first step, then `v <- mu v + (1 - dampening) g`;
+///   `u = lr v` (classic) or `u = lr (g + mu v)` (Nesterov); without momentum `u = lr g`;
+/// - `u <- u + lr wd p` for [`WeightDecay::Decoupled`].
+///
+/// With `dampening = 0` this is exactly dfdx's `Sgd` kernel, operation for operation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SgdRule {
+    /// Momentum, if any.
+    pub momentum: Option<Momentum>,
+    /// Dampening of the gradient in the velocity (PyTorch's `dampening`).
+    pub dampening: f64,
+}
+
+impl Default for SgdRule {
+    fn default() -> Self {
+        Self {
+            momentum: None,
+            dampening: 0.0,
+        }
+    }
+}
+
+impl SgdRule {
+    /// Overwrites `g` with the update `u` (`p <- p - u`).
+    pub fn update<E: Real>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut RuleState<E>,
+        p: &[E],
+        g: &mut [E],
+    ) {
+        let lr_e = E::of_f64(lr);
+        let first_step = state.step == 0;
+        state.step += 1;
+        let keep = E::one() - E::of_f64(self.dampening);
+        let (mu, nesterov) = match self.momentum {
+            Some(Momentum::Classic(mu)) => (Some(E::of_f64(mu)), false),
+            Some(Momentum::Nesterov(mu)) => (Some(E::of_f64(mu)), true),
+            None => (None, false),
+        };
+        let velocity = match mu {
+            Some(_) => RuleState::sized(&mut state.first, g.len()).as_mut_slice(),
+            None => &mut [],
+        };
+        for (i, (gi, &pi)) in g.iter_mut().zip(p).enumerate() {
+            if let Some(WeightDecay::L2(wd)) = weight_decay {
+                *gi += E::of_f64(wd) * pi;
+            }
+            *gi = match mu {
+                Some(mu) => {
+                    let v = &mut velocity[i];
+                    *v = if first_step {
+                        *gi
+                    } else {
+                        *gi * keep + mu * *v
+                    };
+                    if nesterov {
+                        (*gi + mu * *v) * lr_e
+                    } else {
+                        *v * lr_e
+                    }
+                }
+                None => *gi * lr_e,
+            };
+            if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+                *gi += E::of_f64(wd * lr) * pi;
+            }
+        }
+    }
+}

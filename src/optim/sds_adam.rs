@@ -1,0 +1,77 @@
+//! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
+
+use super::groups::ParamGroups;
+use super::rules::{AdamRule, RuleState, SecondMoment, WeightDecay};
+use super::sds::{Sds, SdsConfig, StiefelConfig};
+use crate::kernels::Real;
+use serde::{Deserialize, Serialize};
+
+/// Hyperparameters of [`SdsAdam`]. The default: learning rate `1e-3` for every group, no
+/// weight decay, betas `[0.9, 0.999]`, eps `1e-8` (dfdx's `AdamConfig` defaults), an
+/// elementwise second moment, the `Qr` retraction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SdsAdamConfig {
+    /// Learning rates and weight decays of bases, scales and other tensors.
+    pub groups: ParamGroups,
+    /// Betas, eps, AMSGrad.
+    pub rule: AdamRule,
+    /// The second moment of Stiefel tensors: elementwise or one per matrix.
+    pub second_moment: SecondMoment,
+    /// Retraction and re-orthonormalisation.
+    pub stiefel: StiefelConfig,
+}
+
+impl Default for SdsAdamConfig {
+    fn default() -> Self {
+        Self {
+            groups: ParamGroups::uniform(1e-3),
+            rule: AdamRule::default(),
+            second_moment: SecondMoment::Elementwise,
+            stiefel: StiefelConfig::default(),
+        }
+    }
+}
+
+impl SdsConfig for SdsAdamConfig {
+    fn groups(&self) -> &ParamGroups {
+        &self.groups
+    }
+
+    fn stiefel(&self) -> &StiefelConfig {
+        &self.stiefel
+    }
+
+    fn euclidean_update<E: Real>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut RuleState<E>,
+        p: &[E],
+        g: &mut [E],
+    ) {
+        self.rule
+            .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g);
+    }
+
+    fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
+        self.rule
+            .update(lr, None, self.second_moment, state, &[], g);
+    }
+}
+
+/// Riemannian Adam for SDS-LoRA: Adam (or AdamW, AMSGrad) on scales and other tensors,
+/// and on Stiefel bases the composition project, Adam, project, retract, transport.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+///
+/// let dev = Cpu::default();
+/// let mut model = dev.build_module::<Linear<4, 2>, f32>();
+/// let mut opt = SdsAdam::new(&model, SdsAdamConfig::default()).unwrap();
+/// let x: Tensor<Rank2<3, 4>, f32, _> = dev.sample_normal();
+/// let grads = model.forward(x.trace(model.alloc_grads())).square().mean().backward();
+/// opt.update(&mut model, &grads).unwrap();
+/// opt.cfg.groups.others.lr = 1e-4; // a schedule changes the public config
+/// ```
+pub type SdsAdam<M, E, D> = Sds<M, E, D, SdsAdamConfig>;

@@ -1,0 +1,74 @@
+//! `SdsSgd`: SGD on every group, Riemannian on the Stiefel tensors.
+
+use super::groups::ParamGroups;
+use super::rules::{RuleState, SgdRule, WeightDecay};
+use super::sds::{Sds, SdsConfig, StiefelConfig};
+use crate::kernels::Real;
+use serde::{Deserialize, Serialize};
+
+/// Hyperparameters of [`SdsSgd`]. The default: learning rate `1e-2` for every group (as
+/// dfdx's `SgdConfig`), no momentum, no weight decay, the `Qr` retraction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SdsSgdConfig {
+    /// Learning rates and weight decays of bases, scales and other tensors.
+    pub groups: ParamGroups,
+    /// Momentum and dampening.
+    pub rule: SgdRule,
+    /// Retraction and re-orthonormalisation.
+    pub stiefel: StiefelConfig,
+}
+
+impl Default for SdsSgdConfig {
+    fn default() -> Self {
+        Self {
+            groups: ParamGroups::uniform(1e-2),
+            rule: SgdRule::default(),
+            stiefel: StiefelConfig::default(),
+        }
+    }
+}
+
+impl SdsConfig for SdsSgdConfig {
+    fn groups(&self) -> &ParamGroups {
+        &self.groups
+    }
+
+    fn stiefel(&self) -> &StiefelConfig {
+        &self.stiefel
+    }
+
+    fn euclidean_update<E: Real>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut RuleState<E>,
+        p: &[E],
+        g: &mut [E],
+    ) {
+        self.rule.update(lr, weight_decay, state, p, g);
+    }
+
+    fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
+        let zeros = vec![E::zero(); g.len()];
+        self.rule.update(lr, None, state, &zeros, g);
+    }
+}
+
+/// Riemannian SGD for SDS-LoRA: SGD (momentum, Nesterov, dampening, weight decay) on
+/// scales and other tensors, and on Stiefel bases the composition project, SGD, project,
+/// retract, transport the velocity.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::optim::{Momentum, SdsSgd, SdsSgdConfig};
+///
+/// let dev = Cpu::default();
+/// let mut model = dev.build_module::<Linear<4, 2>, f64>();
+/// let mut cfg = SdsSgdConfig::default();
+/// cfg.rule.momentum = Some(Momentum::Nesterov(0.9));
+/// let mut opt = SdsSgd::new(&model, cfg).unwrap();
+/// let x: Tensor<Rank2<3, 4>, f64, _> = dev.sample_normal();
+/// let grads = model.forward(x.trace(model.alloc_grads())).square().mean().backward();
+/// opt.update(&mut model, &grads).unwrap();
+/// ```
+pub type SdsSgd<M, E, D> = Sds<M, E, D, SdsSgdConfig>;
