@@ -8,8 +8,12 @@
 use super::Real;
 use std::cell::RefCell;
 
-/// Buffers kept per thread and element type; more are freed.
-const KEPT: usize = 8;
+/// Buffers kept per thread and element type (an optimizer step holds about twenty at
+/// once); more are freed, oldest first.
+const KEPT: usize = 32;
+
+/// Bytes kept per thread and element type at most.
+const KEPT_BYTES: usize = 64 << 20;
 
 /// Per-thread storage of spare buffers of one element type.
 pub struct Pool<E>(RefCell<Vec<Vec<E>>>);
@@ -66,6 +70,13 @@ pub fn overwritten<E: Real>(len: usize) -> Vec<E> {
     }
 }
 
+/// A pooled copy of `src`.
+pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
+    let mut b = overwritten(src.len());
+    b.copy_from_slice(src);
+    b
+}
+
 /// Returns a buffer to the pool (small buffers are freed; a full pool drops its oldest).
 pub fn recycle<E: Real>(buf: Vec<E>) {
     if buf.capacity() * std::mem::size_of::<E>() < 32 * 1024 {
@@ -73,10 +84,13 @@ pub fn recycle<E: Real>(buf: Vec<E>) {
     }
     E::with_pool(|p| {
         let mut pool = p.0.borrow_mut();
-        if pool.len() == KEPT {
+        pool.push(buf);
+        let bytes = |pool: &Vec<Vec<E>>| {
+            pool.iter().map(|b| b.capacity()).sum::<usize>() * std::mem::size_of::<E>()
+        };
+        while pool.len() > KEPT || (pool.len() > 1 && bytes(&pool) > KEPT_BYTES) {
             pool.remove(0);
         }
-        pool.push(buf);
     });
 }
 

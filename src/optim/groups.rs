@@ -61,8 +61,11 @@ pub const SCALES_NAME: &str = "scales";
 /// the user's predicate accepts) are Stiefel points, `*.scales` are scales, the rest is
 /// Euclidean.
 pub struct Classifier {
-    extra_stiefel: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    extra_stiefel: Option<PathPredicate>,
 }
+
+/// A user's test on a tensor's dotted path.
+type PathPredicate = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Classifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,7 +6,7 @@ use super::riemannian::{stiefel_step, Geometry};
 use super::rules::{RuleState, WeightDecay};
 use super::state::OptimizerState;
 use super::walk;
-use crate::kernels::{HostMat, Real};
+use crate::kernels::{scratch, HostMat, Real};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -163,7 +163,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
             .cfg
             .stiefel()
             .reorthonormalize_every
-            .is_some_and(|k| k > 0 && steps % k == 0);
+            .is_some_and(|k| k > 0 && steps.is_multiple_of(k));
         let geometry = Geometry {
             retraction: self.cfg.stiefel().retraction,
             reorthonormalize,
@@ -183,14 +183,21 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
                     })
                 }
             };
-            let mut state = self.state.tensors.get(&path).cloned().unwrap_or_default();
+            // Work on a copy: the stored state changes only when the whole step succeeds.
+            let mut state = self
+                .state
+                .tensors
+                .get(&path)
+                .map(pooled_copy)
+                .unwrap_or_default();
             let value = match group {
-                Group::Stiefel => self
-                    .stiefel(&entry, &mut state, geometry)
-                    .map_err(|error| Refusal {
-                        error,
-                        tensors: vec![path.clone()],
-                    })?,
+                Group::Stiefel => {
+                    self.stiefel(entry, &mut state, geometry)
+                        .map_err(|error| Refusal {
+                            error,
+                            tensors: vec![path.clone()],
+                        })?
+                }
                 Group::Scales | Group::Euclidean => {
                     let g = if group == Group::Scales {
                         groups.scales
@@ -201,6 +208,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
                     self.cfg
                         .euclidean_update(g.lr, g.weight_decay, &mut state, &param, &mut u);
                     param.iter_mut().zip(&u).for_each(|(p, &d)| *p -= d);
+                    scratch::recycle(u);
                     param
                 }
             };
@@ -208,20 +216,25 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
             states.insert(path, state);
         }
         walk::commit(module, &values);
-        self.state.tensors.extend(states);
+        values.into_values().for_each(scratch::recycle);
+        for (path, state) in states {
+            if let Some(old) = self.state.tensors.insert(path, state) {
+                recycle_state(old);
+            }
+        }
         self.state.steps = steps;
         Ok(())
     }
 
     fn stiefel(
         &self,
-        entry: &walk::Entry<E>,
+        entry: walk::Entry<E>,
         state: &mut RuleState<E>,
         geometry: Geometry,
     ) -> Result<Vec<E>, Error> {
         let (n, r) = (entry.dims[0], entry.dims[1]);
-        let x = HostMat::new(n, r, entry.param.clone());
-        let g = HostMat::new(n, r, entry.grad.clone());
+        let x = HostMat::new(n, r, entry.param);
+        let g = HostMat::new(n, r, entry.grad);
         let lr = self.cfg.groups().bases_lr;
         let cfg = &self.cfg;
         let x_new = stiefel_step(
@@ -234,6 +247,25 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
         )?;
         Ok(x_new.into_compact())
     }
+}
+
+/// A copy of a tensor's rule state in pooled buffers.
+fn pooled_copy<E: Real>(s: &RuleState<E>) -> RuleState<E> {
+    RuleState {
+        step: s.step,
+        first: scratch::copied(&s.first),
+        second: scratch::copied(&s.second),
+        second_max: scratch::copied(&s.second_max),
+        second_scalar: s.second_scalar,
+        second_scalar_max: s.second_scalar_max,
+    }
+}
+
+/// Gives a replaced state's buffers back to the pool.
+fn recycle_state<E: Real>(s: RuleState<E>) {
+    scratch::recycle(s.first);
+    scratch::recycle(s.second);
+    scratch::recycle(s.second_max);
 }
 
 impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Optimizer<M, D, E>

@@ -11,6 +11,10 @@ use std::collections::BTreeMap;
 /// that it can be saved (serde) and restored into a fresh optimizer for the same model.
 /// Moments of a Stiefel tensor `[n, r]` are stored with rows padded to
 /// [`HostMat::stride_for`]`(r)`.
+///
+/// Restoring gives bit-identical continuation only with a format that round-trips floats
+/// exactly: bincode, or serde_json with its `float_roundtrip` feature (its default parser
+/// can be off by an ulp).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "E: Real")]
 pub struct OptimizerState<E> {

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{slices, Real};
+use crate::kernels::{scratch, slices, Real};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
@@ -97,7 +97,8 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
                 Err(_) => self.out.unused.push(path),
                 Ok(g) => {
                     let len = t.shape().num_elements();
-                    let (mut param, mut grad) = (vec![E::zero(); len], vec![E::zero(); len]);
+                    let mut param = scratch::overwritten(len);
+                    let mut grad = scratch::overwritten(len);
                     t.copy_into(&mut param);
                     g.copy_into(&mut grad);
                     let dims = t.shape().concrete().into_iter().collect();

@@ -47,7 +47,8 @@ impl Default for AdamRule {
 }
 
 impl AdamRule {
-    /// Overwrites `g` with the update `u` (`p <- p - u`).
+    /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
+    /// decay and may be empty without it).
     pub fn update<E: Real>(
         &self,
         lr: f64,
@@ -63,61 +64,59 @@ impl AdamRule {
         let (eps, lr_e) = (E::of_f64(self.eps), E::of_f64(lr));
         let m_scale = (E::one() - b1.powi(t)).recip();
         let v_scale = (E::one() - b2.powi(t)).recip();
+        let (keep1, keep2) = (E::one() - b1, E::one() - b2);
         if let Some(WeightDecay::L2(wd)) = weight_decay {
             let wd = E::of_f64(wd);
             g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
         }
         let n = g.len();
-        RuleState::sized(&mut state.first, n);
-        // The denominator sqrt(v_hat) + eps: per element, or one for the whole matrix.
-        let shared_denominator = match second_moment {
-            SecondMoment::Elementwise => None,
-            SecondMoment::Matrix => {
+        let first = RuleState::sized(&mut state.first, n);
+        // Each case is its own loop over zipped slices, with no branch inside, so that the
+        // compiler vectorises it.
+        match (second_moment, self.amsgrad) {
+            (SecondMoment::Elementwise, false) => {
+                let second = RuleState::sized(&mut state.second, n);
+                for ((gi, m), v) in g.iter_mut().zip(first.iter_mut()).zip(second.iter_mut()) {
+                    *m = *m * b1 + *gi * keep1;
+                    *v = *v * b2 + gi.powi(2) * keep2;
+                    *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                }
+            }
+            (SecondMoment::Elementwise, true) => {
+                let second = RuleState::sized(&mut state.second, n);
+                let second_max = RuleState::sized(&mut state.second_max, n);
+                let moments = first
+                    .iter_mut()
+                    .zip(second.iter_mut())
+                    .zip(second_max.iter_mut());
+                for (gi, ((m, v), vm)) in g.iter_mut().zip(moments) {
+                    *m = *m * b1 + *gi * keep1;
+                    *v = *v * b2 + gi.powi(2) * keep2;
+                    *vm = if *v > *vm { *v } else { *vm };
+                    *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
+                }
+            }
+            (SecondMoment::Matrix, amsgrad) => {
+                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix (in f64).
                 let sq: f64 = g.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
-                let (b2f, t) = (self.betas[1], state.step as i32);
+                let b2f = self.betas[1];
                 state.second_scalar = b2f * state.second_scalar + (1.0 - b2f) * sq;
                 state.second_scalar_max = state.second_scalar_max.max(state.second_scalar);
-                let v = if self.amsgrad {
+                let v = if amsgrad {
                     state.second_scalar_max
                 } else {
                     state.second_scalar
                 };
-                Some(E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + self.eps))
-            }
-        };
-        if shared_denominator.is_none() {
-            RuleState::sized(&mut state.second, n);
-            if self.amsgrad {
-                RuleState::sized(&mut state.second_max, n);
+                let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + self.eps);
+                for (gi, m) in g.iter_mut().zip(first.iter_mut()) {
+                    *m = *m * b1 + *gi * keep1;
+                    *gi = lr_e * (*m * m_scale) / denominator;
+                }
             }
         }
-        for i in 0..n {
-            let gi = g[i];
-            let m = &mut state.first[i];
-            *m = *m * b1 + gi * (E::one() - b1);
-            let m_hat = *m * m_scale;
-            let denominator = match shared_denominator {
-                Some(d) => d,
-                None => {
-                    let v = &mut state.second[i];
-                    *v = *v * b2 + gi.powi(2) * (E::one() - b2);
-                    let v = if self.amsgrad {
-                        let vm = &mut state.second_max[i];
-                        if *v > *vm {
-                            *vm = *v;
-                        }
-                        *vm
-                    } else {
-                        *v
-                    };
-                    (v * v_scale).sqrt() + eps
-                }
-            };
-            let mut u = lr_e * m_hat / denominator;
-            if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-                u += E::of_f64(wd * lr) * p[i];
-            }
-            g[i] = u;
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            let wd_lr = E::of_f64(wd * lr);
+            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
         }
     }
 }

@@ -1,0 +1,33 @@
+//! A module holding one Stiefel tensor, `basis_out` [N, R]: the smallest model an
+//! optimizer step can be measured on. Shared by the `step_bench` example and the
+//! `optimizer_step` bench.
+
+use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+
+/// One trainable `[N, R]` tensor named `basis_out`.
+#[derive(Debug, Clone)]
+pub struct Basis<const N: usize, const R: usize, E: Dtype, D: Device<E>> {
+    /// The basis.
+    pub basis_out: Tensor<Rank2<N, R>, E, D>,
+}
+
+impl<const N: usize, const R: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
+    for Basis<N, R, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Basis<N, R, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "basis_out",
+                |s| &s.basis_out,
+                |s| &mut s.basis_out,
+                TensorOptions::reset_to_zeros(),
+            ),
+            |basis_out| Basis { basis_out },
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! Times one optimizer step on one n x r Stiefel tensor (Cpu, f32) and prints JSON lines
+//! `{"opt","retraction","n","r","threads","median_us"}`, with dfdx's own Adam step on the
+//! same tensor (`"opt":"dfdx_adam"`) measured in the same run.
+//!
+//! ```text
+//! cargo run --release --example step_bench -- --rows 4096 --rank 16 --steps 200 \
+//!     --opt adam --retraction qr --second-moment elementwise
+//! ```
+//!
+//! Shapes: rows in {1024, 4096, 16384}, rank in {4, 16, 64} (dfdx modules need constant
+//! shapes). `--retraction` takes `qr`, `cholesky_qr2`, `polar`, `newton_schulz`,
+//! `cayley`, `exp`; `--opt` takes `adam` or `sgd`.
+
+#[path = "common/basis.rs"]
+mod basis;
+
+use basis::Basis;
+use dfdx::optim::{Adam, AdamConfig, Optimizer};
+use dfdx::prelude::*;
+use sds_lora::optim::{
+    Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig, SecondMoment,
+    StiefelConfig,
+};
+use sds_lora::stiefel::{random_point, Retraction};
+use std::time::Instant;
+
+struct Args {
+    rows: usize,
+    rank: usize,
+    steps: usize,
+    opt: String,
+    retraction: Retraction,
+    second_moment: SecondMoment,
+}
+
+fn parse() -> Args {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str, default: &str| -> String {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args
+                .get(i + 1)
+                .cloned()
+                .unwrap_or_else(|| panic!("{flag} needs a value")),
+            None => default.to_string(),
+        }
+    };
+    let num = |flag: &str, default: &str| -> usize {
+        get(flag, default)
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag}: not a number"))
+    };
+    let retraction = get("--retraction", "qr");
+    Args {
+        rows: num("--rows", "4096"),
+        rank: num("--rank", "16"),
+        steps: num("--steps", "200"),
+        opt: get("--opt", "adam"),
+        retraction: Retraction::from_name(&retraction, 5)
+            .unwrap_or_else(|| panic!("--retraction: unknown {retraction}")),
+        second_moment: match get("--second-moment", "elementwise").as_str() {
+            "elementwise" => SecondMoment::Elementwise,
+            "matrix" => SecondMoment::Matrix,
+            other => panic!("--second-moment: elementwise or matrix, not {other}"),
+        },
+    }
+}
+
+/// Median microseconds of `steps` calls of `f`, each timed on its own.
+fn median_us(steps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..steps.div_ceil(10) {
+        f();
+    }
+    let mut t: Vec<f64> = (0..steps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn run<const N: usize, const R: usize>(a: &Args) {
+    let dev = Cpu::default();
+    let x: Tensor<Rank2<N, R>, f32, Cpu> = random_point(&dev, (Const, Const), 1).unwrap();
+    let mut model = Basis { basis_out: x };
+    let mut grads = model.alloc_grads();
+    let g: Tensor<Rank2<N, R>, f32, Cpu> = dev.sample_normal();
+    let scale = 1.0 / ((N * R) as f32).sqrt();
+    let g_data: Vec<f32> = g.as_vec().iter().map(|v| v * scale).collect();
+    grads
+        .get_or_alloc_mut(&model.basis_out)
+        .unwrap()
+        .copy_from_slice(&g_data);
+    let stiefel = StiefelConfig {
+        retraction: a.retraction,
+        reorthonormalize_every: None,
+    };
+    let ours = match a.opt.as_str() {
+        "adam" => {
+            let cfg = SdsAdamConfig {
+                groups: ParamGroups::uniform(1e-3),
+                second_moment: a.second_moment,
+                stiefel,
+                ..Default::default()
+            };
+            let mut opt = SdsAdam::new(&model, cfg).unwrap();
+            median_us(a.steps, || opt.update(&mut model, &grads).unwrap())
+        }
+        "sgd" => {
+            let mut cfg = SdsSgdConfig {
+                groups: ParamGroups::uniform(1e-2),
+                stiefel,
+                ..Default::default()
+            };
+            cfg.rule.momentum = Some(Momentum::Classic(0.9));
+            let mut opt = SdsSgd::new(&model, cfg).unwrap();
+            median_us(a.steps, || opt.update(&mut model, &grads).unwrap())
+        }
+        other => panic!("--opt: adam or sgd, not {other}"),
+    };
+    let mut adam = Adam::new(&model, AdamConfig::default());
+    let theirs = median_us(a.steps, || adam.update(&mut model, &grads).unwrap());
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "1".into())
+    });
+    let opt_name = match (a.opt.as_str(), a.second_moment) {
+        ("adam", SecondMoment::Matrix) => "sds_adam_matrix",
+        ("adam", _) => "sds_adam",
+        _ => "sds_sgd_momentum",
+    };
+    let line = |opt: &str, retraction: &str, us: f64| {
+        println!(
+            r#"{{"opt":"{opt}","retraction":"{retraction}","n":{N},"r":{R},"threads":{threads},"median_us":{us:.1}}}"#
+        )
+    };
+    line(opt_name, a.retraction.name(), ours);
+    line("dfdx_adam", "none", theirs);
+    eprintln!("ratio {opt_name}/dfdx_adam = {:.2}", ours / theirs);
+}
+
+fn main() {
+    let a = parse();
+    macro_rules! shapes {
+        ($(($n:literal, $r:literal)),*) => {
+            match (a.rows, a.rank) {
+                $(($n, $r) => run::<$n, $r>(&a),)*
+                (n, r) => panic!("unsupported shape {n} x {r}: rows in 1024, 4096, 16384; rank in 4, 16, 64"),
+            }
+        };
+    }
+    shapes!(
+        (1024, 4),
+        (1024, 16),
+        (1024, 64),
+        (4096, 4),
+        (4096, 16),
+        (4096, 64),
+        (16384, 4),
+        (16384, 16),
+        (16384, 64)
+    );
+}
