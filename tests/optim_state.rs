@@ -167,8 +167,10 @@ fn foreign_state_is_refused() {
     state.tensors.insert("2.weight".into(), Default::default());
     assert!(matches!(opt.set_state(state), Err(Error::StateMismatch(_))));
     let mut state = OptimizerState::<f64>::default();
-    let mut s = sds_lora::optim::RuleState::default();
-    s.first = vec![0.0; 5];
+    let s = sds_lora::optim::RuleState::<f64> {
+        first: vec![0.0; 5],
+        ..Default::default()
+    };
     state.tensors.insert("weight".into(), s);
     assert!(matches!(opt.set_state(state), Err(Error::StateMismatch(_))));
 }
