@@ -37,7 +37,9 @@ macro_rules! parity {
             use super::*;
             use dfdx::optim::{Adam, AdamConfig, Sgd, SgdConfig};
             use dfdx::prelude::*;
-            use sds_lora::optim::{Momentum, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
+            use sds_lora::optim::{
+                Momentum, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig, WeightDecay,
+            };
 
             type Mlp = (Linear<5, 8>, ReLU, Linear<8, 3>);
             type Built = <Mlp as BuildOnDevice<Cpu, $e>>::Built;
