@@ -7,6 +7,8 @@
 //! columns) and the scales `s` Euclidean. This crate is layered, dependencies pointing
 //! down only:
 //!
+//! - [`nn`]: the layers [`nn::SdsLinear`] (scale-decoupled backward) and
+//!   [`nn::LoraLinear`] (baseline), merging, conversions and PEFT export.
 //! - [`optim`]: the dfdx optimizers [`optim::SdsAdam`] and [`optim::SdsSgd`]: Euclidean
 //!   rules, parameter groups, the Riemannian composition for Stiefel tensors.
 //! - [`stiefel`]: geometry on `St(n, r)`: tangent projection, six retractions, transport,
@@ -30,6 +32,7 @@
 
 mod error;
 pub mod kernels;
+pub mod nn;
 pub mod optim;
 pub mod stiefel;
 

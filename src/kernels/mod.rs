@@ -6,6 +6,7 @@
 //! composed from dfdx ops ([`ComposedOps`]).
 
 mod composed_ops;
+mod grad_add;
 mod host_mat;
 mod host_ops;
 mod householder;
@@ -18,6 +19,7 @@ mod stiefel_device;
 mod tall_ops;
 
 pub use composed_ops::ComposedOps;
+pub use grad_add::add_into_grad;
 pub use host_mat::{HostMat, ROW_ALIGN};
 pub use host_ops::HostOps;
 pub use householder::householder_q;

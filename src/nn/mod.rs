@@ -1,0 +1,23 @@
+//! Layers: [`SdsLinear`] (the scale-decoupled adapter) and [`LoraLinear`] (the baseline),
+//! with merging, conversion from dfdx's `Linear` and from a LoRA pair, and PEFT export
+//! ([`peft`]).
+
+mod frozen_linear;
+mod init;
+mod lora_linear;
+mod options;
+mod scalar_enum;
+mod sds_adapter_op;
+mod sds_linear;
+
+pub use frozen_linear::frozen_linear;
+pub use lora_linear::LoraLinear;
+pub use options::{GradientMode, MergeState, Scaling};
+pub use sds_adapter_op::sds_adapter;
+pub use sds_linear::SdsLinear;
+
+/// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
+pub mod builders {
+    pub use super::lora_linear::builder::LoraLinear;
+    pub use super::sds_linear::builder::SdsLinear;
+}

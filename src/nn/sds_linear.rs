@@ -1,0 +1,282 @@
+//! `SdsLinear`: a frozen linear layer plus the SDS adapter `c U diag(s) V^T`.
+
+use super::frozen_linear::frozen_linear;
+use super::init::{
+    factor_lora_pair, fill_stiefel, fill_uniform, host, principal_subspace, row_major,
+};
+use super::options::{GradientMode, MergeState, Scaling};
+use super::sds_adapter_op::sds_adapter;
+use crate::kernels::Real;
+use crate::Error;
+use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+use nalgebra::DMatrix;
+
+/// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
+pub mod builder {
+    /// Builds an [`SdsLinear`](super::SdsLinear) with `I` inputs, `O` outputs and rank `R`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct SdsLinear<const I: usize, const O: usize, const R: usize>;
+}
+
+/// A linear layer `y = x W0^T + b + c ((x V) * s) U^T` with `W0: [O, I]` and `b: [O]`
+/// frozen, bases `U = basis_out: [O, R]` and `V = basis_in: [I, R]` with orthonormal
+/// columns, scales `s: [R]`, and `c = alpha / R` (or `alpha / sqrt(R)`).
+///
+/// Built with random bases and `s = 0`, so that it starts exactly at `W0` (the
+/// `ZeroScales` initialisation); [`SdsLinear::init_principal`] and
+/// [`SdsLinear::from_lora`] give the others. The backward pass is one custom op
+/// ([`GradientMode`]): no gradient is computed for `W0` or `b`. Train it with
+/// [`SdsAdam`](crate::optim::SdsAdam) or [`SdsSgd`](crate::optim::SdsSgd), which find
+/// the bases by name.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::nn::builders::SdsLinear;
+///
+/// let dev = Cpu::default();
+/// let layer = dev.build_module::<SdsLinear<8, 6, 2>, f32>();
+/// let x: Tensor<Rank2<3, 8>, f32, _> = dev.sample_normal();
+/// let y = layer.forward(x.clone());
+/// // s = 0 at start: the layer is its frozen linear map.
+/// let base = x.matmul(layer.weight.clone().permute()) + layer.bias.clone().broadcast();
+/// assert_eq!(y.as_vec(), base.as_vec());
+/// ```
+#[derive(Debug, Clone)]
+pub struct SdsLinear<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> {
+    /// Frozen weight `W0: [O, I]`.
+    pub weight: Tensor<Rank2<O, I>, E, D>,
+    /// Frozen bias `b: [O]`.
+    pub bias: Tensor<Rank1<O>, E, D>,
+    /// Output basis `U: [O, R]`, orthonormal columns.
+    pub basis_out: Tensor<Rank2<O, R>, E, D>,
+    /// Scales `s: [R]`.
+    pub scales: Tensor<Rank1<R>, E, D>,
+    /// Input basis `V: [I, R]`, orthonormal columns.
+    pub basis_in: Tensor<Rank2<I, R>, E, D>,
+    /// `alpha` of the scaling `c` (default `R`, so `c = 1`).
+    pub alpha: f64,
+    /// How `c` follows from `alpha` and `R`.
+    pub scaling: Scaling,
+    /// Which gradients the bases receive.
+    pub gradient_mode: GradientMode,
+    /// Whether `dW` has been folded into `weight`.
+    pub merge_state: MergeState,
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> NonMutableModule
+    for SdsLinear<I, O, R, E, D>
+{
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> BuildOnDevice<D, E>
+    for builder::SdsLinear<I, O, R>
+{
+    type Built = SdsLinear<I, O, R, E, D>;
+    fn try_build_on_device(device: &D) -> Result<Self::Built, D::Err> {
+        Self::Built::try_build(device)
+    }
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> TensorCollection<E, D>
+    for SdsLinear<I, O, R, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = SdsLinear<I, O, R, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        const {
+            assert!(
+                R <= I && R <= O,
+                "SdsLinear: the rank R must not exceed I or O"
+            )
+        };
+        visitor.visit_fields(
+            (
+                (
+                    Self::tensor(
+                        "weight",
+                        |s| &s.weight,
+                        |s| &mut s.weight,
+                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                    ),
+                    Self::tensor(
+                        "bias",
+                        |s| &s.bias,
+                        |s| &mut s.bias,
+                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                    ),
+                    Self::tensor(
+                        "basis_out",
+                        |s| &s.basis_out,
+                        |s| &mut s.basis_out,
+                        TensorOptions::reset_with(fill_stiefel),
+                    ),
+                    Self::tensor(
+                        "scales",
+                        |s| &s.scales,
+                        |s| &mut s.scales,
+                        TensorOptions::reset_to_zeros(),
+                    ),
+                    Self::tensor(
+                        "basis_in",
+                        |s| &s.basis_in,
+                        |s| &mut s.basis_in,
+                        TensorOptions::reset_with(fill_stiefel),
+                    ),
+                ),
+                (
+                    Self::scalar(
+                        "alpha",
+                        |s| &s.alpha,
+                        |s| &mut s.alpha,
+                        ScalarOptions::from_default(R as f64),
+                    ),
+                    Self::scalar(
+                        "scaling",
+                        |s| &s.scaling,
+                        |s| &mut s.scaling,
+                        ScalarOptions::from_default(Scaling::Standard),
+                    ),
+                    Self::scalar(
+                        "gradient_mode",
+                        |s| &s.gradient_mode,
+                        |s| &mut s.gradient_mode,
+                        ScalarOptions::from_default(GradientMode::Decoupled),
+                    ),
+                    Self::scalar(
+                        "merge_state",
+                        |s| &s.merge_state,
+                        |s| &mut s.merge_state,
+                        ScalarOptions::from_default(MergeState::Separate),
+                    ),
+                ),
+            ),
+            |(
+                (weight, bias, basis_out, scales, basis_in),
+                (alpha, scaling, gradient_mode, merge_state),
+            )| {
+                SdsLinear {
+                    weight,
+                    bias,
+                    basis_out,
+                    scales,
+                    basis_in,
+                    alpha,
+                    scaling,
+                    gradient_mode,
+                    merge_state,
+                }
+            },
+        )
+    }
+}
+
+impl<
+        B: Dim,
+        const I: usize,
+        const O: usize,
+        const R: usize,
+        E: Real,
+        D: Device<E>,
+        T: Tape<E, D>,
+    > Module<Tensor<(B, Const<I>), E, D, T>> for SdsLinear<I, O, R, E, D>
+{
+    type Output = Tensor<(B, Const<O>), E, D, T>;
+    type Error = D::Err;
+
+    fn try_forward(&self, x: Tensor<(B, Const<I>), E, D, T>) -> Result<Self::Output, D::Err> {
+        let (x, tape) = x.split_tape();
+        let base = frozen_linear(x.clone().put_tape(tape), &self.weight, &self.bias)?;
+        if self.merge_state == MergeState::Merged {
+            return Ok(base);
+        }
+        let bases = (&self.basis_out, &self.scales, &self.basis_in);
+        let adapter = sds_adapter(
+            x.put_tape(T::default()),
+            bases,
+            E::of_f64(self.scale()),
+            self.gradient_mode,
+        )?;
+        base.try_add(adapter)
+    }
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
+    SdsLinear<I, O, R, E, D>
+{
+    /// The scaling `c`.
+    pub fn scale(&self) -> f64 {
+        self.scaling.factor(self.alpha, R)
+    }
+
+    /// `dW = c U diag(s) V^T` (`[O, I]`).
+    pub fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
+        self.basis_out
+            .clone()
+            .try_mul(self.scales.clone().try_broadcast::<Rank2<O, R>, _>()?)?
+            .try_matmul(self.basis_in.clone().try_permute::<_, Axes2<1, 0>>()?)?
+            .try_mul(E::of_f64(self.scale()))
+    }
+
+    /// Folds the adapter into the frozen weight: `W0 <- W0 + dW`; the forward pass then
+    /// skips the adapter. Errors if already merged.
+    pub fn merge(&mut self) -> Result<(), Error> {
+        if self.merge_state == MergeState::Merged {
+            return Err(Error::StateMismatch("SdsLinear is already merged".into()));
+        }
+        let dw = self.delta_weight().map_err(Error::device)?;
+        self.weight = self.weight.clone().try_add(dw).map_err(Error::device)?;
+        self.merge_state = MergeState::Merged;
+        Ok(())
+    }
+
+    /// Undoes [`SdsLinear::merge`]: `W0 <- W0 - dW` (exact up to one rounding per entry).
+    pub fn unmerge(&mut self) -> Result<(), Error> {
+        if self.merge_state == MergeState::Separate {
+            return Err(Error::StateMismatch("SdsLinear is not merged".into()));
+        }
+        let dw = self.delta_weight().map_err(Error::device)?;
+        self.weight = self.weight.clone().try_sub(dw).map_err(Error::device)?;
+        self.merge_state = MergeState::Separate;
+        Ok(())
+    }
+
+    /// The adapter for an existing linear layer: `W0` and `b` are copied from it, the bases
+    /// are random points from the device's generator and `s = 0`, so the new layer computes
+    /// exactly what `linear` does.
+    pub fn from_linear(linear: &dfdx::nn::modules::Linear<I, O, E, D>) -> Result<Self, D::Err> {
+        let dev = linear.weight.device().clone();
+        let mut layer: Self = Self::try_build(&dev)?;
+        layer.weight = linear.weight.clone();
+        layer.bias = linear.bias.clone();
+        Ok(layer)
+    }
+
+    /// `Principal` initialisation: `U` and `V` become the top-`R` left and right singular
+    /// vectors of `W0` (randomised subspace iteration), and `s = 0`.
+    pub fn init_principal(&mut self) -> Result<(), D::Err> {
+        let seed = self.weight.device().random_u64();
+        let (u, v) = principal_subspace(&host(&self.weight), R, seed);
+        self.basis_out.copy_from(&row_major::<E>(&u));
+        self.basis_in.copy_from(&row_major::<E>(&v));
+        self.scales.try_fill_with_zeros()
+    }
+
+    /// Sets the adapter to reproduce a trained LoRA pair exactly: `c U diag(s) V^T =
+    /// lora_scale B A` with `B = lora_b: [O, R]`, `A = lora_a: [R, I]` (QR of `B` and `A^T`,
+    /// SVD of the `R x R` core). `lora_scale` is the pair's own `c`.
+    pub fn set_from_lora(
+        &mut self,
+        lora_b: &Tensor<Rank2<O, R>, E, D>,
+        lora_a: &Tensor<Rank2<R, I>, E, D>,
+        lora_scale: f64,
+    ) {
+        let (u, s, v) = factor_lora_pair(&host(lora_b), &host(lora_a), lora_scale / self.scale());
+        self.basis_out.copy_from(&row_major::<E>(&u));
+        self.basis_in.copy_from(&row_major::<E>(&v));
+        self.scales
+            .copy_from(&row_major::<E>(&DMatrix::from_row_slice(1, R, &s)));
+    }
+}
