@@ -1,5 +1,6 @@
 //! `y = x W0^T + b` with `W0` and `b` frozen: the backward pass computes `dx = Gy W0` only.
 
+use super::Batch;
 use crate::kernels::add_into_grad;
 use dfdx::prelude::*;
 
@@ -14,10 +15,10 @@ pub fn frozen_linear<
     D: Device<E>,
     T: Tape<E, D>,
 >(
-    x: Tensor<(B, Const<I>), E, D, T>,
+    x: Batch<B, I, E, D, T>,
     weight: &Tensor<Rank2<O, I>, E, D>,
     bias: &Tensor<Rank1<O>, E, D>,
-) -> Result<Tensor<(B, Const<O>), E, D, T>, D::Err> {
+) -> Result<Batch<B, O, E, D, T>, D::Err> {
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
     let y = x

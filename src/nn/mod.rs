@@ -10,10 +10,14 @@ mod scalar_enum;
 mod sds_adapter_op;
 mod sds_linear;
 
+/// A batch of `N`-wide rows: `[B, N]` with `B` constant or runtime.
+pub type Batch<B, const N: usize, E, D, T> =
+    dfdx::tensor::Tensor<(B, dfdx::shapes::Const<N>), E, D, T>;
+
 pub use frozen_linear::frozen_linear;
 pub use lora_linear::LoraLinear;
 pub use options::{GradientMode, MergeState, Scaling};
-pub use sds_adapter_op::sds_adapter;
+pub use sds_adapter_op::{sds_adapter, SdsFactors};
 pub use sds_linear::SdsLinear;
 
 /// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).

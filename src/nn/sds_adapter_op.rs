@@ -1,8 +1,19 @@
 //! The SDS adapter `c ((x V) * s) U^T` with its scale-decoupled backward pass.
 
-use super::GradientMode;
+use super::{Batch, GradientMode};
 use crate::kernels::add_into_grad;
 use dfdx::prelude::*;
+
+/// The adapter's trainable tensors, borrowed from the layer.
+#[derive(Debug, Clone, Copy)]
+pub struct SdsFactors<'a, const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> {
+    /// `U: [O, R]`.
+    pub u: &'a Tensor<Rank2<O, R>, E, D>,
+    /// `s: [R]`.
+    pub s: &'a Tensor<Rank1<R>, E, D>,
+    /// `V: [I, R]`.
+    pub v: &'a Tensor<Rank2<I, R>, E, D>,
+}
 
 /// `c ((x V) * s) U^T` for `x: [B, I]`, `U: [O, R]`, `s: [R]`, `V: [I, R]`, as one op whose
 /// backward pass (with `Gy = dL/dy`, `xV = x V`, `GyU = Gy U`) adds:
@@ -25,15 +36,12 @@ pub fn sds_adapter<
     D: Device<E>,
     T: Tape<E, D>,
 >(
-    x: Tensor<(B, Const<I>), E, D, T>,
-    (u, s, v): (
-        &Tensor<Rank2<O, R>, E, D>,
-        &Tensor<Rank1<R>, E, D>,
-        &Tensor<Rank2<I, R>, E, D>,
-    ),
+    x: Batch<B, I, E, D, T>,
+    factors: SdsFactors<'_, I, O, R, E, D>,
     c: E,
     mode: GradientMode,
-) -> Result<Tensor<(B, Const<O>), E, D, T>, D::Err> {
+) -> Result<Batch<B, O, E, D, T>, D::Err> {
+    let SdsFactors { u, s, v } = factors;
     let (x, mut tape) = x.split_tape();
     let batch = x.shape().0;
     let xv = x.clone().try_matmul(v.clone())?;

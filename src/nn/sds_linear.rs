@@ -5,7 +5,7 @@ use super::init::{
     factor_lora_pair, fill_stiefel, fill_uniform, host, principal_subspace, row_major,
 };
 use super::options::{GradientMode, MergeState, Scaling};
-use super::sds_adapter_op::sds_adapter;
+use super::sds_adapter_op::{sds_adapter, SdsFactors};
 use crate::kernels::Real;
 use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
@@ -192,7 +192,11 @@ impl<
         if self.merge_state == MergeState::Merged {
             return Ok(base);
         }
-        let bases = (&self.basis_out, &self.scales, &self.basis_in);
+        let bases = SdsFactors {
+            u: &self.basis_out,
+            s: &self.scales,
+            v: &self.basis_in,
+        };
         let adapter = sds_adapter(
             x.put_tape(T::default()),
             bases,
