@@ -55,6 +55,8 @@ pub enum Error {
     },
     /// The dfdx device reported an error.
     Device(String),
+    /// Reading or writing a file failed, or its contents were malformed.
+    Io(String),
 }
 
 impl fmt::Display for Error {
@@ -90,6 +92,7 @@ impl fmt::Display for Error {
                  take a smaller step or another retraction"
             ),
             Error::Device(e) => write!(f, "device error: {e}"),
+            Error::Io(e) => write!(f, "i/o: {e}"),
         }
     }
 }

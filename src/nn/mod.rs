@@ -6,6 +6,7 @@ mod frozen_linear;
 mod init;
 mod lora_linear;
 mod options;
+pub mod peft;
 mod scalar_enum;
 mod sds_adapter_op;
 mod sds_linear;
