@@ -125,7 +125,8 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Collect {
         match (name, value) {
             ("alpha", Some(v)) => self.0.entry(prefix.to_string()).or_default().alpha = Some(v),
             ("scaling", Some(v)) => {
-                self.0.entry(prefix.to_string()).or_default().scaling = <Scaling as NumCast>::from(v)
+                self.0.entry(prefix.to_string()).or_default().scaling =
+                    <Scaling as NumCast>::from(v)
             }
             _ => {}
         }
@@ -133,7 +134,9 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Collect {
     }
 }
 
-fn collect<M: TensorCollection<E, D>, E: Real, D: Device<E>>(model: &M) -> BTreeMap<String, LayerParts> {
+fn collect<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+    model: &M,
+) -> BTreeMap<String, LayerParts> {
     let mut v = Collect(BTreeMap::new());
     let _ = M::iter_tensors(&mut RecursiveWalker {
         m: (model, String::new()),
@@ -155,13 +158,26 @@ pub fn lora_pairs<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     let mut pairs = BTreeMap::new();
     for (prefix, parts) in collect(model) {
         let t = &parts.tensors;
-        let (b, a) = match (t.get("basis_out"), t.get("scales"), t.get("basis_in"), t.get("lora_b"), t.get("lora_a")) {
+        let (b, a) = match (
+            t.get("basis_out"),
+            t.get("scales"),
+            t.get("basis_in"),
+            t.get("lora_b"),
+            t.get("lora_a"),
+        ) {
             (Some(u), Some(s), Some(v), _, _) => {
                 let s = nalgebra::DVector::from_vec(s.1.clone());
-                (matrix(u) * DMatrix::from_diagonal(&s), matrix(v).transpose())
+                (
+                    matrix(u) * DMatrix::from_diagonal(&s),
+                    matrix(v).transpose(),
+                )
             }
             (_, _, _, Some(b), Some(a)) => (matrix(b), matrix(a)),
-            _ => return Err(Error::StateMismatch(format!("{prefix}: incomplete adapter"))),
+            _ => {
+                return Err(Error::StateMismatch(format!(
+                    "{prefix}: incomplete adapter"
+                )))
+            }
         };
         let pair = LoraPair {
             b,
@@ -214,17 +230,30 @@ pub fn export_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             .map(|(k, p)| (k.clone(), p.alpha))
             .collect(),
     };
-    let dtype = if std::mem::size_of::<E>() == 4 { SafeDtype::F32 } else { SafeDtype::F64 };
+    let dtype = if std::mem::size_of::<E>() == 4 {
+        SafeDtype::F32
+    } else {
+        SafeDtype::F64
+    };
     let bytes = |m: &DMatrix<f64>| -> Vec<u8> {
         let rows = m.transpose();
         match dtype {
-            SafeDtype::F32 => rows.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+            SafeDtype::F32 => rows
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
             _ => rows.iter().flat_map(|&v| v.to_le_bytes()).collect(),
         }
     };
     let mut data = Vec::new();
     for (path, p) in &pairs {
-        let key = |name: &str| if path.is_empty() { format!("{name}.weight") } else { format!("{path}.{name}.weight") };
+        let key = |name: &str| {
+            if path.is_empty() {
+                format!("{name}.weight")
+            } else {
+                format!("{path}.{name}.weight")
+            }
+        };
         data.push((key("lora_A"), vec![p.a.nrows(), p.a.ncols()], bytes(&p.a)));
         data.push((key("lora_B"), vec![p.b.nrows(), p.b.ncols()], bytes(&p.b)));
     }
@@ -245,26 +274,51 @@ pub fn export_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
 pub fn read_peft(dir: impl AsRef<Path>) -> Result<PeftAdapter, Error> {
     let dir = dir.as_ref();
     let config: PeftConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).map_err(io)?).map_err(io)?;
+        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).map_err(io)?)
+            .map_err(io)?;
     let bytes = std::fs::read(dir.join(WEIGHTS_FILE)).map_err(io)?;
     let st = SafeTensors::deserialize(&bytes).map_err(io)?;
     let read = |key: &str| -> Result<DMatrix<f64>, Error> {
         let t = st.tensor(key).map_err(io)?;
         let values: Vec<f64> = match t.dtype() {
-            SafeDtype::F32 => t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            SafeDtype::F64 => t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            SafeDtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            SafeDtype::F64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             other => return Err(Error::Io(format!("{key}: unsupported dtype {other:?}"))),
         };
         match t.shape() {
             [rows, cols] => Ok(DMatrix::from_row_slice(*rows, *cols, &values)),
-            other => Err(Error::Io(format!("{key}: expected a matrix, got shape {other:?}"))),
+            other => Err(Error::Io(format!(
+                "{key}: expected a matrix, got shape {other:?}"
+            ))),
         }
     };
-    let scaling = if config.use_rslora { Scaling::RankStabilized } else { Scaling::Standard };
+    let scaling = if config.use_rslora {
+        Scaling::RankStabilized
+    } else {
+        Scaling::Standard
+    };
     let mut pairs = BTreeMap::new();
     for path in &config.target_modules {
-        let key = |name: &str| if path.is_empty() { format!("{name}.weight") } else { format!("{path}.{name}.weight") };
-        let alpha = config.alpha_pattern.get(path).copied().unwrap_or(config.lora_alpha);
+        let key = |name: &str| {
+            if path.is_empty() {
+                format!("{name}.weight")
+            } else {
+                format!("{path}.{name}.weight")
+            }
+        };
+        let alpha = config
+            .alpha_pattern
+            .get(path)
+            .copied()
+            .unwrap_or(config.lora_alpha);
         let pair = LoraPair {
             a: read(&key("lora_A"))?,
             b: read(&key("lora_B"))?,
@@ -329,10 +383,16 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     let mut tensors = BTreeMap::new();
     let mut scalars = BTreeMap::new();
     for (path, pair) in &adapter.pairs {
-        let parts = layers
-            .get(path)
-            .ok_or_else(|| Error::StateMismatch(format!("the model has no adapter layer at {path:?}")))?;
-        let at = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+        let parts = layers.get(path).ok_or_else(|| {
+            Error::StateMismatch(format!("the model has no adapter layer at {path:?}"))
+        })?;
+        let at = |name: &str| {
+            if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
         let row_major = |m: &DMatrix<f64>| m.transpose().as_slice().to_vec();
         let (o, r, i) = (pair.b.nrows(), pair.b.ncols(), pair.a.ncols());
         let expected: [(&str, Vec<usize>); 2] = if parts.tensors.contains_key("basis_out") {
@@ -372,6 +432,9 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     if v.missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::StateMismatch(format!("shape mismatch at {}", v.missing.join(", "))))
+        Err(Error::StateMismatch(format!(
+            "shape mismatch at {}",
+            v.missing.join(", ")
+        )))
     }
 }
