@@ -21,6 +21,7 @@ pub mod builder {
 /// plain autodiff with dfdx's own optimizers; `W0` and `b` get no gradient.
 ///
 /// ```
+/// use dfdx::optim::{Adam, AdamConfig, Optimizer};
 /// use dfdx::prelude::*;
 /// use sds_lora::nn::builders::LoraLinear;
 ///
