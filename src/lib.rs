@@ -7,6 +7,7 @@
 //! columns) and the scales `s` Euclidean. This crate is layered, dependencies pointing
 //! down only:
 //!
+//! - [`diagnostics`]: effective and stable rank, orthogonality, gradient alignment.
 //! - [`nn`]: the layers [`nn::SdsLinear`] (scale-decoupled backward) and
 //!   [`nn::LoraLinear`] (baseline), merging, conversions and PEFT export.
 //! - [`optim`]: the dfdx optimizers [`optim::SdsAdam`] and [`optim::SdsSgd`]: Euclidean
@@ -30,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod diagnostics;
 mod error;
 pub mod kernels;
 pub mod nn;

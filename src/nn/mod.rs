@@ -1,7 +1,9 @@
-//! Layers: [`SdsLinear`] (the scale-decoupled adapter) and [`LoraLinear`] (the baseline),
+//! Layers: [`SdsLinear`] (the scale-decoupled adapter), [`LoraLinear`] (the baseline) and
+//! [`SdsDualBranch`] (the paper's own parameterisation),
 //! with merging, conversion from dfdx's `Linear` and from a LoRA pair, and PEFT export
 //! ([`peft`]).
 
+mod dual_branch;
 mod frozen_linear;
 mod init;
 mod lora_linear;
@@ -15,14 +17,16 @@ mod sds_linear;
 pub type Batch<B, const N: usize, E, D, T> =
     dfdx::tensor::Tensor<(B, dfdx::shapes::Const<N>), E, D, T>;
 
+pub use dual_branch::SdsDualBranch;
 pub use frozen_linear::frozen_linear;
 pub use lora_linear::LoraLinear;
-pub use options::{GradientMode, MergeState, Scaling};
+pub use options::{GradientMode, MergeState, Phase, Scaling};
 pub use sds_adapter_op::{sds_adapter, SdsFactors};
 pub use sds_linear::SdsLinear;
 
 /// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
 pub mod builders {
+    pub use super::dual_branch::builder::SdsDualBranch;
     pub use super::lora_linear::builder::LoraLinear;
     pub use super::sds_linear::builder::SdsLinear;
 }

@@ -50,3 +50,15 @@ pub enum MergeState {
 }
 
 scalar_enum!(MergeState { Separate = 0, Merged = 1 });
+
+/// The phase of an [`SdsDualBranch`](super::SdsDualBranch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Plain LoRA: `dW = k B A`.
+    #[default]
+    Warmup,
+    /// Two branches through constant bases: `dW = k (Q_B A + B Q_A^T)`.
+    Dual,
+}
+
+scalar_enum!(Phase { Warmup = 0, Dual = 1 });
