@@ -25,7 +25,7 @@ pub mod builder {
 ///
 /// Built with random bases and `s = 0`, so that it starts exactly at `W0` (the
 /// `ZeroScales` initialisation); [`SdsLinear::init_principal`] and
-/// [`SdsLinear::from_lora`] give the others. The backward pass is one custom op
+/// [`SdsLinear::set_from_lora`] give the others. The backward pass is one custom op
 /// ([`GradientMode`]): no gradient is computed for `W0` or `b`. Train it with
 /// [`SdsAdam`](crate::optim::SdsAdam) or [`SdsSgd`](crate::optim::SdsSgd), which find
 /// the bases by name.

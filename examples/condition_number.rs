@@ -1,0 +1,692 @@
+//! Does convergence depend on how an adapter's product is split between its factors?
+//! (arXiv 2606.16454's claim: LoRA's rate degrades with the factors' condition number,
+//! SDS-LoRA's does not.) f64, full batch, deterministic.
+//!
+//! Problem: least squares `y = T x` on a fixed Gaussian batch `X` (256 x 1024), adapters of
+//! rank 8 on a 256 x 256 layer, all starting from the same `dW0 = B0 A0` (singular values
+//! spread over 10x) but with the factors split unevenly, `B0 = P D^(1/2) M`,
+//! `A0 = M^-1 D^(1/2) Q^T`, `M` diagonal with alternating entries `exp(+-lambda)` chosen so
+//! that `cond(B0) ~ cond(A0) ~ kappa_f` (exact equality is impossible below sqrt(10), where
+//! the balanced split is used; the measured values are printed). The target `T` has rank
+//! 8 (so that rank-8 adapters can reach it) with half its singular directions shared with
+//! `dW0` and half rotated away; `E = T - dW0` therefore has rank up to 16.
+//!
+//! Methods: LoRA; LoRA with the Riemannian preconditioner of Zhang and Pilanci (2024);
+//! the paper's dual-branch layer (`SdsDualBranch`, reparameterised from `(B0, A0)`, bases
+//! refreshed every 100 steps); SDS-Stiefel (`SdsLinear` from `(B0, A0)`, decoupled,
+//! `SdsSgd`/`SdsAdam`); coupled Stiefel (the same with the coupled gradients). Gradients
+//! are the layers' backward formulas evaluated in factored form (`O(n r^2)` a step, never
+//! forming the `256 x 256` gradient), fed to the real optimizers.
+//!
+//! Each method takes its best learning rate from a fixed log grid. Tables: steps to
+//! `||dW - T||_F / ||T||_F <= 1e-6` with gradient descent, with Adam, and over the target's
+//! own condition number at kappa_f = 1; diagnostics (effective rank of the factor
+//! gradients, alignment of the first step with the full gradient); JSON lines; an SVG.
+//!
+//! `cargo run --release --example condition_number [-- --budget 3000]`
+
+use dfdx::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+use dfdx::prelude::*;
+use nalgebra::{DMatrix, DVector};
+use plotters::prelude::*;
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use sds_lora::diagnostics::{alignment, effective_rank, lora_delta, sds_delta};
+use sds_lora::nn::{builders, GradientMode, LoraLinear, SdsDualBranch, SdsLinear};
+use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
+
+const N: usize = 256;
+const RANK: usize = 8;
+const SAMPLES: usize = 1024;
+const TOL: f64 = 1e-6;
+const REFRESH_EVERY: usize = 100;
+const KAPPAS: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
+const GD_GRID: [f64; 7] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
+const ADAM_GRID: [f64; 6] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2];
+
+type Mat = DMatrix<f64>;
+
+fn gaussian(rows: usize, cols: usize, rng: &mut StdRng) -> Mat {
+    Mat::from_fn(rows, cols, |_, _| StandardNormal.sample(rng))
+}
+
+fn diag(v: &[f64]) -> Mat {
+    Mat::from_diagonal(&DVector::from_column_slice(v))
+}
+
+fn cond(m: &Mat) -> f64 {
+    let s = sds_lora::diagnostics::singular_values(m);
+    s[0] / s[s.len() - 1]
+}
+
+/// The fixed data of one problem.
+struct Problem {
+    /// `Sigma = X X^T / samples`.
+    sigma: Mat,
+    /// `T = t_left t_right^T`.
+    t_left: Mat,
+    t_right: Mat,
+    t: Mat,
+    /// `dW0 = P D Q^T`.
+    p: Mat,
+    d: Vec<f64>,
+    q: Mat,
+}
+
+impl Problem {
+    /// `kappa_t`: condition number of the target's spectrum.
+    fn new(kappa_t: f64) -> Self {
+        let mut rng = StdRng::seed_from_u64(1);
+        let x = gaussian(N, SAMPLES, &mut rng);
+        let sigma = &x * x.transpose() / SAMPLES as f64;
+        let basis = |rng: &mut StdRng| gaussian(N, 2 * RANK, rng).qr().q();
+        let (pp, qq) = (basis(&mut rng), basis(&mut rng));
+        let (p, q) = (
+            pp.columns(0, RANK).into_owned(),
+            qq.columns(0, RANK).into_owned(),
+        );
+        let spread = |k: f64| -> Vec<f64> {
+            (0..RANK)
+                .map(|i| k.powf(-(i as f64) / (RANK - 1) as f64))
+                .collect()
+        };
+        let d = spread(10.0);
+        // T: half the directions shared with dW0, half rotated by 60 degrees into new ones.
+        let (c, s) = (0.5f64, 0.75f64.sqrt());
+        let rotate = |b: &Mat, full: &Mat| {
+            Mat::from_fn(N, RANK, |i, j| {
+                if j < RANK / 2 {
+                    b[(i, j)]
+                } else {
+                    c * b[(i, j)] + s * full[(i, j + RANK)]
+                }
+            })
+        };
+        let (pt, qt) = (rotate(&p, &pp), rotate(&q, &qq));
+        let dt: Vec<f64> = spread(kappa_t).iter().map(|v| 1.5 * v).collect();
+        let t_left = pt * diag(&dt);
+        let t = &t_left * qt.transpose();
+        Self {
+            sigma,
+            t_left,
+            t_right: qt,
+            t,
+            p,
+            d,
+            q,
+        }
+    }
+
+    fn dw0(&self) -> Mat {
+        &self.p * diag(&self.d) * self.q.transpose()
+    }
+
+    /// `(B0, A0)` with `cond(B0) ~ cond(A0) ~ kappa_f`.
+    fn factors(&self, kappa_f: f64) -> (Mat, Mat) {
+        // log cond(B0) = 2 lambda + ln(10) / 2 for alternating m = exp(+-lambda).
+        let lambda = ((kappa_f.ln() - 10f64.ln() / 2.0) / 2.0).max(0.0);
+        let m: Vec<f64> = (0..RANK)
+            .map(|i| {
+                if i % 2 == 0 {
+                    lambda.exp()
+                } else {
+                    (-lambda).exp()
+                }
+            })
+            .collect();
+        let sqrt_d: Vec<f64> = self.d.iter().map(|v| v.sqrt()).collect();
+        let b0 = &self.p * diag(&sqrt_d) * diag(&m);
+        let inv_m: Vec<f64> = m.iter().map(|v| 1.0 / v).collect();
+        let a0 = diag(&inv_m) * diag(&sqrt_d) * self.q.transpose();
+        (b0, a0)
+    }
+
+    /// `G X` for `dW = left right^T`, `G = (dW - T) Sigma`, without forming `G`.
+    fn g_times(&self, (l, r): (&Mat, &Mat), x: &Mat) -> Mat {
+        let sx = &self.sigma * x;
+        l * (r.transpose() * &sx) - &self.t_left * (self.t_right.transpose() * &sx)
+    }
+
+    /// `Y^T G`.
+    fn t_times_g(&self, (l, r): (&Mat, &Mat), y: &Mat) -> Mat {
+        ((y.transpose() * l) * r.transpose()
+            - (y.transpose() * &self.t_left) * self.t_right.transpose())
+            * &self.sigma
+    }
+
+    fn full_gradient(&self, dw: &Mat) -> Mat {
+        (dw - &self.t) * &self.sigma
+    }
+
+    fn rel_error(&self, dw: &Mat) -> f64 {
+        (dw - &self.t).norm() / self.t.norm()
+    }
+}
+
+fn host<const A: usize, const B: usize>(t: &Tensor<Rank2<A, B>, f64, Cpu>) -> Mat {
+    Mat::from_row_slice(A, B, &t.as_vec())
+}
+
+fn row_major(m: &Mat) -> Vec<f64> {
+    m.transpose().as_slice().to_vec()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Lora,
+    LoraPrecond,
+    DualBranch,
+    SdsStiefel,
+    CoupledStiefel,
+}
+
+impl Method {
+    const ALL: [Method; 5] = [
+        Method::Lora,
+        Method::LoraPrecond,
+        Method::DualBranch,
+        Method::SdsStiefel,
+        Method::CoupledStiefel,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "LoRA",
+            Method::LoraPrecond => "LoRA + Riemannian precond.",
+            Method::DualBranch => "dual-branch (paper)",
+            Method::SdsStiefel => "SDS-Stiefel",
+            Method::CoupledStiefel => "coupled Stiefel",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Rule {
+    Gd,
+    Adam,
+}
+
+/// One run's outcome.
+struct Outcome {
+    /// Steps to the tolerance, if reached.
+    steps: Option<usize>,
+    /// Relative error after each step.
+    curve: Vec<f64>,
+    /// Effective ranks of the two factor gradients and the alignment of the step with `-G`,
+    /// at step 0.
+    diagnostics: (f64, f64, f64),
+}
+
+type Lora = LoraLinear<N, N, RANK, f64, Cpu>;
+type Sds = SdsLinear<N, N, RANK, f64, Cpu>;
+type Dual = SdsDualBranch<N, N, RANK, f64, Cpu>;
+
+/// The model of one method, holding its factors.
+enum Model {
+    Lora(Lora),
+    Sds(Sds),
+    Dual(Dual),
+}
+
+fn run(
+    problem: &Problem,
+    method: Method,
+    rule: Rule,
+    lr: f64,
+    kappa_f: f64,
+    budget: usize,
+) -> Outcome {
+    let dev = Cpu::seed_from_u64(5);
+    let (b0, a0) = problem.factors(kappa_f);
+    let mut model = match method {
+        Method::Lora | Method::LoraPrecond => {
+            let mut l = dev.build_module::<builders::LoraLinear<N, N, RANK>, f64>();
+            l.lora_b.copy_from(&row_major(&b0));
+            l.lora_a.copy_from(&row_major(&a0));
+            Model::Lora(l)
+        }
+        Method::DualBranch => {
+            let mut l = dev.build_module::<builders::SdsDualBranch<N, N, RANK>, f64>();
+            l.lora_b.copy_from(&row_major(&b0));
+            l.lora_a.copy_from(&row_major(&a0));
+            l.reparameterize().expect("warm-up phase");
+            Model::Dual(l)
+        }
+        Method::SdsStiefel | Method::CoupledStiefel => {
+            let mut l = dev.build_module::<builders::SdsLinear<N, N, RANK>, f64>();
+            let (bt, at): (
+                Tensor<Rank2<N, RANK>, f64, Cpu>,
+                Tensor<Rank2<RANK, N>, f64, Cpu>,
+            ) = (
+                dev.tensor_from_vec(row_major(&b0), (Const, Const)),
+                dev.tensor_from_vec(row_major(&a0), (Const, Const)),
+            );
+            l.set_from_lora(&bt, &at, 1.0);
+            if method == Method::CoupledStiefel {
+                l.gradient_mode = GradientMode::Coupled;
+            }
+            Model::Sds(l)
+        }
+    };
+    // Every optimizer: plain gradient descent (no momentum) or Adam at `lr`, all groups.
+    let mut lora_sgd = None;
+    let mut lora_adam = None;
+    let mut dual_sgd = None;
+    let mut dual_adam = None;
+    let mut sds_sgd = None;
+    let mut sds_adam = None;
+    match (&model, rule) {
+        (Model::Lora(l), Rule::Gd) => {
+            lora_sgd = Some(Sgd::new(
+                l,
+                SgdConfig {
+                    lr,
+                    ..Default::default()
+                },
+            ))
+        }
+        (Model::Lora(l), Rule::Adam) => {
+            lora_adam = Some(Adam::new(
+                l,
+                AdamConfig {
+                    lr,
+                    ..Default::default()
+                },
+            ))
+        }
+        (Model::Dual(l), Rule::Gd) => {
+            dual_sgd = Some(Sgd::new(
+                l,
+                SgdConfig {
+                    lr,
+                    ..Default::default()
+                },
+            ))
+        }
+        (Model::Dual(l), Rule::Adam) => {
+            dual_adam = Some(Adam::new(
+                l,
+                AdamConfig {
+                    lr,
+                    ..Default::default()
+                },
+            ))
+        }
+        (Model::Sds(l), Rule::Gd) => {
+            sds_sgd = Some(
+                SdsSgd::new(
+                    l,
+                    SdsSgdConfig {
+                        groups: ParamGroups::uniform(lr),
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+        }
+        (Model::Sds(l), Rule::Adam) => {
+            sds_adam = Some(
+                SdsAdam::new(
+                    l,
+                    SdsAdamConfig {
+                        groups: ParamGroups::uniform(lr),
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+        }
+    }
+    let mut curve = Vec::new();
+    let mut diagnostics = (0.0, 0.0, 0.0);
+    let mut steps = None;
+    for step in 0..budget {
+        // dW = left right^T and the factor gradients (the layers' backward formulas).
+        let ok = match &mut model {
+            Model::Lora(l) => {
+                let c = l.scale();
+                let (b, a) = (host(&l.lora_b), host(&l.lora_a));
+                let lr_pair = (&b, &a.transpose());
+                let mut db = problem.g_times(lr_pair, &a.transpose()) * c; // c G A^T
+                let mut da = problem.t_times_g(lr_pair, &b) * c; // c B^T G
+                if method == Method::LoraPrecond {
+                    // Zhang and Pilanci: grad_B (A A^T + delta I)^-1, (B^T B + delta I)^-1 grad_A.
+                    let damp = |g: &Mat| {
+                        let delta = 1e-8 * g.trace().abs().max(1e-30);
+                        (g + Mat::identity(RANK, RANK) * delta)
+                            .try_inverse()
+                            .expect("damped Gram")
+                    };
+                    db *= damp(&(&a * a.transpose()));
+                    da = damp(&(b.transpose() * &b)) * da;
+                }
+                if step == 0 {
+                    let g = problem.full_gradient(&(&b * &a * c));
+                    let delta = lora_delta(c, (&b, &a), (&(-&db), &(-&da)));
+                    diagnostics = (
+                        effective_rank(&db),
+                        effective_rank(&da),
+                        alignment(&g, &delta),
+                    );
+                }
+                let mut grads = l.alloc_grads();
+                grads
+                    .get_or_alloc_mut(&l.lora_b)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&db));
+                grads
+                    .get_or_alloc_mut(&l.lora_a)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&da));
+                match (&mut lora_sgd, &mut lora_adam) {
+                    (Some(o), _) => o.update(l, &grads).is_ok(),
+                    (_, Some(o)) => o.update(l, &grads).is_ok(),
+                    _ => unreachable!(),
+                }
+            }
+            Model::Dual(l) => {
+                if step > 0 && step % REFRESH_EVERY == 0 {
+                    l.refresh().expect("dual phase");
+                }
+                let k = l.scale();
+                let (a, b, qa, qb) = (host(&l.lora_a), host(&l.lora_b), host(&l.q_a), host(&l.q_b));
+                // dW = k (Q_B A + B Q_A^T) = [Q_B, B] [A^T, Q_A]^T k
+                let mut left = Mat::zeros(N, 2 * RANK);
+                left.columns_mut(0, RANK).copy_from(&(&qb * k));
+                left.columns_mut(RANK, RANK).copy_from(&(&b * k));
+                let mut right = Mat::zeros(N, 2 * RANK);
+                right.columns_mut(0, RANK).copy_from(&a.transpose());
+                right.columns_mut(RANK, RANK).copy_from(&qa);
+                let pair = (&left, &right);
+                let da = problem.t_times_g(pair, &qb) * k; // k Q_B^T G
+                let db = problem.g_times(pair, &qa) * k; // k G Q_A
+                if step == 0 {
+                    let g = problem.full_gradient(&(&left * right.transpose()));
+                    let delta = (&qb * (-&da) + (-&db) * qa.transpose()) * k;
+                    diagnostics = (
+                        effective_rank(&db),
+                        effective_rank(&da),
+                        alignment(&g, &delta),
+                    );
+                }
+                let mut grads = l.alloc_grads();
+                grads
+                    .get_or_alloc_mut(&l.lora_a)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&da));
+                grads
+                    .get_or_alloc_mut(&l.lora_b)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&db));
+                match (&mut dual_sgd, &mut dual_adam) {
+                    (Some(o), _) => o.update(l, &grads).is_ok(),
+                    (_, Some(o)) => o.update(l, &grads).is_ok(),
+                    _ => unreachable!(),
+                }
+            }
+            Model::Sds(l) => {
+                let c = l.scale();
+                let (u, v) = (host(&l.basis_out), host(&l.basis_in));
+                let s = DVector::from_vec(l.scales.as_vec());
+                let left = &u * Mat::from_diagonal(&s) * c;
+                let pair = (&left, &v);
+                let gv = problem.g_times(pair, &v); // G V
+                let gtu = problem.t_times_g(pair, &u).transpose(); // G^T U
+                let ds = DVector::from_fn(RANK, |k, _| c * u.column(k).dot(&gv.column(k)));
+                let sd = Mat::from_diagonal(&s);
+                let (du, dv) = match l.gradient_mode {
+                    GradientMode::Decoupled => (&gv * c, &gtu * c),
+                    GradientMode::Coupled => (&gv * &sd * c, &gtu * &sd * c),
+                };
+                if step == 0 {
+                    let g = problem.full_gradient(&(&left * v.transpose()));
+                    let delta = sds_delta(c, (&u, &s, &v), (&(-&du), &(-&ds), &(-&dv)));
+                    diagnostics = (
+                        effective_rank(&du),
+                        effective_rank(&dv),
+                        alignment(&g, &delta),
+                    );
+                }
+                let mut grads = l.alloc_grads();
+                grads
+                    .get_or_alloc_mut(&l.basis_out)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&du));
+                grads
+                    .get_or_alloc_mut(&l.basis_in)
+                    .unwrap()
+                    .copy_from_slice(&row_major(&dv));
+                grads
+                    .get_or_alloc_mut(&l.scales)
+                    .unwrap()
+                    .copy_from_slice(ds.as_slice());
+                match (&mut sds_sgd, &mut sds_adam) {
+                    (Some(o), _) => o.update(l, &grads).is_ok(),
+                    (_, Some(o)) => o.update(l, &grads).is_ok(),
+                    _ => unreachable!(),
+                }
+            }
+        };
+        let dw = match &model {
+            Model::Lora(l) => host(&l.lora_b) * host(&l.lora_a) * l.scale(),
+            Model::Sds(l) => host(&l.delta_weight().unwrap()),
+            Model::Dual(l) => l.delta_weight(),
+        };
+        let err = problem.rel_error(&dw);
+        curve.push(err);
+        if !ok || !err.is_finite() || err > 1e3 {
+            break;
+        }
+        if err <= TOL {
+            steps = Some(step + 1);
+            break;
+        }
+    }
+    Outcome {
+        steps,
+        curve,
+        diagnostics,
+    }
+}
+
+/// The best run over a learning-rate grid: fewest steps, or if none reaches the tolerance,
+/// the lowest final error.
+fn best(
+    problem: &Problem,
+    method: Method,
+    rule: Rule,
+    kappa_f: f64,
+    budget: usize,
+) -> (f64, Outcome) {
+    let grid: &[f64] = if rule == Rule::Gd {
+        &GD_GRID
+    } else {
+        &ADAM_GRID
+    };
+    // Grid points are independent runs: two at a time, one per core.
+    let mut outcomes: Vec<(f64, Outcome)> = Vec::new();
+    for pair in grid.chunks(2) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pair
+                .iter()
+                .map(|&lr| {
+                    scope.spawn(move || (lr, run(problem, method, rule, lr, kappa_f, budget)))
+                })
+                .collect();
+            outcomes.extend(handles.into_iter().map(|h| h.join().expect("run")));
+        });
+    }
+    let key = |o: &Outcome| {
+        (
+            o.steps.unwrap_or(usize::MAX),
+            o.curve.last().copied().unwrap_or(f64::INFINITY),
+        )
+    };
+    outcomes
+        .into_iter()
+        .min_by(|(_, a), (_, b)| {
+            let (ka, kb) = (key(a), key(b));
+            ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
+        })
+        .expect("non-empty grid")
+}
+
+fn cell(o: &Outcome) -> String {
+    match o.steps {
+        Some(s) => s.to_string(),
+        None => format!(
+            "not reached ({:.1e})",
+            o.curve.last().copied().unwrap_or(f64::NAN)
+        ),
+    }
+}
+
+fn plot(
+    curves: &[(String, Vec<f64>)],
+    path: &std::path::Path,
+    budget: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Gradient descent, kappa_f = 1000: relative error ||dW - T|| / ||T||",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0..budget, (1e-7f64..10f64).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("relative error")
+        .draw()?;
+    for (k, (name, curve)) in curves.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                curve
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i, v.clamp(1e-7, 10.0))),
+                color.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let budget: usize = args
+        .iter()
+        .position(|a| a == "--budget")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--budget: a number"))
+        .unwrap_or(3000);
+    let start = std::time::Instant::now();
+    let problem = Problem::new(10.0);
+    println!(
+        "256 x 256 layer, rank 8, {SAMPLES} samples; ||E|| / ||dW0|| = {:.2}, rank(E) = {}; tolerance {TOL:e}; budget {budget} steps\n",
+        (&problem.t - problem.dw0()).norm() / problem.dw0().norm(),
+        sds_lora::diagnostics::singular_values(&(&problem.t - problem.dw0())).iter().filter(|&&s| s > 1e-10).count()
+    );
+    println!("| kappa_f (target) | cond(B0) | cond(A0) |\n|---|---|---|");
+    for &k in &KAPPAS {
+        let (b0, a0) = problem.factors(k);
+        println!("| {k} | {:.1} | {:.1} |", cond(&b0), cond(&a0));
+    }
+    let mut json = Vec::new();
+    let mut svg_curves = Vec::new();
+    for rule in [Rule::Gd, Rule::Adam] {
+        let title = if rule == Rule::Gd {
+            "gradient descent (no momentum)"
+        } else {
+            "Adam"
+        };
+        println!("\nSteps to relative error {TOL:e}, {title}, best learning rate per cell:\n");
+        println!("| method | kappa_f = 1 | 10 | 100 | 1000 | lr (per kappa_f) |\n|---|---|---|---|---|---|");
+        let mut diag_rows = Vec::new();
+        for method in Method::ALL {
+            let mut cells = Vec::new();
+            let mut lrs = Vec::new();
+            for &k in &KAPPAS {
+                let (lr, o) = best(&problem, method, rule, k, budget);
+                json.push(format!(
+                    r#"{{"table":"{}","method":"{}","kappa_f":{k},"lr":{lr},"steps":{},"final_rel_error":{:e},"eff_rank_grad_1":{:.3},"eff_rank_grad_2":{:.3},"alignment":{:.4}}}"#,
+                    if rule == Rule::Gd { "gd" } else { "adam" },
+                    method.name(),
+                    o.steps.map(|s| s.to_string()).unwrap_or_else(|| "null".into()),
+                    o.curve.last().copied().unwrap_or(f64::NAN),
+                    o.diagnostics.0,
+                    o.diagnostics.1,
+                    o.diagnostics.2
+                ));
+                cells.push(cell(&o));
+                lrs.push(format!("{lr}"));
+                if k == 1000.0 {
+                    diag_rows.push(format!(
+                        "| {} | {:.2} | {:.2} | {:.3} |",
+                        method.name(),
+                        o.diagnostics.0,
+                        o.diagnostics.1,
+                        o.diagnostics.2
+                    ));
+                    if rule == Rule::Gd {
+                        svg_curves.push((method.name().to_string(), o.curve));
+                    }
+                }
+            }
+            println!(
+                "| {} | {} | {} |",
+                method.name(),
+                cells.join(" | "),
+                lrs.join(", ")
+            );
+        }
+        println!("\nAt kappa_f = 1000, first step ({title}): effective rank of the two factor gradients (U/B, V/A) and alignment cos(-G, step's change of dW):\n");
+        println!("| method | eff. rank grad 1 | eff. rank grad 2 | alignment |\n|---|---|---|---|");
+        for r in diag_rows {
+            println!("{r}");
+        }
+    }
+    println!("\nSteps to {TOL:e} against the target's own condition number (spectrum of T), kappa_f = 1, gradient descent:\n");
+    println!("| method | kappa_T = 1 | 10 | 100 | 1000 |\n|---|---|---|---|---|");
+    let targets: Vec<Problem> = KAPPAS.iter().map(|&k| Problem::new(k)).collect();
+    for method in Method::ALL {
+        let cells: Vec<String> =
+            targets
+                .iter()
+                .zip(KAPPAS)
+                .map(|(p, kt)| {
+                    let (lr, o) = best(p, method, Rule::Gd, 1.0, budget);
+                    json.push(format!(
+                    r#"{{"table":"gd_target","method":"{}","kappa_t":{kt},"lr":{lr},"steps":{}}}"#,
+                    method.name(),
+                    o.steps.map(|s| s.to_string()).unwrap_or_else(|| "null".into())
+                ));
+                    cell(&o)
+                })
+                .collect();
+        println!("| {} | {} |", method.name(), cells.join(" | "));
+    }
+    println!();
+    for line in &json {
+        println!("{line}");
+    }
+    let path = std::env::temp_dir().join("sds_lora_condition_number.svg");
+    match plot(&svg_curves, &path, budget) {
+        Ok(()) => println!("\nloss curves (GD, kappa_f = 1000): {}", path.display()),
+        Err(e) => eprintln!("could not write the plot: {e}"),
+    }
+    println!("total time {:.0} s", start.elapsed().as_secs_f64());
+}
