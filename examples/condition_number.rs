@@ -25,151 +25,25 @@
 //!
 //! `cargo run --release --example condition_number [-- --budget 3000]`
 
+#[path = "common/lowrank.rs"]
+mod lowrank;
+
 use dfdx::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use dfdx::prelude::*;
-use nalgebra::{DMatrix, DVector};
+use lowrank::{
+    cond, host, row_major, sds_from, sds_gradients, sds_grads, Mat, Problem, N, RANK, SAMPLES,
+};
+use nalgebra::DVector;
 use plotters::prelude::*;
-use rand::{rngs::StdRng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
 use sds_lora::diagnostics::{alignment, effective_rank, lora_delta, sds_delta};
 use sds_lora::nn::{builders, GradientMode, LoraLinear, SdsDualBranch, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
 
-const N: usize = 256;
-const RANK: usize = 8;
-const SAMPLES: usize = 1024;
 const TOL: f64 = 1e-6;
 const REFRESH_EVERY: usize = 100;
 const KAPPAS: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
 const GD_GRID: [f64; 7] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
 const ADAM_GRID: [f64; 6] = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2];
-
-type Mat = DMatrix<f64>;
-
-fn gaussian(rows: usize, cols: usize, rng: &mut StdRng) -> Mat {
-    Mat::from_fn(rows, cols, |_, _| StandardNormal.sample(rng))
-}
-
-fn diag(v: &[f64]) -> Mat {
-    Mat::from_diagonal(&DVector::from_column_slice(v))
-}
-
-fn cond(m: &Mat) -> f64 {
-    let s = sds_lora::diagnostics::singular_values(m);
-    s[0] / s[s.len() - 1]
-}
-
-/// The fixed data of one problem.
-struct Problem {
-    /// `Sigma = X X^T / samples`.
-    sigma: Mat,
-    /// `T = t_left t_right^T`.
-    t_left: Mat,
-    t_right: Mat,
-    t: Mat,
-    /// `dW0 = P D Q^T`.
-    p: Mat,
-    d: Vec<f64>,
-    q: Mat,
-}
-
-impl Problem {
-    /// `kappa_t`: condition number of the target's spectrum.
-    fn new(kappa_t: f64) -> Self {
-        let mut rng = StdRng::seed_from_u64(1);
-        let x = gaussian(N, SAMPLES, &mut rng);
-        let sigma = &x * x.transpose() / SAMPLES as f64;
-        let basis = |rng: &mut StdRng| gaussian(N, 2 * RANK, rng).qr().q();
-        let (pp, qq) = (basis(&mut rng), basis(&mut rng));
-        let (p, q) = (
-            pp.columns(0, RANK).into_owned(),
-            qq.columns(0, RANK).into_owned(),
-        );
-        let spread = |k: f64| -> Vec<f64> {
-            (0..RANK)
-                .map(|i| k.powf(-(i as f64) / (RANK - 1) as f64))
-                .collect()
-        };
-        let d = spread(10.0);
-        // T: half the directions shared with dW0, half rotated by 60 degrees into new ones.
-        let (c, s) = (0.5f64, 0.75f64.sqrt());
-        let rotate = |b: &Mat, full: &Mat| {
-            Mat::from_fn(N, RANK, |i, j| {
-                if j < RANK / 2 {
-                    b[(i, j)]
-                } else {
-                    c * b[(i, j)] + s * full[(i, j + RANK)]
-                }
-            })
-        };
-        let (pt, qt) = (rotate(&p, &pp), rotate(&q, &qq));
-        let dt: Vec<f64> = spread(kappa_t).iter().map(|v| 1.5 * v).collect();
-        let t_left = pt * diag(&dt);
-        let t = &t_left * qt.transpose();
-        Self {
-            sigma,
-            t_left,
-            t_right: qt,
-            t,
-            p,
-            d,
-            q,
-        }
-    }
-
-    fn dw0(&self) -> Mat {
-        &self.p * diag(&self.d) * self.q.transpose()
-    }
-
-    /// `(B0, A0)` with `cond(B0) ~ cond(A0) ~ kappa_f`.
-    fn factors(&self, kappa_f: f64) -> (Mat, Mat) {
-        // log cond(B0) = 2 lambda + ln(10) / 2 for alternating m = exp(+-lambda).
-        let lambda = ((kappa_f.ln() - 10f64.ln() / 2.0) / 2.0).max(0.0);
-        let m: Vec<f64> = (0..RANK)
-            .map(|i| {
-                if i % 2 == 0 {
-                    lambda.exp()
-                } else {
-                    (-lambda).exp()
-                }
-            })
-            .collect();
-        let sqrt_d: Vec<f64> = self.d.iter().map(|v| v.sqrt()).collect();
-        let b0 = &self.p * diag(&sqrt_d) * diag(&m);
-        let inv_m: Vec<f64> = m.iter().map(|v| 1.0 / v).collect();
-        let a0 = diag(&inv_m) * diag(&sqrt_d) * self.q.transpose();
-        (b0, a0)
-    }
-
-    /// `G X` for `dW = left right^T`, `G = (dW - T) Sigma`, without forming `G`.
-    fn g_times(&self, (l, r): (&Mat, &Mat), x: &Mat) -> Mat {
-        let sx = &self.sigma * x;
-        l * (r.transpose() * &sx) - &self.t_left * (self.t_right.transpose() * &sx)
-    }
-
-    /// `Y^T G`.
-    fn t_times_g(&self, (l, r): (&Mat, &Mat), y: &Mat) -> Mat {
-        ((y.transpose() * l) * r.transpose()
-            - (y.transpose() * &self.t_left) * self.t_right.transpose())
-            * &self.sigma
-    }
-
-    fn full_gradient(&self, dw: &Mat) -> Mat {
-        (dw - &self.t) * &self.sigma
-    }
-
-    fn rel_error(&self, dw: &Mat) -> f64 {
-        (dw - &self.t).norm() / self.t.norm()
-    }
-}
-
-fn host<const A: usize, const B: usize>(t: &Tensor<Rank2<A, B>, f64, Cpu>) -> Mat {
-    Mat::from_row_slice(A, B, &t.as_vec())
-}
-
-fn row_major(m: &Mat) -> Vec<f64> {
-    m.transpose().as_slice().to_vec()
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Method {
@@ -227,6 +101,85 @@ enum Model {
     Dual(Dual),
 }
 
+impl Model {
+    fn delta_weight(&self) -> Mat {
+        match self {
+            Model::Lora(l) => host(&l.lora_b) * host(&l.lora_a) * l.scale(),
+            Model::Sds(l) => host(&l.delta_weight().unwrap()),
+            Model::Dual(l) => l.delta_weight(),
+        }
+    }
+}
+
+/// A model's factors at one moment, for the first-order change of `dW` between two.
+enum Snapshot {
+    Lora {
+        c: f64,
+        b: Mat,
+        a: Mat,
+    },
+    Sds {
+        c: f64,
+        u: Mat,
+        s: DVector<f64>,
+        v: Mat,
+    },
+    Dual {
+        k: f64,
+        a: Mat,
+        b: Mat,
+        qa: Mat,
+        qb: Mat,
+    },
+}
+
+impl Snapshot {
+    fn of(m: &Model) -> Self {
+        match m {
+            Model::Lora(l) => Snapshot::Lora {
+                c: l.scale(),
+                b: host(&l.lora_b),
+                a: host(&l.lora_a),
+            },
+            Model::Sds(l) => Snapshot::Sds {
+                c: l.scale(),
+                u: host(&l.basis_out),
+                s: DVector::from_vec(l.scales.as_vec()),
+                v: host(&l.basis_in),
+            },
+            Model::Dual(l) => Snapshot::Dual {
+                k: l.scale(),
+                a: host(&l.lora_a),
+                b: host(&l.lora_b),
+                qa: host(&l.q_a),
+                qb: host(&l.q_b),
+            },
+        }
+    }
+
+    /// `d dW` for the factor changes from `self` to `after`, to first order.
+    fn first_order_change(&self, after: &Snapshot) -> Mat {
+        match (self, after) {
+            (Snapshot::Lora { c, b, a }, Snapshot::Lora { b: b2, a: a2, .. }) => {
+                lora_delta(*c, (b, a), (&(b2 - b), &(a2 - a)))
+            }
+            (
+                Snapshot::Sds { c, u, s, v },
+                Snapshot::Sds {
+                    u: u2,
+                    s: s2,
+                    v: v2,
+                    ..
+                },
+            ) => sds_delta(*c, (u, s, v), (&(u2 - u), &(s2 - s), &(v2 - v))),
+            (Snapshot::Dual { k, a, b, qa, qb }, Snapshot::Dual { a: a2, b: b2, .. }) => {
+                (qb * (a2 - a) + (b2 - b) * qa.transpose()) * *k
+            }
+            _ => unreachable!("same model"),
+        }
+    }
+}
+
 fn run(
     problem: &Problem,
     method: Method,
@@ -252,15 +205,7 @@ fn run(
             Model::Dual(l)
         }
         Method::SdsStiefel | Method::CoupledStiefel => {
-            let mut l = dev.build_module::<builders::SdsLinear<N, N, RANK>, f64>();
-            let (bt, at): (
-                Tensor<Rank2<N, RANK>, f64, Cpu>,
-                Tensor<Rank2<RANK, N>, f64, Cpu>,
-            ) = (
-                dev.tensor_from_vec(row_major(&b0), (Const, Const)),
-                dev.tensor_from_vec(row_major(&a0), (Const, Const)),
-            );
-            l.set_from_lora(&bt, &at, 1.0);
+            let mut l = sds_from(&dev, (&b0, &a0));
             if method == Method::CoupledStiefel {
                 l.gradient_mode = GradientMode::Coupled;
             }
@@ -340,6 +285,12 @@ fn run(
     let mut diagnostics = (0.0, 0.0, 0.0);
     let mut steps = None;
     for step in 0..budget {
+        let before = (step == 0).then(|| {
+            (
+                Snapshot::of(&model),
+                problem.full_gradient(&model.delta_weight()),
+            )
+        });
         // dW = left right^T and the factor gradients (the layers' backward formulas).
         let ok = match &mut model {
             Model::Lora(l) => {
@@ -424,41 +375,12 @@ fn run(
                 }
             }
             Model::Sds(l) => {
-                let c = l.scale();
-                let (u, v) = (host(&l.basis_out), host(&l.basis_in));
-                let s = DVector::from_vec(l.scales.as_vec());
-                let left = &u * Mat::from_diagonal(&s) * c;
-                let pair = (&left, &v);
-                let gv = problem.g_times(pair, &v); // G V
-                let gtu = problem.t_times_g(pair, &u).transpose(); // G^T U
-                let ds = DVector::from_fn(RANK, |k, _| c * u.column(k).dot(&gv.column(k)));
-                let sd = Mat::from_diagonal(&s);
-                let (du, dv) = match l.gradient_mode {
-                    GradientMode::Decoupled => (&gv * c, &gtu * c),
-                    GradientMode::Coupled => (&gv * &sd * c, &gtu * &sd * c),
-                };
+                let (du, ds, dv) = sds_gradients(problem, l);
                 if step == 0 {
-                    let g = problem.full_gradient(&(&left * v.transpose()));
-                    let delta = sds_delta(c, (&u, &s, &v), (&(-&du), &(-&ds), &(-&dv)));
-                    diagnostics = (
-                        effective_rank(&du),
-                        effective_rank(&dv),
-                        alignment(&g, &delta),
-                    );
+                    diagnostics.0 = effective_rank(&du);
+                    diagnostics.1 = effective_rank(&dv);
                 }
-                let mut grads = l.alloc_grads();
-                grads
-                    .get_or_alloc_mut(&l.basis_out)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&du));
-                grads
-                    .get_or_alloc_mut(&l.basis_in)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&dv));
-                grads
-                    .get_or_alloc_mut(&l.scales)
-                    .unwrap()
-                    .copy_from_slice(ds.as_slice());
+                let grads = sds_grads(l, &(du, ds, dv));
                 match (&mut sds_sgd, &mut sds_adam) {
                     (Some(o), _) => o.update(l, &grads).is_ok(),
                     (_, Some(o)) => o.update(l, &grads).is_ok(),
@@ -466,11 +388,11 @@ fn run(
                 }
             }
         };
-        let dw = match &model {
-            Model::Lora(l) => host(&l.lora_b) * host(&l.lora_a) * l.scale(),
-            Model::Sds(l) => host(&l.delta_weight().unwrap()),
-            Model::Dual(l) => l.delta_weight(),
-        };
+        if let Some((snapshot, g)) = before {
+            // The first-order change of dW that this step actually made.
+            diagnostics.2 = alignment(&g, &snapshot.first_order_change(&Snapshot::of(&model)));
+        }
+        let dw = model.delta_weight();
         let err = problem.rel_error(&dw);
         curve.push(err);
         if !ok || !err.is_finite() || err > 1e3 {
@@ -653,7 +575,7 @@ fn main() {
                 lrs.join(", ")
             );
         }
-        println!("\nAt kappa_f = 1000, first step ({title}): effective rank of the two factor gradients (U/B, V/A) and alignment cos(-G, step's change of dW):\n");
+        println!("\nAt kappa_f = 1000, first step ({title}): effective rank of the two factor gradients (U/B, V/A) and alignment cos(-G, the change of dW the step made, to first order):\n");
         println!("| method | eff. rank grad 1 | eff. rank grad 2 | alignment |\n|---|---|---|---|");
         for r in diag_rows {
             println!("{r}");

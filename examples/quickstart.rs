@@ -15,20 +15,19 @@
 //!
 //! `cargo run --release --example quickstart`
 
-use dfdx::optim::{Adam, AdamConfig, Optimizer};
+#[path = "common/digits.rs"]
+mod digits;
+
+use dfdx::optim::{Adam, AdamConfig};
 use dfdx::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
+use digits::{accuracy, load, train, BATCH, CLASSES, FEATURES};
 use plotters::prelude::*;
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 use sds_lora::nn::{LoraLinear, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use std::time::Instant;
 
-const FEATURES: usize = 64;
-const CLASSES: usize = 10;
 const HIDDEN: usize = 64;
 const RANK: usize = 4;
-const BATCH: usize = 64;
 const PRETRAIN_STEPS: usize = 600;
 const ADAPT_STEPS: usize = 300;
 const LR: f64 = 1e-2;
@@ -47,9 +46,6 @@ type Mlp = (
     Linear<HIDDEN, CLASSES>,
 );
 type Built = <Mlp as BuildOnDevice<Cpu, f32>>::Built;
-/// A batch of images and of one-hot labels.
-type Images = Tensor<(usize, Const<FEATURES>), f32, Cpu>;
-type Labels = Tensor<(usize, Const<CLASSES>), f32, Cpu>;
 type LoraMlp = (
     LoraLinear<FEATURES, HIDDEN, RANK, f32, Cpu>,
     ReLU,
@@ -64,134 +60,6 @@ type SdsMlp = (
     ReLU,
     SdsLinear<HIDDEN, CLASSES, RANK, f32, Cpu>,
 );
-
-/// Images (row-major 8x8, scaled to [0, 1]) and labels.
-#[derive(Clone)]
-struct Split {
-    x: Vec<[f32; FEATURES]>,
-    y: Vec<usize>,
-}
-
-impl Split {
-    /// The same digits rotated by 90 degrees (counter-clockwise).
-    fn rotated(&self) -> Split {
-        let rot = |img: &[f32; FEATURES]| {
-            let mut out = [0.0; FEATURES];
-            for i in 0..8 {
-                for j in 0..8 {
-                    out[(7 - j) * 8 + i] = img[i * 8 + j];
-                }
-            }
-            out
-        };
-        Split {
-            x: self.x.iter().map(rot).collect(),
-            y: self.y.clone(),
-        }
-    }
-
-    fn tensor(&self, dev: &Cpu, idx: &[usize]) -> (Images, Labels) {
-        let x: Vec<f32> = idx.iter().flat_map(|&i| self.x[i]).collect();
-        let mut y = vec![0.0f32; idx.len() * CLASSES];
-        for (row, &i) in idx.iter().enumerate() {
-            y[row * CLASSES + self.y[i]] = 1.0;
-        }
-        (
-            dev.tensor_from_vec(x, (idx.len(), Const)),
-            dev.tensor_from_vec(y, (idx.len(), Const)),
-        )
-    }
-}
-
-/// The digits, shuffled with `SEED` and split 75/25 into train and test.
-fn load() -> (Split, Split) {
-    let d = smartcore::dataset::digits::load_dataset();
-    let mut order: Vec<usize> = (0..d.num_samples).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(SEED));
-    let take = |ids: &[usize]| Split {
-        x: ids
-            .iter()
-            .map(|&i| {
-                let mut img = [0.0; FEATURES];
-                for (k, v) in img.iter_mut().enumerate() {
-                    *v = d.data[i * d.num_features + k] / 16.0;
-                }
-                img
-            })
-            .collect(),
-        y: ids.iter().map(|&i| d.target[i] as usize).collect(),
-    };
-    let cut = d.num_samples * 3 / 4;
-    (take(&order[..cut]), take(&order[cut..]))
-}
-
-/// Held-out accuracy.
-fn accuracy<
-    M: Module<
-        Tensor<(usize, Const<FEATURES>), f32, Cpu>,
-        Output = Tensor<(usize, Const<CLASSES>), f32, Cpu>,
-    >,
->(
-    model: &M,
-    dev: &Cpu,
-    data: &Split,
-) -> f64 {
-    let idx: Vec<usize> = (0..data.y.len()).collect();
-    let (x, _) = data.tensor(dev, &idx);
-    let logits = model.forward(x).as_vec();
-    let correct = logits
-        .chunks_exact(CLASSES)
-        .zip(&data.y)
-        .filter(|(row, &y)| {
-            let argmax = (0..CLASSES)
-                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                .unwrap();
-            argmax == y
-        })
-        .count();
-    correct as f64 / data.y.len() as f64
-}
-
-/// `steps` Adam-like steps on minibatches drawn with `seed`; returns the loss curve.
-fn train<M, O>(
-    model: &mut M,
-    opt: &mut O,
-    dev: &Cpu,
-    data: &Split,
-    steps: usize,
-    seed: u64,
-    label: &str,
-) -> Vec<f32>
-where
-    M: Module<
-            Tensor<(usize, Const<FEATURES>), f32, Cpu, OwnedTape<f32, Cpu>>,
-            Output = Tensor<(usize, Const<CLASSES>), f32, Cpu, OwnedTape<f32, Cpu>>,
-        > + ZeroGrads<f32, Cpu>,
-    O: Optimizer<M, Cpu, f32>,
-{
-    let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} loss {msg}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut curve = Vec::with_capacity(steps);
-    for _ in 0..steps {
-        let idx: Vec<usize> = (0..BATCH).map(|_| rng.gen_range(0..data.y.len())).collect();
-        let (x, y) = data.tensor(dev, &idx);
-        let logits = model.forward(x.trace(model.alloc_grads()));
-        let loss = cross_entropy_with_logits_loss(logits, y);
-        let value = loss.array();
-        let grads = loss.backward();
-        opt.update(model, &grads).expect("optimizer step");
-        curve.push(value);
-        bar.set_message(format!("{value:.4}"));
-        bar.inc(1);
-    }
-    bar.finish();
-    curve
-}
 
 /// A copy of `l` on a device seeded with `seed`, so that an adapter built from it draws
 /// its random tensors from that seed.
@@ -212,8 +80,8 @@ struct Run {
 impl Run {
     /// Mean loss over the last 30 steps.
     fn final_loss(&self) -> f32 {
-        let tail = &self.curve[self.curve.len() - 30..];
-        tail.iter().sum::<f32>() / tail.len() as f32
+        let tail = &self.curve[self.curve.len().saturating_sub(30)..];
+        tail.iter().sum::<f32>() / tail.len().max(1) as f32
     }
 }
 
@@ -299,7 +167,7 @@ fn plot(
 
 fn main() {
     let dev = Cpu::seed_from_u64(SEED);
-    let (train_up, test_up) = load();
+    let (train_up, test_up) = load(SEED);
     let (train_rot, test_rot) = (train_up.rotated(), test_up.rotated());
     println!(
         "8x8 digits: {} train, {} test; domain shift: rotation by 90 degrees\n",
