@@ -36,7 +36,7 @@ use lowrank::{
 use nalgebra::DVector;
 use plotters::prelude::*;
 use sds_lora::diagnostics::{alignment, effective_rank, lora_delta, sds_delta};
-use sds_lora::nn::{builders, GradientMode, LoraLinear, SdsDualBranch, SdsLinear};
+use sds_lora::nn::{builders, Adapter, GradientMode, LoraLinear, SdsDualBranch, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
 
 const TOL: f64 = 1e-6;

@@ -19,7 +19,7 @@ mod lowrank;
 
 use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
-use sds_lora::nn::SdsLinear;
+use sds_lora::nn::{Adapter, SdsLinear};
 use sds_lora::optim::{
     GroupConfig, Momentum, ParamGroups, SdsAdamConfig, SdsConfig, SdsSgdConfig, SecondMoment,
     StiefelConfig, WeightDecay,

@@ -22,7 +22,7 @@ use dfdx::optim::{Adam, AdamConfig};
 use dfdx::prelude::*;
 use digits::{accuracy, load, train, BATCH, CLASSES, FEATURES};
 use plotters::prelude::*;
-use sds_lora::nn::{LoraLinear, SdsLinear};
+use sds_lora::nn::{Adapter, LoraLinear, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use std::time::Instant;
 

@@ -5,7 +5,7 @@ use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use sds_lora::nn::peft::{export_peft, import_peft, read_peft};
-use sds_lora::nn::{builders, LoraLinear, Scaling, SdsLinear};
+use sds_lora::nn::{builders, Adapter, LoraLinear, Scaling, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::orthogonality_error;
 

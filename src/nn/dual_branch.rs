@@ -2,7 +2,7 @@
 //! constant orthonormal bases, after a plain-LoRA warm-up.
 
 use super::frozen_linear::frozen_linear;
-use super::init::{fill_stiefel, fill_uniform, host, row_major};
+use super::init::{fill_stiefel, host, kaiming_uniform, row_major};
 use super::options::{Phase, Scaling};
 use crate::kernels::{small, Real};
 use crate::Error;
@@ -85,19 +85,19 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                         "weight",
                         |s| &s.weight,
                         |s| &mut s.weight,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "bias",
                         |s| &s.bias,
                         |s| &mut s.bias,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "lora_a",
                         |s| &s.lora_a,
                         |s| &mut s.lora_a,
-                        TensorOptions::reset_with(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::reset_with(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "lora_b",

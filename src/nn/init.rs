@@ -32,6 +32,14 @@ pub(crate) fn fill_uniform<S: Shape, E: Real, D: Device<E>>(
     Ok(())
 }
 
+/// Kaiming-uniform, as dfdx's `Linear` and PEFT's `lora_A`: uniform on
+/// `[-1/sqrt(FAN_IN), 1/sqrt(FAN_IN)]`.
+pub(crate) fn kaiming_uniform<const FAN_IN: usize, S: Shape, E: Real, D: Device<E>>(
+    t: &mut Tensor<S, E, D>,
+) -> Result<(), D::Err> {
+    fill_uniform(t, 1.0 / (FAN_IN as f64).sqrt())
+}
+
 /// Overwrites `t` with a Haar-random point of St(N, M), seeded by the device's generator.
 pub(crate) fn fill_stiefel<const N: usize, const M: usize, E: Real, D: Device<E>>(
     t: &mut Tensor<Rank2<N, M>, E, D>,

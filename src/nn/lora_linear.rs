@@ -1,10 +1,10 @@
 //! `LoraLinear`: a frozen linear layer plus the LoRA update `c B A`, the baseline.
 
+use super::adapter::Adapter;
 use super::frozen_linear::frozen_linear;
-use super::init::fill_uniform;
+use super::init::kaiming_uniform;
 use super::options::{MergeState, Scaling};
 use crate::kernels::Real;
-use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
@@ -80,19 +80,19 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                         "weight",
                         |s| &s.weight,
                         |s| &mut s.weight,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "bias",
                         |s| &s.bias,
                         |s| &mut s.bias,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "lora_a",
                         |s| &s.lora_a,
                         |s| &mut s.lora_a,
-                        TensorOptions::reset_with(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::reset_with(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "lora_b",
@@ -170,43 +170,26 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
     pub fn scale(&self) -> f64 {
         self.scaling.factor(self.alpha, R)
     }
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adapter<I, O, E, D>
+    for LoraLinear<I, O, R, E, D>
+{
+    fn frozen_mut(
+        &mut self,
+    ) -> (
+        &mut Tensor<Rank2<O, I>, E, D>,
+        &mut Tensor<Rank1<O>, E, D>,
+        &mut MergeState,
+    ) {
+        (&mut self.weight, &mut self.bias, &mut self.merge_state)
+    }
 
     /// `dW = c B A` (`[O, I]`).
-    pub fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
+    fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
         self.lora_b
             .clone()
             .try_matmul(self.lora_a.clone())?
             .try_mul(E::of_f64(self.scale()))
-    }
-
-    /// Folds the adapter into the frozen weight: `W0 <- W0 + dW`. Errors if merged.
-    pub fn merge(&mut self) -> Result<(), Error> {
-        if self.merge_state == MergeState::Merged {
-            return Err(Error::StateMismatch("LoraLinear is already merged".into()));
-        }
-        let dw = self.delta_weight().map_err(Error::device)?;
-        self.weight = self.weight.clone().try_add(dw).map_err(Error::device)?;
-        self.merge_state = MergeState::Merged;
-        Ok(())
-    }
-
-    /// Undoes [`LoraLinear::merge`]: `W0 <- W0 - dW`.
-    pub fn unmerge(&mut self) -> Result<(), Error> {
-        if self.merge_state == MergeState::Separate {
-            return Err(Error::StateMismatch("LoraLinear is not merged".into()));
-        }
-        let dw = self.delta_weight().map_err(Error::device)?;
-        self.weight = self.weight.clone().try_sub(dw).map_err(Error::device)?;
-        self.merge_state = MergeState::Separate;
-        Ok(())
-    }
-
-    /// The adapter for an existing linear layer: `W0` and `b` copied, `A` random, `B = 0`.
-    pub fn from_linear(linear: &dfdx::nn::modules::Linear<I, O, E, D>) -> Result<Self, D::Err> {
-        let dev = linear.weight.device().clone();
-        let mut layer: Self = Self::try_build(&dev)?;
-        layer.weight = linear.weight.clone();
-        layer.bias = linear.bias.clone();
-        Ok(layer)
     }
 }

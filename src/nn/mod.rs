@@ -3,6 +3,7 @@
 //! with merging, conversion from dfdx's `Linear` and from a LoRA pair, and PEFT export
 //! ([`peft`]).
 
+mod adapter;
 mod dual_branch;
 mod frozen_linear;
 mod init;
@@ -17,6 +18,7 @@ mod sds_linear;
 pub type Batch<B, const N: usize, E, D, T> =
     dfdx::tensor::Tensor<(B, dfdx::shapes::Const<N>), E, D, T>;
 
+pub use adapter::Adapter;
 pub use dual_branch::SdsDualBranch;
 pub use frozen_linear::frozen_linear;
 pub use lora_linear::LoraLinear;

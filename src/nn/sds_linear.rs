@@ -1,13 +1,13 @@
 //! `SdsLinear`: a frozen linear layer plus the SDS adapter `c U diag(s) V^T`.
 
+use super::adapter::Adapter;
 use super::frozen_linear::frozen_linear;
 use super::init::{
-    factor_lora_pair, fill_stiefel, fill_uniform, host, principal_subspace, row_major,
+    factor_lora_pair, fill_stiefel, host, kaiming_uniform, principal_subspace, row_major,
 };
 use super::options::{GradientMode, MergeState, Scaling};
 use super::sds_adapter_op::{sds_adapter, SdsFactors};
 use crate::kernels::Real;
-use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
@@ -99,13 +99,13 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                         "weight",
                         |s| &s.weight,
                         |s| &mut s.weight,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "bias",
                         |s| &s.bias,
                         |s| &mut s.bias,
-                        TensorOptions::detached(|t| fill_uniform(t, 1.0 / (I as f64).sqrt())),
+                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
                     ),
                     Self::tensor(
                         "basis_out",
@@ -215,49 +215,6 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
         self.scaling.factor(self.alpha, R)
     }
 
-    /// `dW = c U diag(s) V^T` (`[O, I]`).
-    pub fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
-        self.basis_out
-            .clone()
-            .try_mul(self.scales.clone().try_broadcast::<Rank2<O, R>, _>()?)?
-            .try_matmul(self.basis_in.clone().try_permute::<_, Axes2<1, 0>>()?)?
-            .try_mul(E::of_f64(self.scale()))
-    }
-
-    /// Folds the adapter into the frozen weight: `W0 <- W0 + dW`; the forward pass then
-    /// skips the adapter. Errors if already merged.
-    pub fn merge(&mut self) -> Result<(), Error> {
-        if self.merge_state == MergeState::Merged {
-            return Err(Error::StateMismatch("SdsLinear is already merged".into()));
-        }
-        let dw = self.delta_weight().map_err(Error::device)?;
-        self.weight = self.weight.clone().try_add(dw).map_err(Error::device)?;
-        self.merge_state = MergeState::Merged;
-        Ok(())
-    }
-
-    /// Undoes [`SdsLinear::merge`]: `W0 <- W0 - dW` (exact up to one rounding per entry).
-    pub fn unmerge(&mut self) -> Result<(), Error> {
-        if self.merge_state == MergeState::Separate {
-            return Err(Error::StateMismatch("SdsLinear is not merged".into()));
-        }
-        let dw = self.delta_weight().map_err(Error::device)?;
-        self.weight = self.weight.clone().try_sub(dw).map_err(Error::device)?;
-        self.merge_state = MergeState::Separate;
-        Ok(())
-    }
-
-    /// The adapter for an existing linear layer: `W0` and `b` are copied from it, the bases
-    /// are random points from the device's generator and `s = 0`, so the new layer computes
-    /// exactly what `linear` does.
-    pub fn from_linear(linear: &dfdx::nn::modules::Linear<I, O, E, D>) -> Result<Self, D::Err> {
-        let dev = linear.weight.device().clone();
-        let mut layer: Self = Self::try_build(&dev)?;
-        layer.weight = linear.weight.clone();
-        layer.bias = linear.bias.clone();
-        Ok(layer)
-    }
-
     /// `Principal` initialisation: `U` and `V` become the top-`R` left and right singular
     /// vectors of `W0` (randomised subspace iteration), and `s = 0`.
     pub fn init_principal(&mut self) -> Result<(), D::Err> {
@@ -282,5 +239,28 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
         self.basis_in.copy_from(&row_major::<E>(&v));
         self.scales
             .copy_from(&row_major::<E>(&DMatrix::from_row_slice(1, R, &s)));
+    }
+}
+
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adapter<I, O, E, D>
+    for SdsLinear<I, O, R, E, D>
+{
+    fn frozen_mut(
+        &mut self,
+    ) -> (
+        &mut Tensor<Rank2<O, I>, E, D>,
+        &mut Tensor<Rank1<O>, E, D>,
+        &mut MergeState,
+    ) {
+        (&mut self.weight, &mut self.bias, &mut self.merge_state)
+    }
+
+    /// `dW = c U diag(s) V^T` (`[O, I]`).
+    fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
+        self.basis_out
+            .clone()
+            .try_mul(self.scales.clone().try_broadcast::<Rank2<O, R>, _>()?)?
+            .try_matmul(self.basis_in.clone().try_permute::<_, Axes2<1, 0>>()?)?
+            .try_mul(E::of_f64(self.scale()))
     }
 }

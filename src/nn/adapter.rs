@@ -1,0 +1,76 @@
+//! What every adapter layer around a frozen linear map offers: its update `dW`, folding it
+//! into the frozen weight and back, and construction from a dfdx `Linear`.
+
+use super::options::MergeState;
+use crate::kernels::Real;
+use crate::Error;
+use dfdx::nn::BuildModule;
+use dfdx::prelude::*;
+
+/// An adapter `y = x (W0 + dW)^T + b` with `W0: [O, I]` and `b: [O]` frozen.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::nn::{builders, Adapter};
+///
+/// let dev = Cpu::default();
+/// let mut layer = dev.build_module::<builders::SdsLinear<6, 4, 2>, f32>();
+/// layer.scales.copy_from(&[0.5, -0.25]);
+/// let x: Tensor<Rank2<3, 6>, f32, _> = dev.sample_normal();
+/// let y = layer.forward(x.clone()).as_vec();
+/// layer.merge().unwrap(); // W0 <- W0 + dW; the forward now skips the adapter
+/// let merged = layer.forward(x).as_vec();
+/// assert!(y.iter().zip(&merged).all(|(a, b)| (a - b).abs() < 1e-6));
+/// ```
+pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
+    Sized + BuildModule<D, E>
+{
+    /// The frozen weight and bias and the merge state, mutably.
+    fn frozen_mut(
+        &mut self,
+    ) -> (
+        &mut Tensor<Rank2<O, I>, E, D>,
+        &mut Tensor<Rank1<O>, E, D>,
+        &mut MergeState,
+    );
+
+    /// The update `dW` (`[O, I]`).
+    fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err>;
+
+    /// Folds the adapter into the frozen weight: `W0 <- W0 + dW`; the forward pass then
+    /// skips the adapter. Errors if already merged.
+    fn merge(&mut self) -> Result<(), Error> {
+        let dw = self.delta_weight().map_err(Error::device)?;
+        let (weight, _, state) = self.frozen_mut();
+        if *state == MergeState::Merged {
+            return Err(Error::StateMismatch("the adapter is already merged".into()));
+        }
+        *weight = weight.clone().try_add(dw).map_err(Error::device)?;
+        *state = MergeState::Merged;
+        Ok(())
+    }
+
+    /// Undoes [`Adapter::merge`]: `W0 <- W0 - dW` (exact up to one rounding per entry).
+    /// Errors if not merged.
+    fn unmerge(&mut self) -> Result<(), Error> {
+        let dw = self.delta_weight().map_err(Error::device)?;
+        let (weight, _, state) = self.frozen_mut();
+        if *state == MergeState::Separate {
+            return Err(Error::StateMismatch("the adapter is not merged".into()));
+        }
+        *weight = weight.clone().try_sub(dw).map_err(Error::device)?;
+        *state = MergeState::Separate;
+        Ok(())
+    }
+
+    /// The adapter for an existing linear layer: `W0` and `b` copied from it, the
+    /// adapter's own tensors built as usual (from `linear`'s device generator), so that a
+    /// zero-initialised update starts exactly at `linear`.
+    fn from_linear(linear: &dfdx::nn::modules::Linear<I, O, E, D>) -> Result<Self, D::Err> {
+        let mut layer = Self::try_build(linear.weight.device())?;
+        let (weight, bias, _) = layer.frozen_mut();
+        *weight = linear.weight.clone();
+        *bias = linear.bias.clone();
+        Ok(layer)
+    }
+}
