@@ -7,6 +7,17 @@ use crate::Error;
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
 
+/// The frozen part of an adapter, borrowed mutably.
+#[derive(Debug)]
+pub struct FrozenMut<'a, const I: usize, const O: usize, E: Dtype, D: Storage<E>> {
+    /// `W0: [O, I]`.
+    pub weight: &'a mut Tensor<Rank2<O, I>, E, D>,
+    /// `b: [O]`.
+    pub bias: &'a mut Tensor<Rank1<O>, E, D>,
+    /// Whether `dW` is folded into `weight`.
+    pub merge_state: &'a mut MergeState,
+}
+
 /// An adapter `y = x (W0 + dW)^T + b` with `W0: [O, I]` and `b: [O]` frozen.
 ///
 /// ```
@@ -26,13 +37,7 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
     Sized + BuildModule<D, E>
 {
     /// The frozen weight and bias and the merge state, mutably.
-    fn frozen_mut(
-        &mut self,
-    ) -> (
-        &mut Tensor<Rank2<O, I>, E, D>,
-        &mut Tensor<Rank1<O>, E, D>,
-        &mut MergeState,
-    );
+    fn frozen_mut(&mut self) -> FrozenMut<'_, I, O, E, D>;
 
     /// The update `dW` (`[O, I]`).
     fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err>;
@@ -41,7 +46,11 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
     /// skips the adapter. Errors if already merged.
     fn merge(&mut self) -> Result<(), Error> {
         let dw = self.delta_weight().map_err(Error::device)?;
-        let (weight, _, state) = self.frozen_mut();
+        let FrozenMut {
+            weight,
+            merge_state: state,
+            ..
+        } = self.frozen_mut();
         if *state == MergeState::Merged {
             return Err(Error::StateMismatch("the adapter is already merged".into()));
         }
@@ -54,7 +63,11 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
     /// Errors if not merged.
     fn unmerge(&mut self) -> Result<(), Error> {
         let dw = self.delta_weight().map_err(Error::device)?;
-        let (weight, _, state) = self.frozen_mut();
+        let FrozenMut {
+            weight,
+            merge_state: state,
+            ..
+        } = self.frozen_mut();
         if *state == MergeState::Separate {
             return Err(Error::StateMismatch("the adapter is not merged".into()));
         }
@@ -68,9 +81,9 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
     /// zero-initialised update starts exactly at `linear`.
     fn from_linear(linear: &dfdx::nn::modules::Linear<I, O, E, D>) -> Result<Self, D::Err> {
         let mut layer = Self::try_build(linear.weight.device())?;
-        let (weight, bias, _) = layer.frozen_mut();
-        *weight = linear.weight.clone();
-        *bias = linear.bias.clone();
+        let frozen = layer.frozen_mut();
+        *frozen.weight = linear.weight.clone();
+        *frozen.bias = linear.bias.clone();
         Ok(layer)
     }
 }

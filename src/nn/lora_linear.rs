@@ -1,6 +1,6 @@
 //! `LoraLinear`: a frozen linear layer plus the LoRA update `c B A`, the baseline.
 
-use super::adapter::Adapter;
+use super::adapter::{Adapter, FrozenMut};
 use super::frozen_linear::frozen_linear;
 use super::init::kaiming_uniform;
 use super::options::{MergeState, Scaling};
@@ -175,14 +175,12 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
 impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adapter<I, O, E, D>
     for LoraLinear<I, O, R, E, D>
 {
-    fn frozen_mut(
-        &mut self,
-    ) -> (
-        &mut Tensor<Rank2<O, I>, E, D>,
-        &mut Tensor<Rank1<O>, E, D>,
-        &mut MergeState,
-    ) {
-        (&mut self.weight, &mut self.bias, &mut self.merge_state)
+    fn frozen_mut(&mut self) -> FrozenMut<'_, I, O, E, D> {
+        FrozenMut {
+            weight: &mut self.weight,
+            bias: &mut self.bias,
+            merge_state: &mut self.merge_state,
+        }
     }
 
     /// `dW = c B A` (`[O, I]`).

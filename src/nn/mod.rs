@@ -18,7 +18,7 @@ mod sds_linear;
 pub type Batch<B, const N: usize, E, D, T> =
     dfdx::tensor::Tensor<(B, dfdx::shapes::Const<N>), E, D, T>;
 
-pub use adapter::Adapter;
+pub use adapter::{Adapter, FrozenMut};
 pub use dual_branch::SdsDualBranch;
 pub use frozen_linear::frozen_linear;
 pub use lora_linear::LoraLinear;

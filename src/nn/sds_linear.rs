@@ -1,6 +1,6 @@
 //! `SdsLinear`: a frozen linear layer plus the SDS adapter `c U diag(s) V^T`.
 
-use super::adapter::Adapter;
+use super::adapter::{Adapter, FrozenMut};
 use super::frozen_linear::frozen_linear;
 use super::init::{
     factor_lora_pair, fill_stiefel, host, kaiming_uniform, principal_subspace, row_major,
@@ -245,14 +245,12 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
 impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adapter<I, O, E, D>
     for SdsLinear<I, O, R, E, D>
 {
-    fn frozen_mut(
-        &mut self,
-    ) -> (
-        &mut Tensor<Rank2<O, I>, E, D>,
-        &mut Tensor<Rank1<O>, E, D>,
-        &mut MergeState,
-    ) {
-        (&mut self.weight, &mut self.bias, &mut self.merge_state)
+    fn frozen_mut(&mut self) -> FrozenMut<'_, I, O, E, D> {
+        FrozenMut {
+            weight: &mut self.weight,
+            bias: &mut self.bias,
+            merge_state: &mut self.merge_state,
+        }
     }
 
     /// `dW = c U diag(s) V^T` (`[O, I]`).
