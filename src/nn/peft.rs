@@ -4,10 +4,11 @@
 use super::init::factor_lora_pair;
 use super::options::Scaling;
 use crate::kernels::Real;
+use crate::optim::walk::{walk_mut, walk_ref};
 use crate::Error;
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
-    ViewTensorName, ViewTensorRef,
+    ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
 };
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
@@ -138,10 +139,7 @@ fn collect<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     model: &M,
 ) -> BTreeMap<String, LayerParts> {
     let mut v = Collect(BTreeMap::new());
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut v,
-    });
+    walk_ref(model, &mut v);
     v.0.retain(|_, p| !p.tensors.is_empty());
     v.0
 }
@@ -425,10 +423,7 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         scalars: &scalars,
         missing: Vec::new(),
     };
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut v,
-    });
+    walk_mut(model, &mut v);
     if v.missing.is_empty() {
         Ok(())
     } else {

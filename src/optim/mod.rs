@@ -13,7 +13,7 @@ mod sds;
 mod sds_adam;
 mod sds_sgd;
 mod state;
-mod walk;
+pub(crate) mod walk;
 
 pub use groups::{Group, GroupConfig, ParamGroups};
 pub use rules::{AdamRule, Momentum, RuleState, SecondMoment, SgdRule, WeightDecay};

@@ -98,9 +98,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
 
     fn with_classifier(model: &M, cfg: C, classifier: Classifier) -> Result<Self, Error> {
         let mut layout = BTreeMap::new();
-        for (path, dims) in walk::trainable_shapes(model) {
-            let group = classifier.checked_group(&path, &dims)?;
-            layout.insert(path, (dims, group));
+        for t in walk::trainable(model) {
+            let group = classifier.checked_group(&t.path, &t.dims)?;
+            layout.insert(t.path, (t.dims, group));
         }
         Ok(Self {
             cfg,
@@ -280,14 +280,12 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Optimizer<M
         module: &mut M,
         gradients: &Gradients<E, D>,
     ) -> Result<(), OptimizerUpdateError<D::Err>> {
-        let ids = |paths: &[String], module: &M| {
-            let by_path = walk::trainable_ids(module);
-            UnusedTensors {
-                ids: paths
-                    .iter()
-                    .filter_map(|p| by_path.get(p).copied())
-                    .collect(),
-            }
+        let ids = |paths: &[String], module: &M| UnusedTensors {
+            ids: walk::trainable(module)
+                .into_iter()
+                .filter(|t| paths.contains(&t.path))
+                .map(|t| t.id)
+                .collect(),
         };
         match self.try_step(module, gradients) {
             Ok(()) => {

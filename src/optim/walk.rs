@@ -7,18 +7,56 @@ use dfdx::nn::tensor_collection::{
     ViewTensorRef,
 };
 use dfdx::optim::UnusedTensors;
-use dfdx::shapes::{HasShape, Shape};
+use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Gradients, Tensor, UniqueId};
 use dfdx::tensor_ops::Device;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Dotted paths and dimensions of a module's trainable tensors (frozen ones skipped).
-pub fn trainable_shapes<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
-    module: &M,
-) -> Vec<(String, Vec<usize>)> {
-    struct Shapes(Vec<(String, Vec<usize>)>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Shapes {
+/// Runs `v` over `module`'s tensors, each with its dotted path.
+pub(crate) fn walk_ref<M, E, D, V>(module: &M, v: &mut V)
+where
+    M: TensorCollection<E, D>,
+    E: Dtype,
+    D: Device<E>,
+    V: TensorVisitor<E, D, Viewer = (ViewTensorRef, ViewTensorName)>,
+{
+    // Our visitors make no device calls that can fail: nothing to report.
+    let _ = M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: v,
+    });
+}
+
+/// Runs `v` over `module`'s tensors mutably, each with its dotted path.
+pub(crate) fn walk_mut<M, E, D, V>(module: &mut M, v: &mut V)
+where
+    M: TensorCollection<E, D>,
+    E: Dtype,
+    D: Device<E>,
+    V: TensorVisitor<E, D, Viewer = (ViewTensorMut, ViewTensorName)>,
+{
+    let _ = M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: v,
+    });
+}
+
+/// A trainable tensor of a module: its dotted path, dimensions and id.
+#[derive(Debug, Clone)]
+pub struct Trainable {
+    /// Dotted path.
+    pub path: String,
+    /// Dimensions.
+    pub dims: Vec<usize>,
+    /// dfdx's id (for its `UnusedParams`, which names tensors by id).
+    pub id: UniqueId,
+}
+
+/// A module's trainable tensors (frozen ones skipped).
+pub fn trainable<M: TensorCollection<E, D>, E: Real, D: Device<E>>(module: &M) -> Vec<Trainable> {
+    struct Collect(Vec<Trainable>);
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Collect {
         type Viewer = (ViewTensorRef, ViewTensorName);
         type Err = D::Err;
         type E2 = E;
@@ -29,18 +67,21 @@ pub fn trainable_shapes<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             (t, path): (&Tensor<S, E, D>, String),
         ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
             if opts.do_gradient_update {
-                self.0
-                    .push((path, t.shape().concrete().into_iter().collect()));
+                // dfdx exposes a tensor's id only through UnusedTensors::add.
+                let mut u = UnusedTensors::default();
+                u.add(t);
+                let dims = t.shape().concrete().into_iter().collect();
+                self.0.push(Trainable {
+                    path,
+                    dims,
+                    id: u.ids[0],
+                });
             }
             Ok(None)
         }
     }
-    let mut v = Shapes(Vec::new());
-    // Only device errors can come out of a read-only walk, and this one makes no device call.
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: &mut v,
-    });
+    let mut v = Collect(Vec::new());
+    walk_ref(module, &mut v);
     v.0
 }
 
@@ -115,44 +156,8 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             unused: Vec::new(),
         },
     };
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: &mut v,
-    });
+    walk_ref(module, &mut v);
     v.out
-}
-
-/// Each trainable tensor's id by dotted path (for dfdx's `UnusedParams`, which names
-/// tensors by id).
-pub fn trainable_ids<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
-    module: &M,
-) -> BTreeMap<String, UniqueId> {
-    struct Ids(BTreeMap<String, UniqueId>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Ids {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            opts: TensorOptions<S, E, D>,
-            (t, path): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if opts.do_gradient_update {
-                // dfdx exposes a tensor's id only through UnusedTensors::add.
-                let mut u = UnusedTensors::default();
-                u.add(t);
-                self.0.insert(path, u.ids[0]);
-            }
-            Ok(None)
-        }
-    }
-    let mut v = Ids(BTreeMap::new());
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: &mut v,
-    });
-    v.0
 }
 
 /// Paths whose gradient holds NaN or an infinity.
@@ -188,8 +193,5 @@ pub fn commit<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             Ok(None)
         }
     }
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: &mut Commit { values },
-    });
+    walk_mut(module, &mut Commit { values });
 }
