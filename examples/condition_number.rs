@@ -27,6 +27,8 @@
 
 #[path = "common/lowrank.rs"]
 mod lowrank;
+#[path = "common/plot.rs"]
+mod plot;
 
 use dfdx::optim::{Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 use dfdx::prelude::*;
@@ -34,7 +36,6 @@ use lowrank::{
     cond, host, row_major, sds_from, sds_gradients, sds_grads, Mat, Problem, N, RANK, SAMPLES,
 };
 use nalgebra::DVector;
-use plotters::prelude::*;
 use sds_lora::diagnostics::{alignment, effective_rank, lora_delta, sds_delta};
 use sds_lora::nn::{builders, Adapter, GradientMode, LoraLinear, SdsDualBranch, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
@@ -99,6 +100,28 @@ enum Model {
     Lora(Lora),
     Sds(Sds),
     Dual(Dual),
+}
+
+/// Writes `m` (row-major) as `t`'s gradient.
+fn set_grad<S: Shape>(grads: &mut Gradients<f64, Cpu>, t: &Tensor<S, f64, Cpu>, m: &Mat) {
+    grads
+        .get_or_alloc_mut(t)
+        .unwrap()
+        .copy_from_slice(&row_major(m));
+}
+
+/// One step with whichever of the two optimizers is set; false if it refused the step.
+fn step_with<M, A: Optimizer<M, Cpu, f64>, B: Optimizer<M, Cpu, f64>>(
+    first: &mut Option<A>,
+    second: &mut Option<B>,
+    model: &mut M,
+    grads: &Gradients<f64, Cpu>,
+) -> bool {
+    match (first, second) {
+        (Some(o), _) => o.update(model, grads).is_ok(),
+        (_, Some(o)) => o.update(model, grads).is_ok(),
+        _ => unreachable!("one optimizer is set"),
+    }
 }
 
 impl Model {
@@ -311,28 +334,13 @@ fn run(
                     da = damp(&(b.transpose() * &b)) * da;
                 }
                 if step == 0 {
-                    let g = problem.full_gradient(&(&b * &a * c));
-                    let delta = lora_delta(c, (&b, &a), (&(-&db), &(-&da)));
-                    diagnostics = (
-                        effective_rank(&db),
-                        effective_rank(&da),
-                        alignment(&g, &delta),
-                    );
+                    diagnostics.0 = effective_rank(&db);
+                    diagnostics.1 = effective_rank(&da);
                 }
                 let mut grads = l.alloc_grads();
-                grads
-                    .get_or_alloc_mut(&l.lora_b)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&db));
-                grads
-                    .get_or_alloc_mut(&l.lora_a)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&da));
-                match (&mut lora_sgd, &mut lora_adam) {
-                    (Some(o), _) => o.update(l, &grads).is_ok(),
-                    (_, Some(o)) => o.update(l, &grads).is_ok(),
-                    _ => unreachable!(),
-                }
+                set_grad(&mut grads, &l.lora_b, &db);
+                set_grad(&mut grads, &l.lora_a, &da);
+                step_with(&mut lora_sgd, &mut lora_adam, l, &grads)
             }
             Model::Dual(l) => {
                 if step > 0 && step % REFRESH_EVERY == 0 {
@@ -351,28 +359,13 @@ fn run(
                 let da = problem.t_times_g(pair, &qb) * k; // k Q_B^T G
                 let db = problem.g_times(pair, &qa) * k; // k G Q_A
                 if step == 0 {
-                    let g = problem.full_gradient(&(&left * right.transpose()));
-                    let delta = (&qb * (-&da) + (-&db) * qa.transpose()) * k;
-                    diagnostics = (
-                        effective_rank(&db),
-                        effective_rank(&da),
-                        alignment(&g, &delta),
-                    );
+                    diagnostics.0 = effective_rank(&db);
+                    diagnostics.1 = effective_rank(&da);
                 }
                 let mut grads = l.alloc_grads();
-                grads
-                    .get_or_alloc_mut(&l.lora_a)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&da));
-                grads
-                    .get_or_alloc_mut(&l.lora_b)
-                    .unwrap()
-                    .copy_from_slice(&row_major(&db));
-                match (&mut dual_sgd, &mut dual_adam) {
-                    (Some(o), _) => o.update(l, &grads).is_ok(),
-                    (_, Some(o)) => o.update(l, &grads).is_ok(),
-                    _ => unreachable!(),
-                }
+                set_grad(&mut grads, &l.lora_a, &da);
+                set_grad(&mut grads, &l.lora_b, &db);
+                step_with(&mut dual_sgd, &mut dual_adam, l, &grads)
             }
             Model::Sds(l) => {
                 let (du, ds, dv) = sds_gradients(problem, l);
@@ -381,11 +374,7 @@ fn run(
                     diagnostics.1 = effective_rank(&dv);
                 }
                 let grads = sds_grads(l, &(du, ds, dv));
-                match (&mut sds_sgd, &mut sds_adam) {
-                    (Some(o), _) => o.update(l, &grads).is_ok(),
-                    (_, Some(o)) => o.update(l, &grads).is_ok(),
-                    _ => unreachable!(),
-                }
+                step_with(&mut sds_sgd, &mut sds_adam, l, &grads)
             }
         };
         if let Some((snapshot, g)) = before {
@@ -460,51 +449,6 @@ fn cell(o: &Outcome) -> String {
             o.curve.last().copied().unwrap_or(f64::NAN)
         ),
     }
-}
-
-fn plot(
-    curves: &[(String, Vec<f64>)],
-    path: &std::path::Path,
-    budget: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Gradient descent, kappa_f = 1000: relative error ||dW - T|| / ||T||",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..budget, (1e-7f64..10f64).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("relative error")
-        .draw()?;
-    for (k, (name, curve)) in curves.iter().enumerate() {
-        let color = Palette99::pick(k).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                curve
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| (i, v.clamp(1e-7, 10.0))),
-                color.stroke_width(2),
-            ))?
-            .label(name.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 fn main() {
@@ -606,7 +550,8 @@ fn main() {
         println!("{line}");
     }
     let path = std::env::temp_dir().join("sds_lora_condition_number.svg");
-    match plot(&svg_curves, &path, budget) {
+    let caption = "Gradient descent, kappa_f = 1000: relative error ||dW - T|| / ||T||";
+    match plot::loss_curves(&path, caption, "relative error", (1e-7, 10.0), &svg_curves) {
         Ok(()) => println!("\nloss curves (GD, kappa_f = 1000): {}", path.display()),
         Err(e) => eprintln!("could not write the plot: {e}"),
     }

@@ -17,11 +17,12 @@
 
 #[path = "common/digits.rs"]
 mod digits;
+#[path = "common/plot.rs"]
+mod plot;
 
 use dfdx::optim::{Adam, AdamConfig};
 use dfdx::prelude::*;
-use digits::{accuracy, load, train, BATCH, CLASSES, FEATURES};
-use plotters::prelude::*;
+use digits::{accuracy, load, train, Images, Labels, Split, BATCH, CLASSES, FEATURES};
 use sds_lora::nn::{Adapter, LoraLinear, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use std::time::Instant;
@@ -94,6 +95,33 @@ struct Selected {
     runs: Vec<Run>,
 }
 
+/// Trains `model` on the rotated training digits for `ADAPT_STEPS` steps, timed, and
+/// measures its held-out accuracy.
+fn adapt<M, O>(
+    model: &mut M,
+    opt: &mut O,
+    dev: &Cpu,
+    (train_set, test_set): (&Split, &Split),
+    seed: u64,
+    label: &str,
+) -> Run
+where
+    M: Module<Images, Output = Labels>
+        + Module<
+            Tensor<(usize, Const<FEATURES>), f32, Cpu, OwnedTape<f32, Cpu>>,
+            Output = Tensor<(usize, Const<CLASSES>), f32, Cpu, OwnedTape<f32, Cpu>>,
+        > + ZeroGrads<f32, Cpu>,
+    O: dfdx::optim::Optimizer<M, Cpu, f32>,
+{
+    let start = Instant::now();
+    let curve = train(model, opt, dev, train_set, ADAPT_STEPS, seed, label);
+    Run {
+        curve,
+        accuracy: accuracy(model, dev, test_set),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
 /// Runs `adapt(lr, seed)` for every grid point and seed, and keeps the learning rate with
 /// the lowest mean final training loss.
 fn select(
@@ -118,51 +146,6 @@ fn select(
         lr,
         runs,
     }
-}
-
-fn plot(
-    curves: &[(&str, Vec<f32>)],
-    path: &std::path::Path,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (860, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let max = curves
-        .iter()
-        .flat_map(|(_, c)| c.iter().copied())
-        .fold(0.0f32, f32::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Adapting to rotated digits: training loss",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0..ADAPT_STEPS, 0f32..max * 1.05)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("cross-entropy")
-        .draw()?;
-    for (k, (name, curve)) in curves.iter().enumerate() {
-        let color = Palette99::pick(k).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                curve.iter().enumerate().map(|(i, &v)| (i, v)),
-                color.stroke_width(2),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE)
-        .draw()?;
-    root.present()?;
-    Ok(())
 }
 
 fn main() {
@@ -214,21 +197,14 @@ fn main() {
                     ..Default::default()
                 },
             );
-            let start = Instant::now();
-            let curve = train(
+            adapt(
                 &mut model,
                 &mut opt,
                 &dev,
-                &train_rot,
-                ADAPT_STEPS,
+                (&train_rot, &test_rot),
                 seed,
                 &format!("full FT lr {lr}"),
-            );
-            Run {
-                curve,
-                accuracy: accuracy(&model, &dev, &test_rot),
-                seconds: start.elapsed().as_secs_f64(),
-            }
+            )
         },
     );
 
@@ -255,21 +231,14 @@ fn main() {
                     ..Default::default()
                 },
             );
-            let start = Instant::now();
-            let curve = train(
+            adapt(
                 &mut model,
                 &mut opt,
                 &dev,
-                &train_rot,
-                ADAPT_STEPS,
+                (&train_rot, &test_rot),
                 seed,
                 &format!("LoRA lr {lr}"),
-            );
-            Run {
-                curve,
-                accuracy: accuracy(&model, &dev, &test_rot),
-                seconds: start.elapsed().as_secs_f64(),
-            }
+            )
         },
     );
 
@@ -299,21 +268,14 @@ fn main() {
                 },
             )
             .unwrap();
-            let start = Instant::now();
-            let curve = train(
+            adapt(
                 &mut model,
                 &mut opt,
                 &dev,
-                &train_rot,
-                ADAPT_STEPS,
+                (&train_rot, &test_rot),
                 seed,
                 &format!("SDS-LoRA lr {lr}"),
-            );
-            Run {
-                curve,
-                accuracy: accuracy(&model, &dev, &test_rot),
-                seconds: start.elapsed().as_secs_f64(),
-            }
+            )
         },
     );
 
@@ -343,12 +305,18 @@ fn main() {
             secs
         );
     }
-    let curves: Vec<(&str, Vec<f32>)> = [&full, &lora, &sds]
+    let curves: Vec<(String, Vec<f64>)> = [&full, &lora, &sds]
         .iter()
-        .map(|m| (m.method, m.runs[0].curve.clone()))
+        .map(|m| {
+            (
+                m.method.to_string(),
+                m.runs[0].curve.iter().map(|&v| v as f64).collect(),
+            )
+        })
         .collect();
     let path = std::env::temp_dir().join("sds_lora_quickstart_loss.svg");
-    match plot(&curves, &path) {
+    let caption = "Adapting to rotated digits: training loss";
+    match plot::loss_curves(&path, caption, "cross-entropy", (1e-3, 10.0), &curves) {
         Ok(()) => println!("\nloss curves: {}", path.display()),
         Err(e) => eprintln!("\ncould not write the plot: {e}"),
     }
