@@ -49,8 +49,7 @@ impl SdsConfig for SdsSgdConfig {
     }
 
     fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
-        let zeros = vec![E::zero(); g.len()];
-        self.rule.update(lr, None, state, &zeros, g);
+        self.rule.update(lr, None, state, &[], g);
     }
 }
 

@@ -39,7 +39,8 @@ impl Default for SgdRule {
 }
 
 impl SgdRule {
-    /// Overwrites `g` with the update `u` (`p <- p - u`).
+    /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
+    /// decay and may be empty without it).
     pub fn update<E: Real>(
         &self,
         lr: f64,
@@ -61,9 +62,9 @@ impl SgdRule {
             Some(_) => RuleState::sized(&mut state.first, g.len()).as_mut_slice(),
             None => &mut [],
         };
-        for (i, (gi, &pi)) in g.iter_mut().zip(p).enumerate() {
+        for (i, gi) in g.iter_mut().enumerate() {
             if let Some(WeightDecay::L2(wd)) = weight_decay {
-                *gi += E::of_f64(wd) * pi;
+                *gi += E::of_f64(wd) * p[i];
             }
             *gi = match mu {
                 Some(mu) => {
@@ -82,7 +83,7 @@ impl SgdRule {
                 None => *gi * lr_e,
             };
             if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-                *gi += E::of_f64(wd * lr) * pi;
+                *gi += E::of_f64(wd * lr) * p[i];
             }
         }
     }
