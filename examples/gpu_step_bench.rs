@@ -1,0 +1,210 @@
+//! GPU timings (feature `cuda`; built for a GPU machine by `scripts/cuda-build.sh`):
+//!
+//! 1. one optimizer step over a LLaMA-7B-like adapter set, 224 adapters of 4096 x 4096 at
+//!    rank 16 (the tensors the optimizer touches: `basis_out`, `scales`, `basis_in`),
+//!    SdsAdam against dfdx's Adam on LoRA factors of the same shapes;
+//! 2. forward, backward and step of a stack of four `SdsLinear<4096, 4096, 16>` at batch
+//!    2048 (SdsAdam) against the same stack of `LoraLinear` (dfdx Adam).
+//!
+//! Prints JSON lines `{"bench","variant","median_ms"}`.
+//! `gpu_step_bench [--layers 224] [--steps 10]`
+
+use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::optim::{Adam, AdamConfig, Optimizer};
+use dfdx::prelude::*;
+use sds_lora::nn::builders;
+use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+use std::time::Instant;
+
+const N: usize = 4096;
+const R: usize = 16;
+const BATCH: usize = 2048;
+
+/// The trainable tensors of one SDS adapter.
+#[derive(Debug, Clone)]
+struct SdsFactors<E: Dtype, D: Storage<E>> {
+    basis_out: Tensor<Rank2<N, R>, E, D>,
+    scales: Tensor<Rank1<R>, E, D>,
+    basis_in: Tensor<Rank2<N, R>, E, D>,
+}
+
+impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for SdsFactors<E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = SdsFactors<E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        v: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        v.visit_fields(
+            (
+                Self::tensor(
+                    "basis_out",
+                    |s| &s.basis_out,
+                    |s| &mut s.basis_out,
+                    TensorOptions::reset_to_zeros(),
+                ),
+                Self::tensor(
+                    "scales",
+                    |s| &s.scales,
+                    |s| &mut s.scales,
+                    TensorOptions::reset_to_zeros(),
+                ),
+                Self::tensor(
+                    "basis_in",
+                    |s| &s.basis_in,
+                    |s| &mut s.basis_in,
+                    TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            |(basis_out, scales, basis_in)| SdsFactors {
+                basis_out,
+                scales,
+                basis_in,
+            },
+        )
+    }
+}
+
+/// The trainable tensors of one LoRA adapter.
+#[derive(Debug, Clone)]
+struct LoraFactors<E: Dtype, D: Storage<E>> {
+    lora_a: Tensor<Rank2<R, N>, E, D>,
+    lora_b: Tensor<Rank2<N, R>, E, D>,
+}
+
+impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for LoraFactors<E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = LoraFactors<E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        v: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        v.visit_fields(
+            (
+                Self::tensor(
+                    "lora_a",
+                    |s| &s.lora_a,
+                    |s| &mut s.lora_a,
+                    TensorOptions::reset_to_zeros(),
+                ),
+                Self::tensor(
+                    "lora_b",
+                    |s| &s.lora_b,
+                    |s| &mut s.lora_b,
+                    TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            |(lora_a, lora_b)| LoraFactors { lora_a, lora_b },
+        )
+    }
+}
+
+fn median_ms(steps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..steps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn flag(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+fn main() {
+    let (layers, steps) = (flag("--layers", 224), flag("--steps", 10));
+    let dev = match Cuda::try_build(0, 0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("no CUDA device: {e:?}");
+            return;
+        }
+    };
+    let sync = |d: &Cuda| d.synchronize();
+
+    // 1. One step over the adapter set.
+    let mut sds: Vec<SdsFactors<f32, Cuda>> = (0..layers)
+        .map(|i| SdsFactors {
+            basis_out: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i as u64).unwrap(),
+            scales: dev.sample_normal(),
+            basis_in: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i as u64 + 1)
+                .unwrap(),
+        })
+        .collect();
+    let sds_grads: Vec<_> = sds.iter().map(|m| m.alloc_grads()).collect();
+    let mut sds_opts: Vec<_> = sds
+        .iter()
+        .map(|m| SdsAdam::new(m, SdsAdamConfig::default()).unwrap())
+        .collect();
+    let sds_ms = median_ms(steps, || {
+        for ((m, o), g) in sds.iter_mut().zip(&mut sds_opts).zip(&sds_grads) {
+            o.update(m, g).unwrap();
+        }
+        sync(&dev);
+    });
+    let mut lora: Vec<LoraFactors<f32, Cuda>> = (0..layers)
+        .map(|_| LoraFactors {
+            lora_a: dev.sample_normal(),
+            lora_b: dev.sample_normal(),
+        })
+        .collect();
+    let lora_grads: Vec<_> = lora.iter().map(|m| m.alloc_grads()).collect();
+    let mut adams: Vec<_> = lora
+        .iter()
+        .map(|m| Adam::new(m, AdamConfig::default()))
+        .collect();
+    let lora_ms = median_ms(steps, || {
+        for ((m, o), g) in lora.iter_mut().zip(&mut adams).zip(&lora_grads) {
+            o.update(m, g).unwrap();
+        }
+        sync(&dev);
+    });
+    println!(
+        r#"{{"bench":"adapter_set_step","variant":"sds_adam_{layers}x4096x4096_r16","median_ms":{sds_ms:.2}}}"#
+    );
+    println!(
+        r#"{{"bench":"adapter_set_step","variant":"dfdx_adam_lora_{layers}x4096x4096_r16","median_ms":{lora_ms:.2}}}"#
+    );
+
+    // 2. A training step of a stack at batch 2048.
+    type Sds4 = (
+        builders::SdsLinear<N, N, R>,
+        builders::SdsLinear<N, N, R>,
+        builders::SdsLinear<N, N, R>,
+        builders::SdsLinear<N, N, R>,
+    );
+    type Lora4 = (
+        builders::LoraLinear<N, N, R>,
+        builders::LoraLinear<N, N, R>,
+        builders::LoraLinear<N, N, R>,
+        builders::LoraLinear<N, N, R>,
+    );
+    let x: Tensor<Rank2<BATCH, N>, f32, Cuda> = dev.sample_normal();
+    let y: Tensor<Rank2<BATCH, N>, f32, Cuda> = dev.sample_normal();
+    let mut stack = dev.build_module::<Sds4, f32>();
+    let mut opt = SdsAdam::new(&stack, SdsAdamConfig::default()).unwrap();
+    let sds_ms = median_ms(steps, || {
+        let g = mse_loss(stack.forward(x.trace(stack.alloc_grads())), y.clone()).backward();
+        opt.update(&mut stack, &g).unwrap();
+        sync(&dev);
+    });
+    let mut stack = dev.build_module::<Lora4, f32>();
+    let mut adam = Adam::new(&stack, AdamConfig::default());
+    let lora_ms = median_ms(steps, || {
+        let g = mse_loss(stack.forward(x.trace(stack.alloc_grads())), y.clone()).backward();
+        adam.update(&mut stack, &g).unwrap();
+        sync(&dev);
+    });
+    println!(
+        r#"{{"bench":"stack_train_step","variant":"sds_linear_4x4096_r16_batch2048","median_ms":{sds_ms:.2}}}"#
+    );
+    println!(
+        r#"{{"bench":"stack_train_step","variant":"lora_linear_4x4096_r16_batch2048","median_ms":{lora_ms:.2}}}"#
+    );
+}
