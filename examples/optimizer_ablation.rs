@@ -116,19 +116,16 @@ fn groups(bases_lr: f64) -> ParamGroups {
 }
 
 type SdsMlp = (
-    SdsLinear<{ digits::FEATURES }, 64, 4, f32, Cpu>,
+    SdsLinear<{ digits::FEATURES }, { digits::HIDDEN }, 4, f32, Cpu>,
     ReLU,
-    SdsLinear<64, 64, 4, f32, Cpu>,
+    SdsLinear<{ digits::HIDDEN }, { digits::HIDDEN }, 4, f32, Cpu>,
     ReLU,
-    SdsLinear<64, { digits::CLASSES }, 4, f32, Cpu>,
+    SdsLinear<{ digits::HIDDEN }, { digits::CLASSES }, 4, f32, Cpu>,
 );
 
 /// The digits task: returns (accuracy, steps, microseconds per step).
 fn digits_run<C: SdsConfig>(
-    base: &<(Linear<64, 64>, ReLU, Linear<64, 64>, ReLU, Linear<64, 10>) as BuildOnDevice<
-        Cpu,
-        f32,
-    >>::Built,
+    base: &digits::Pretrained,
     data: &(digits::Split, digits::Split),
     cfg: C,
 ) -> (f64, usize, f64)
@@ -136,13 +133,7 @@ where
     sds_lora::optim::Sds<SdsMlp, f32, Cpu, C>: Optimizer<SdsMlp, Cpu, f32>,
 {
     let dev = Cpu::seed_from_u64(7);
-    let mut model: SdsMlp = (
-        SdsLinear::from_linear(&base.0.clone().to_device(&dev)).unwrap(),
-        ReLU,
-        SdsLinear::from_linear(&base.2.clone().to_device(&dev)).unwrap(),
-        ReLU,
-        SdsLinear::from_linear(&base.4.clone().to_device(&dev)).unwrap(),
-    );
+    let mut model: SdsMlp = digits::adapted(base, 7);
     let mut opt = sds_lora::optim::Sds::new(&model, cfg).unwrap();
     let start = Instant::now();
     let curve = digits::train(&mut model, &mut opt, &dev, &data.0, DIGIT_STEPS, 11, "");
@@ -186,8 +177,7 @@ fn main() {
     let dev = Cpu::seed_from_u64(2026);
     let (train_up, test_up) = digits::load(2026);
     let data = (train_up.rotated(), test_up.rotated());
-    let mut base =
-        dev.build_module::<(Linear<64, 64>, ReLU, Linear<64, 64>, ReLU, Linear<64, 10>), f32>();
+    let mut base = dev.build_module::<digits::Mlp, f32>();
     let mut adam = dfdx::optim::Adam::new(
         &base,
         dfdx::optim::AdamConfig {

@@ -22,12 +22,14 @@ mod plot;
 
 use dfdx::optim::{Adam, AdamConfig};
 use dfdx::prelude::*;
-use digits::{accuracy, load, train, Images, Labels, Split, BATCH, CLASSES, FEATURES};
-use sds_lora::nn::{Adapter, LoraLinear, SdsLinear};
+use digits::{
+    accuracy, adapted, load, train, Images, Labels, Mlp, Pretrained, Split, BATCH, CLASSES,
+    FEATURES, HIDDEN,
+};
+use sds_lora::nn::{LoraLinear, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use std::time::Instant;
 
-const HIDDEN: usize = 64;
 const RANK: usize = 4;
 const PRETRAIN_STEPS: usize = 600;
 const ADAPT_STEPS: usize = 300;
@@ -39,14 +41,6 @@ const SCALES_LR_RATIO: f64 = 10.0;
 const SEEDS: [u64; 3] = [2027, 2028, 2029];
 const SEED: u64 = 2026;
 
-type Mlp = (
-    Linear<FEATURES, HIDDEN>,
-    ReLU,
-    Linear<HIDDEN, HIDDEN>,
-    ReLU,
-    Linear<HIDDEN, CLASSES>,
-);
-type Built = <Mlp as BuildOnDevice<Cpu, f32>>::Built;
 type LoraMlp = (
     LoraLinear<FEATURES, HIDDEN, RANK, f32, Cpu>,
     ReLU,
@@ -61,15 +55,6 @@ type SdsMlp = (
     ReLU,
     SdsLinear<HIDDEN, CLASSES, RANK, f32, Cpu>,
 );
-
-/// A copy of `l` on a device seeded with `seed`, so that an adapter built from it draws
-/// its random tensors from that seed.
-fn on_seeded<const I: usize, const O: usize>(
-    l: &dfdx::nn::modules::Linear<I, O, f32, Cpu>,
-    seed: u64,
-) -> dfdx::nn::modules::Linear<I, O, f32, Cpu> {
-    l.clone().to_device(&Cpu::seed_from_u64(seed))
-}
 
 /// One adaptation run: loss curve, test accuracy, seconds.
 struct Run {
@@ -158,7 +143,7 @@ fn main() {
         test_up.y.len()
     );
 
-    let mut base: Built = dev.build_module::<Mlp, f32>();
+    let mut base: Pretrained = dev.build_module::<Mlp, f32>();
     let mut adam = Adam::new(
         &base,
         AdamConfig {
@@ -208,15 +193,7 @@ fn main() {
         },
     );
 
-    let lora_of = |seed: u64| -> LoraMlp {
-        (
-            LoraLinear::from_linear(&on_seeded(&base.0, seed)).unwrap(),
-            ReLU,
-            LoraLinear::from_linear(&on_seeded(&base.2, seed)).unwrap(),
-            ReLU,
-            LoraLinear::from_linear(&on_seeded(&base.4, seed)).unwrap(),
-        )
-    };
+    let lora_of = |seed: u64| -> LoraMlp { adapted(&base, seed) };
     let probe = lora_of(SEED);
     let lora = select(
         "LoRA (Adam)",
@@ -242,15 +219,7 @@ fn main() {
         },
     );
 
-    let sds_of = |seed: u64| -> SdsMlp {
-        (
-            SdsLinear::from_linear(&on_seeded(&base.0, seed)).unwrap(),
-            ReLU,
-            SdsLinear::from_linear(&on_seeded(&base.2, seed)).unwrap(),
-            ReLU,
-            SdsLinear::from_linear(&on_seeded(&base.4, seed)).unwrap(),
-        )
-    };
+    let sds_of = |seed: u64| -> SdsMlp { adapted(&base, seed) };
     let probe = sds_of(SEED);
     let sds = select(
         "SDS-LoRA (SdsAdam)",

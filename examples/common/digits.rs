@@ -12,6 +12,44 @@ pub const FEATURES: usize = 64;
 pub const CLASSES: usize = 10;
 pub const BATCH: usize = 64;
 
+pub const HIDDEN: usize = 64;
+
+/// The classifier pretrained on upright digits.
+pub type Mlp = (
+    Linear<FEATURES, HIDDEN>,
+    ReLU,
+    Linear<HIDDEN, HIDDEN>,
+    ReLU,
+    Linear<HIDDEN, CLASSES>,
+);
+pub type Pretrained = <Mlp as BuildOnDevice<Cpu, f32>>::Built;
+
+/// `base` with each linear layer replaced by an adapter around it (`W0` and bias kept);
+/// each adapter draws its own random tensors from a device seeded with `seed`.
+pub fn adapted<A, B, C>(base: &Pretrained, seed: u64) -> (A, ReLU, B, ReLU, C)
+where
+    A: sds_lora::nn::Adapter<FEATURES, HIDDEN, f32, Cpu>,
+    B: sds_lora::nn::Adapter<HIDDEN, HIDDEN, f32, Cpu>,
+    C: sds_lora::nn::Adapter<HIDDEN, CLASSES, f32, Cpu>,
+{
+    (
+        A::from_linear(&on_seeded(&base.0, seed)).unwrap(),
+        ReLU,
+        B::from_linear(&on_seeded(&base.2, seed)).unwrap(),
+        ReLU,
+        C::from_linear(&on_seeded(&base.4, seed)).unwrap(),
+    )
+}
+
+/// A copy of `l` on a device seeded with `seed`, so that an adapter built from it draws
+/// its random tensors from that seed.
+fn on_seeded<const I: usize, const O: usize>(
+    l: &dfdx::nn::modules::Linear<I, O, f32, Cpu>,
+    seed: u64,
+) -> dfdx::nn::modules::Linear<I, O, f32, Cpu> {
+    l.clone().to_device(&Cpu::seed_from_u64(seed))
+}
+
 /// A batch of images and of one-hot labels.
 pub type Images = Tensor<(usize, Const<FEATURES>), f32, Cpu>;
 pub type Labels = Tensor<(usize, Const<CLASSES>), f32, Cpu>;
