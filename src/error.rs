@@ -100,6 +100,15 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl Error {
+    /// `Ok` if the two shapes agree, else [`Error::ShapeMismatch`].
+    pub(crate) fn check_shape(left: (usize, usize), right: (usize, usize)) -> Result<(), Error> {
+        if left == right {
+            Ok(())
+        } else {
+            Err(Error::ShapeMismatch { left, right })
+        }
+    }
+
     /// Wraps a dfdx device error.
     pub(crate) fn device(e: impl fmt::Debug) -> Self {
         Error::Device(format!("{e:?}"))

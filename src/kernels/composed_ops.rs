@@ -52,7 +52,8 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         a: Mat<E, D>,
         shape: (N, R),
     ) -> Result<Tensor<(N, R), E, D>, Error> {
-        check_dims(&a, shape.concrete())?;
+        let [n, r] = shape.concrete();
+        Error::check_shape(TallOps::<E>::dims(self, &a), (n, r))?;
         a.try_reshape_like(&shape).map_err(Error::device)
     }
 
@@ -61,7 +62,8 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         a: &Mat<E, D>,
         dst: &mut Tensor<(N, R), E, D>,
     ) -> Result<(), Error> {
-        check_dims(a, dst.shape().concrete())?;
+        let [n, r] = dst.shape().concrete();
+        Error::check_shape(TallOps::<E>::dims(self, a), (n, r))?;
         let src = a
             .clone()
             .try_reshape_like(dst.shape())
@@ -123,20 +125,5 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         self.dev
             .try_tensor_from_vec(q.into_compact(), (n, r))
             .map_err(Error::device)
-    }
-}
-
-fn check_dims<E, D: dfdx::tensor::Storage<E>>(
-    a: &Mat<E, D>,
-    [n, r]: [usize; 2],
-) -> Result<(), Error> {
-    let (an, ar) = *a.shape();
-    if (an, ar) == (n, r) {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            left: (an, ar),
-            right: (n, r),
-        })
     }
 }

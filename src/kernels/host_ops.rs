@@ -44,7 +44,8 @@ where
         a: HostMat<E>,
         shape: (N, R),
     ) -> Result<Tensor<(N, R), E, Cpu>, Error> {
-        check_dims(&a, shape.concrete())?;
+        let [n, r] = shape.concrete();
+        Error::check_shape(TallOps::<E>::dims(self, &a), (n, r))?;
         self.dev
             .try_tensor_from_vec(a.into_compact(), shape)
             .map_err(Error::device)
@@ -55,7 +56,8 @@ where
         a: &HostMat<E>,
         dst: &mut Tensor<(N, R), E, Cpu>,
     ) -> Result<(), Error> {
-        check_dims(a, dst.shape().concrete())?;
+        let [n, r] = dst.shape().concrete();
+        Error::check_shape(TallOps::<E>::dims(self, a), (n, r))?;
         a.with_compact(|data| dst.copy_from(data));
         Ok(())
     }
@@ -93,16 +95,5 @@ where
 
     fn qr_q(&self, a: HostMat<E>) -> Result<HostMat<E>, Error> {
         Ok(householder_q(a))
-    }
-}
-
-fn check_dims<E: Real>(a: &HostMat<E>, [n, r]: [usize; 2]) -> Result<(), Error> {
-    if (a.rows(), a.cols()) == (n, r) {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            left: (a.rows(), a.cols()),
-            right: (n, r),
-        })
     }
 }

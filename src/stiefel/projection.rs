@@ -12,7 +12,7 @@ pub fn project_mat<E: Real, B: TallOps<E>>(
     x: &B::Mat,
     g: B::Mat,
 ) -> Result<B::Mat, Error> {
-    check_same_dims(ops, x, &g)?;
+    Error::check_shape(ops.dims(x), ops.dims(&g))?;
     let s = sym(&ops.gram(x, &g)?);
     ops.mul_small_add(x, &(-s), g)
 }
@@ -37,21 +37,4 @@ pub fn project_tangent<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     let ops = x.device().tall_ops();
     let p = project_mat(&ops, &ops.load(x)?, ops.load(g)?)?;
     ops.store(p, *x.shape())
-}
-
-/// Errors unless `a` and `b` have the same dimensions.
-pub(crate) fn check_same_dims<E: Real, B: TallOps<E>>(
-    ops: &B,
-    a: &B::Mat,
-    b: &B::Mat,
-) -> Result<(), Error> {
-    let (da, db) = (ops.dims(a), ops.dims(b));
-    if da == db {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            left: da,
-            right: db,
-        })
-    }
 }

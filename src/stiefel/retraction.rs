@@ -1,6 +1,5 @@
 //! Choosing a retraction and applying it.
 
-use super::projection::check_same_dims;
 use super::retractions;
 use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
@@ -72,7 +71,7 @@ impl Retraction {
         x: &B::Mat,
         xi: &B::Mat,
     ) -> Result<B::Mat, Error> {
-        check_same_dims(ops, x, xi)?;
+        Error::check_shape(ops.dims(x), ops.dims(xi))?;
         let (rows, cols) = ops.dims(x);
         if cols > rows {
             return Err(Error::NotTall { rows, cols });
