@@ -4,33 +4,147 @@ use super::{householder_q, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Axes2, Dim, HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
-use dfdx::tensor_ops::{Device, PermuteTo, ReshapeTo, SumTo, TryAdd, TryMatMul, TryMul};
+use dfdx::tensor_ops::{
+    Device, PermuteTo, ReshapeTo, SumTo, TryAdd, TryMatMul, TryMul, TryStack, TrySub,
+};
 use nalgebra::DMatrix;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// [`TallOps`] for any dfdx device, composed from dfdx ops: the `n x r` products run on
-/// the device (cuBLAS on CUDA), `r x r` results make one host round trip each, and the
-/// Householder QR is done on the host (one transfer each way).
+/// the device (cuBLAS on CUDA); projections and Newton-Schulz steps keep their `r x r`
+/// products on the device; the `r x r` factorisations run on the host, and the batch
+/// methods ([`TallOps::grams`], [`TallOps::combine`], [`TallOps::qr_qs`],
+/// [`TallOps::all_finite_each`]) move a whole batch in one transfer each way (one per
+/// distinct matrix shape). The Householder QR is done on the host.
 ///
 /// This is the path used on `Cuda`; on `Cpu` it is slower than [`HostOps`](super::HostOps)
 /// but computes the same thing, which is how the tests check it without a GPU.
+/// [`ComposedOps::transfers`] counts the host transfers (shared by clones).
 #[derive(Debug, Clone)]
 pub struct ComposedOps<D> {
     dev: D,
+    counts: Arc<[AtomicUsize; 2]>,
+}
+
+/// Host transfers made by a [`ComposedOps`] and its clones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Device-to-host copies.
+    pub to_host: usize,
+    /// Host-to-device copies.
+    pub to_device: usize,
 }
 
 impl<D: Clone> ComposedOps<D> {
     /// The composed backend for `dev`.
     pub fn new(dev: &D) -> Self {
-        Self { dev: dev.clone() }
+        Self {
+            dev: dev.clone(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// The host transfers made so far by this backend and its clones.
+    pub fn transfers(&self) -> Transfers {
+        Transfers {
+            to_host: self.counts[0].load(Ordering::Relaxed),
+            to_device: self.counts[1].load(Ordering::Relaxed),
+        }
     }
 }
 
 type Mat<E, D> = Tensor<(usize, usize), E, D>;
 
-/// Copies a small host matrix to the device, row-major, converted to `E`.
-fn upload<E: Real, D: Device<E>>(dev: &D, m: &DMatrix<f64>) -> Result<Mat<E, D>, Error> {
-    let data: Vec<E> = m.transpose().iter().map(|&v| E::of_f64(v)).collect();
-    dev.try_tensor_from_vec(data, (m.nrows(), m.ncols()))
+impl<D: Clone> ComposedOps<D> {
+    /// Copies a tensor's data to the host (row-major), counted.
+    fn to_host<S: Shape, E: Real>(&self, t: &Tensor<S, E, D>) -> Vec<E>
+    where
+        D: Device<E>,
+    {
+        self.counts[0].fetch_add(1, Ordering::Relaxed);
+        t.as_vec()
+    }
+
+    /// Copies host data (row-major) into a new tensor, counted.
+    fn to_device<S: Shape, E: Real>(&self, data: Vec<E>, shape: S) -> Result<Tensor<S, E, D>, Error>
+    where
+        D: Device<E>,
+    {
+        self.counts[1].fetch_add(1, Ordering::Relaxed);
+        self.dev
+            .try_tensor_from_vec(data, shape)
+            .map_err(Error::device)
+    }
+
+    /// The data of each matrix, row-major: the matrices are stacked on the device by shape
+    /// and each stack makes one transfer.
+    fn download<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
+    where
+        D: Device<E>,
+    {
+        let mut by_shape: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, m) in mats.iter().enumerate() {
+            by_shape.entry(*m.shape()).or_default().push(i);
+        }
+        let mut out = vec![Vec::new(); mats.len()];
+        for ((r, c), idx) in by_shape {
+            let stack: Vec<Mat<E, D>> = idx.iter().map(|&i| mats[i].clone()).collect();
+            let data = self.to_host(&stack.try_stack().map_err(Error::device)?);
+            for (chunk, &i) in data.chunks_exact((r * c).max(1)).zip(&idx) {
+                out[i] = chunk.to_vec();
+            }
+        }
+        Ok(out)
+    }
+
+    /// New device matrices from row-major host data, in one transfer: concatenated on the
+    /// host, sliced on the device.
+    fn upload<E: Real>(&self, mats: Vec<(Vec<E>, (usize, usize))>) -> Result<Vec<Mat<E, D>>, Error>
+    where
+        D: Device<E>,
+    {
+        let total = mats.iter().map(|(v, _)| v.len()).sum();
+        let mut data = Vec::with_capacity(total);
+        let mut spans = Vec::with_capacity(mats.len());
+        for (v, shape) in mats {
+            spans.push((data.len()..data.len() + v.len(), shape));
+            data.extend(v);
+        }
+        let flat = self.to_device(data, (total,))?;
+        spans
+            .into_iter()
+            .map(|(span, shape)| {
+                flat.clone()
+                    .try_slice((span,))
+                    .and_then(|t| t.try_reshape_like(&shape))
+                    .map_err(Error::device)
+            })
+            .collect()
+    }
+
+    /// Small host matrices to the device, converted to `E`, in one transfer.
+    fn upload_small<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
+    where
+        D: Device<E>,
+    {
+        self.upload(
+            mats.iter()
+                .map(|m| {
+                    let data = m.transpose().iter().map(|&v| E::of_f64(v)).collect();
+                    (data, m.shape())
+                })
+                .collect(),
+        )
+    }
+}
+
+/// `A^T B` on the device.
+fn product<E: Real, D: Device<E>>(a: &Mat<E, D>, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
+    a.clone()
+        .try_permute::<_, Axes2<1, 0>>()
+        .and_then(|at| at.try_matmul(b.clone()))
         .map_err(Error::device)
 }
 
@@ -73,22 +187,11 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
     }
 
     fn gram(&self, a: &Mat<E, D>, b: &Mat<E, D>) -> Result<DMatrix<f64>, Error> {
-        let (_, ra) = *a.shape();
-        let (_, rb) = *b.shape();
-        let g = a
-            .clone()
-            .try_permute::<_, Axes2<1, 0>>()
-            .and_then(|at| at.try_matmul(b.clone()))
-            .map_err(Error::device)?;
-        Ok(DMatrix::from_row_iterator(
-            ra,
-            rb,
-            g.as_vec().into_iter().map(Real::to_f64),
-        ))
+        Ok(self.grams(&[(a, b)])?.remove(0))
     }
 
     fn mul_small(&self, a: &Mat<E, D>, m: &DMatrix<f64>) -> Result<Mat<E, D>, Error> {
-        let m = upload(&self.dev, m)?;
+        let m = self.upload_small(&[m])?.remove(0);
         a.clone().try_matmul(m).map_err(Error::device)
     }
 
@@ -110,20 +213,96 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
     }
 
     fn all_finite(&self, a: &Mat<E, D>) -> Result<bool, Error> {
-        // 0 * x is 0 for finite x and NaN otherwise; NaN survives the sum.
-        let s = a
-            .clone()
-            .try_mul(E::zero())
-            .and_then(|z| z.try_sum::<Rank0, _>())
-            .map_err(Error::device)?;
-        Ok(s.as_vec()[0] == E::zero())
+        Ok(self.all_finite_each(&[a])?[0])
     }
 
     fn qr_q(&self, a: Mat<E, D>) -> Result<Mat<E, D>, Error> {
-        let (n, r) = *a.shape();
-        let q = householder_q(HostMat::new(n, r, a.as_vec()));
-        self.dev
-            .try_tensor_from_vec(q.into_compact(), (n, r))
+        Ok(self.qr_qs(vec![a])?.remove(0))
+    }
+
+    /// On the device: `S = X^T G`, `G - X (S + S^T) / 2`.
+    fn project(&self, x: &Mat<E, D>, g: Mat<E, D>) -> Result<Mat<E, D>, Error> {
+        Error::check_shape(*x.shape(), *g.shape())?;
+        let s = product(x, &g)?;
+        let st = s.clone().try_permute::<_, Axes2<1, 0>>();
+        st.and_then(|st| s.try_add(st))
+            .and_then(|sum| sum.try_mul(E::of_f64(0.5)))
+            .and_then(|sym| x.clone().try_matmul(sym))
+            .and_then(|x_sym| g.try_sub(x_sym))
             .map_err(Error::device)
+    }
+
+    /// On the device: `Y^T Y`, then `(3/2) Y - (1/2) Y (Y^T Y)`.
+    fn newton_schulz_step(&self, y: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
+        let gram = product(y, y)?;
+        let mut out = y.clone().try_matmul(gram).map_err(Error::device)?;
+        out.try_axpy(-0.5, y, 1.5).map_err(Error::device)?;
+        Ok(out)
+    }
+
+    fn grams(&self, pairs: &[(&Mat<E, D>, &Mat<E, D>)]) -> Result<Vec<DMatrix<f64>>, Error> {
+        let products = pairs
+            .iter()
+            .map(|(a, b)| product(a, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<(usize, usize)> = products.iter().map(|p| *p.shape()).collect();
+        let data = self.download(products)?;
+        Ok(data
+            .into_iter()
+            .zip(shapes)
+            .map(|(v, (r, c))| DMatrix::from_row_iterator(r, c, v.into_iter().map(Real::to_f64)))
+            .collect())
+    }
+
+    fn combine(
+        &self,
+        outputs: Vec<Vec<(&Mat<E, D>, DMatrix<f64>)>>,
+    ) -> Result<Vec<Mat<E, D>>, Error> {
+        let smalls: Vec<&DMatrix<f64>> = outputs.iter().flatten().map(|(_, m)| m).collect();
+        let mut uploaded = self.upload_small(&smalls)?.into_iter();
+        outputs
+            .iter()
+            .map(|terms| {
+                let mut sum: Option<Mat<E, D>> = None;
+                for ((a, _), m) in terms.iter().zip(uploaded.by_ref()) {
+                    let am = (*a).clone().try_matmul(m).map_err(Error::device)?;
+                    sum = Some(match sum {
+                        None => am,
+                        Some(acc) => acc.try_add(am).map_err(Error::device)?,
+                    });
+                }
+                Ok(sum.expect("TallOps::combine: an output without terms"))
+            })
+            .collect()
+    }
+
+    fn qr_qs(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Mat<E, D>>, Error> {
+        let shapes: Vec<(usize, usize)> = mats.iter().map(|m| *m.shape()).collect();
+        let data = self.download(mats)?;
+        let qs = data
+            .into_iter()
+            .zip(shapes)
+            .map(|(v, (n, r))| (householder_q(HostMat::new(n, r, v)).into_compact(), (n, r)))
+            .collect();
+        self.upload(qs)
+    }
+
+    /// `0 * x` is 0 for finite `x` and NaN otherwise; NaN survives the sum. The sums of
+    /// all the matrices come to the host together.
+    fn all_finite_each(&self, mats: &[&Mat<E, D>]) -> Result<Vec<bool>, Error> {
+        let sums = mats
+            .iter()
+            .map(|a| {
+                (*a).clone()
+                    .try_mul(E::zero())
+                    .and_then(|z| z.try_sum::<Rank0, _>())
+                    .map_err(Error::device)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if sums.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sums = self.to_host(&sums.try_stack().map_err(Error::device)?);
+        Ok(sums.into_iter().map(|s| s == E::zero()).collect())
     }
 }

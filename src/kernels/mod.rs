@@ -18,7 +18,7 @@ pub mod small;
 mod stiefel_device;
 mod tall_ops;
 
-pub use composed_ops::ComposedOps;
+pub use composed_ops::{ComposedOps, Transfers};
 pub use grad_add::add_into_grad;
 pub use host_mat::{HostMat, ROW_ALIGN};
 pub use host_ops::HostOps;

@@ -70,4 +70,57 @@ pub trait TallOps<E: Real> {
     /// The Q factor of the thin QR of `a` with `diag(R) >= 0` (Householder), computed in
     /// `a`'s storage where the backend can.
     fn qr_q(&self, a: Self::Mat) -> Result<Self::Mat, Error>;
+
+    /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`: the tangent projection, in
+    /// `G`'s storage where the backend can. A device backend keeps the `r x r` product on
+    /// the device (no host round trip).
+    fn project(&self, x: &Self::Mat, g: Self::Mat) -> Result<Self::Mat, Error> {
+        let s = super::small::sym(&self.gram(x, &g)?);
+        self.mul_small_add(x, &(-s), g)
+    }
+
+    /// One Newton-Schulz step towards the polar factor, `Y (3I - Y^T Y) / 2`. A device
+    /// backend keeps `Y^T Y` on the device.
+    fn newton_schulz_step(&self, y: &Self::Mat) -> Result<Self::Mat, Error> {
+        let gram = self.gram(y, y)?;
+        let r = gram.nrows();
+        self.mul_small(y, &((DMatrix::identity(r, r) * 3.0 - gram) * 0.5))
+    }
+
+    /// `A_k^T B_k` for every pair: like [`TallOps::gram`], but a device backend brings the
+    /// whole batch to the host in one transfer.
+    fn grams(&self, pairs: &[(&Self::Mat, &Self::Mat)]) -> Result<Vec<DMatrix<f64>>, Error> {
+        pairs.iter().map(|(a, b)| self.gram(a, b)).collect()
+    }
+
+    /// For every output `k`, `sum_j A_kj M_kj` with small host matrices `M_kj`: like
+    /// [`TallOps::mul_small_add`], but a device backend sends all the small matrices in one
+    /// transfer. Panics if an output has no term.
+    fn combine(
+        &self,
+        outputs: Vec<Vec<(&Self::Mat, DMatrix<f64>)>>,
+    ) -> Result<Vec<Self::Mat>, Error> {
+        outputs
+            .into_iter()
+            .map(|terms| {
+                let mut terms = terms.into_iter();
+                let (a, m) = terms
+                    .next()
+                    .expect("TallOps::combine: an output without terms");
+                let first = self.mul_small(a, &m)?;
+                terms.try_fold(first, |acc, (a, m)| self.mul_small_add(a, &m, acc))
+            })
+            .collect()
+    }
+
+    /// [`TallOps::qr_q`] of each matrix: a device backend moves the batch to the host and
+    /// back in one transfer each way.
+    fn qr_qs(&self, mats: Vec<Self::Mat>) -> Result<Vec<Self::Mat>, Error> {
+        mats.into_iter().map(|a| self.qr_q(a)).collect()
+    }
+
+    /// [`TallOps::all_finite`] of each matrix: a device backend answers with one transfer.
+    fn all_finite_each(&self, mats: &[&Self::Mat]) -> Result<Vec<bool>, Error> {
+        mats.iter().map(|a| self.all_finite(a)).collect()
+    }
 }

@@ -1,20 +1,20 @@
 //! Orthogonal projection onto the tangent space of St(n, r) (Euclidean metric).
 
-use crate::kernels::{small::sym, Real, StiefelDevice, TallOps};
+use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape};
 use dfdx::tensor::Tensor;
 
 /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`, on a backend's working form:
-/// one Gram product and one multiply-add into `G`'s storage, `O(n r^2)`.
+/// one Gram product and one multiply-add into `G`'s storage, `O(n r^2)`
+/// ([`TallOps::project`]).
 pub fn project_mat<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &B::Mat,
     g: B::Mat,
 ) -> Result<B::Mat, Error> {
     Error::check_shape(ops.dims(x), ops.dims(&g))?;
-    let s = sym(&ops.gram(x, &g)?);
-    ops.mul_small_add(x, &(-s), g)
+    ops.project(x, g)
 }
 
 /// Projects `g` onto the tangent space of the Stiefel manifold at `x`:

@@ -71,23 +71,38 @@ impl Retraction {
         x: &B::Mat,
         xi: &B::Mat,
     ) -> Result<B::Mat, Error> {
-        Error::check_shape(ops.dims(x), ops.dims(xi))?;
-        let (rows, cols) = ops.dims(x);
-        if cols > rows {
-            return Err(Error::NotTall { rows, cols });
-        }
-        for (m, what) in [(x, "point"), (xi, "tangent step")] {
-            if !ops.all_finite(m)? {
-                return Err(Error::NonFinite { what: what.into() });
+        Ok(self.apply_batch(ops, &[(x, xi)])?.remove(0))
+    }
+
+    /// Applies the retraction to a batch of steps `(X_k, xi_k)` (shapes may differ between
+    /// steps), after checking that each pair has one tall shape and is finite. On a device
+    /// backend the host round trips are made once for the batch. Any failure fails the
+    /// batch.
+    pub fn apply_batch<E: Real, B: TallOps<E>>(
+        &self,
+        ops: &B,
+        steps: &[(&B::Mat, &B::Mat)],
+    ) -> Result<Vec<B::Mat>, Error> {
+        for (x, xi) in steps {
+            Error::check_shape(ops.dims(x), ops.dims(xi))?;
+            let (rows, cols) = ops.dims(x);
+            if cols > rows {
+                return Err(Error::NotTall { rows, cols });
             }
         }
+        let all: Vec<&B::Mat> = steps.iter().flat_map(|&(x, xi)| [x, xi]).collect();
+        let finite = ops.all_finite_each(&all)?;
+        if let Some(i) = finite.iter().position(|ok| !ok) {
+            let what = if i % 2 == 0 { "point" } else { "tangent step" };
+            return Err(Error::NonFinite { what: what.into() });
+        }
         match *self {
-            Retraction::Qr => retractions::qr(ops, x, xi),
-            Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, x, xi),
-            Retraction::Polar => retractions::polar(ops, x, xi),
-            Retraction::NewtonSchulz { iters } => retractions::newton_schulz(ops, x, xi, iters),
-            Retraction::Cayley => retractions::cayley(ops, x, xi),
-            Retraction::Exp => retractions::exp(ops, x, xi),
+            Retraction::Qr => retractions::qr(ops, steps),
+            Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, steps),
+            Retraction::Polar => retractions::polar(ops, steps),
+            Retraction::NewtonSchulz { iters } => retractions::newton_schulz(ops, steps, iters),
+            Retraction::Cayley => retractions::cayley(ops, steps),
+            Retraction::Exp => retractions::exp(ops, steps),
         }
     }
 }

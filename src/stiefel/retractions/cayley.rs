@@ -1,5 +1,6 @@
 //! Cayley retraction.
 
+use super::{step_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 use nalgebra::DMatrix;
@@ -10,29 +11,48 @@ use nalgebra::DMatrix;
 ///
 /// `R_X(xi) = X + U (I - V^T U / 2)^{-1} V^T X`, `U = [P xi, X]`, `V = [X, -P xi]`,
 ///
-/// so that `W = U V^T`. With `Z = (I - V^T U / 2)^{-1} V^T X = [Z1; Z2]` (`2r x r`), the
-/// result is `X (I + Z2) + P xi Z1`. The `2r x 2r` system is solved on the host
+/// so that `W = U V^T`. Everything `r x r` comes from `K = X^T X`, `A = X^T xi` and
+/// `S = xi^T xi` (one host round trip): with `P xi = xi - X A / 2`,
+/// `X^T P xi = A - K A / 2` and `(P xi)^T P xi = S - A^T A + A^T K A / 4`. With
+/// `Z = (I - V^T U / 2)^{-1} V^T X = [Z1; Z2]` (`2r x r`), the result is
+/// `X (I + Z2 - A Z1 / 2) + xi Z1`. The `2r x 2r` system is solved on the host
 /// ([`Error::Singular`] if it is numerically singular).
-pub fn cayley<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
-    // P xi = xi - X (X^T xi) / 2
-    let p_xi = ops.mul_small_add(x, &(ops.gram(x, xi)? * -0.5), xi.clone())?;
-    let xtx = ops.gram(x, x)?;
-    let xtp = ops.gram(x, &p_xi)?;
-    let ptp = ops.gram(&p_xi, &p_xi)?;
-    let r = xtx.nrows();
+pub fn cayley<E: Real, B: TallOps<E>>(
+    ops: &B,
+    steps: &Steps<B::Mat>,
+) -> Result<Vec<B::Mat>, Error> {
+    let outputs = steps
+        .iter()
+        .zip(step_grams(ops, steps)?)
+        .map(|(&(x, xi), g)| {
+            let [c_x, c_xi] = coefficients(&g[0], &g[1], &g[2])?;
+            Ok(vec![(x, c_x), (xi, c_xi)])
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    ops.combine(outputs)
+}
+
+/// The coefficients `[I + Z2 - A Z1 / 2, Z1]` of `X` and `xi` from `K`, `A`, `S`.
+fn coefficients(
+    k: &DMatrix<f64>,
+    a: &DMatrix<f64>,
+    s: &DMatrix<f64>,
+) -> Result<[DMatrix<f64>; 2], Error> {
+    let r = k.nrows();
+    let xtp = a - k * a * 0.5;
+    let ptp = s - a.transpose() * a + a.transpose() * k * a * 0.25;
     // V^T U = [[X^T P xi, X^T X], [-(P xi)^T P xi, -(P xi)^T X]],  V^T X = [X^T X; -(P xi)^T X]
     let mut vtu = DMatrix::zeros(2 * r, 2 * r);
     vtu.view_mut((0, 0), (r, r)).copy_from(&xtp);
-    vtu.view_mut((0, r), (r, r)).copy_from(&xtx);
+    vtu.view_mut((0, r), (r, r)).copy_from(k);
     vtu.view_mut((r, 0), (r, r)).copy_from(&(-&ptp));
     vtu.view_mut((r, r), (r, r)).copy_from(&(-xtp.transpose()));
     let mut vtx = DMatrix::zeros(2 * r, r);
-    vtx.view_mut((0, 0), (r, r)).copy_from(&xtx);
+    vtx.view_mut((0, 0), (r, r)).copy_from(k);
     vtx.view_mut((r, 0), (r, r)).copy_from(&(-xtp.transpose()));
     let lhs = DMatrix::identity(2 * r, 2 * r) - vtu * 0.5;
     let z = small::solve(&lhs, &vtx, "Cayley retraction")?;
     let z1 = z.rows(0, r).into_owned();
-    let z2 = z.rows(r, r).into_owned() + DMatrix::identity(r, r);
-    let p_xi_z1 = ops.mul_small(&p_xi, &z1)?;
-    ops.mul_small_add(x, &z2, p_xi_z1)
+    let c_x = DMatrix::identity(r, r) + z.rows(r, r) - a * &z1 * 0.5;
+    Ok([c_x, z1])
 }

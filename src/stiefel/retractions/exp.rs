@@ -1,5 +1,6 @@
 //! Exponential map (geodesic) of the Euclidean metric.
 
+use super::{step_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 use nalgebra::DMatrix;
@@ -13,26 +14,44 @@ use nalgebra::DMatrix;
 /// is `X C1 + xi C2`. For tangent `xi`, `A` is skew. `C` is [polished](small::polish)
 /// against the Gram matrix `[[X^T X, A], [A^T, S]]` of `[X, xi]`, which moves it by
 /// rounding only and keeps the result on the manifold to rounding.
-pub fn exp<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
-    let a = ops.gram(x, xi)?;
-    let s = ops.gram(xi, xi)?;
+pub fn exp<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
+    let outputs = steps
+        .iter()
+        .zip(step_grams(ops, steps)?)
+        .map(|(&(x, xi), g)| {
+            let c = coefficients(&g[0], &g[1], &g[2])?;
+            let r = g[0].nrows();
+            Ok(vec![
+                (x, c.rows(0, r).into_owned()),
+                (xi, c.rows(r, r).into_owned()),
+            ])
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    ops.combine(outputs)
+}
+
+/// `C = [C1; C2]` from `X^T X`, `A` and `S`.
+fn coefficients(
+    xtx: &DMatrix<f64>,
+    a: &DMatrix<f64>,
+    s: &DMatrix<f64>,
+) -> Result<DMatrix<f64>, Error> {
     let r = a.nrows();
     let mut h = DMatrix::zeros(2 * r, 2 * r);
-    h.view_mut((0, 0), (r, r)).copy_from(&ops.gram(x, x)?);
-    h.view_mut((0, r), (r, r)).copy_from(&a);
+    h.view_mut((0, 0), (r, r)).copy_from(xtx);
+    h.view_mut((0, r), (r, r)).copy_from(a);
     h.view_mut((r, 0), (r, r)).copy_from(&a.transpose());
-    h.view_mut((r, r), (r, r)).copy_from(&s);
+    h.view_mut((r, r), (r, r)).copy_from(s);
     let mut m = DMatrix::zeros(2 * r, 2 * r);
-    m.view_mut((0, 0), (r, r)).copy_from(&a);
+    m.view_mut((0, 0), (r, r)).copy_from(a);
     m.view_mut((0, r), (r, r)).copy_from(&(-s));
     m.view_mut((r, 0), (r, r)).fill_with_identity();
-    m.view_mut((r, r), (r, r)).copy_from(&a);
+    m.view_mut((r, r), (r, r)).copy_from(a);
     let c = small::polish(&(small::expm(&m).columns(0, r) * small::expm(&(-a))), &h);
     if !c.iter().all(|v| v.is_finite()) {
         return Err(Error::NonFinite {
             what: "matrix exponential of the geodesic".into(),
         });
     }
-    let x_c1 = ops.mul_small(x, &c.rows(0, r).into_owned())?;
-    ops.mul_small_add(xi, &c.rows(r, r).into_owned(), x_c1)
+    Ok(c)
 }

@@ -1,5 +1,6 @@
 //! Polar retraction.
 
+use super::{self_grams, sums, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -9,9 +10,16 @@ use crate::Error;
 /// manifold to rounding even when `X` has drifted. The inverse square root of the `r x r`
 /// Gram matrix `G` comes from a coupled Newton-Schulz iteration on the host, then
 /// [polished](small::polish) against `G` so that the result is orthonormal to rounding.
-pub fn polar<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<B::Mat, Error> {
-    let y = ops.lincomb(E::one(), x, E::one(), xi)?;
-    let gram = ops.gram(&y, &y)?;
-    let w = small::inv_sqrt_spd(&gram, "polar retraction")?;
-    ops.mul_small(&y, &small::polish(&w, &gram))
+pub fn polar<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
+    let ys = sums(ops, steps)?;
+    let factors = self_grams(ops, &ys)?
+        .iter()
+        .map(|g| {
+            Ok(small::polish(
+                &small::inv_sqrt_spd(g, "polar retraction")?,
+                g,
+            ))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    ops.combine(ys.iter().zip(factors).map(|(y, w)| vec![(y, w)]).collect())
 }
