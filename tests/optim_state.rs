@@ -57,7 +57,7 @@ macro_rules! checkpoint_case {
                 opt.update(&mut b, &g).unwrap();
             }
             let saved_cfg = serde_json::to_string(&opt.cfg).unwrap();
-            let saved_state = serde_json::to_string(opt.state()).unwrap();
+            let saved_state = serde_json::to_string(&opt.state()).unwrap();
             drop(opt);
             let cfg: SdsAdamConfig = serde_json::from_str(&saved_cfg).unwrap();
             let mut opt = SdsAdam::new_with_stiefel(&b, cfg, is_weight).unwrap();
@@ -83,7 +83,7 @@ macro_rules! checkpoint_case {
                 let g = grads_at(&b, s);
                 opt.update(&mut b, &g).unwrap();
             }
-            let saved = serde_json::to_string(opt.state()).unwrap();
+            let saved = serde_json::to_string(&opt.state()).unwrap();
             let mut opt = SdsSgd::new_with_stiefel(&b, sgd_cfg, is_weight).unwrap();
             opt.set_state(serde_json::from_str(&saved).unwrap()).unwrap();
             for s in 7..15 {
@@ -94,7 +94,7 @@ macro_rules! checkpoint_case {
             assert_eq!(a.bias.as_vec(), b.bias.as_vec(), "SGD bias bits");
 
             // A non-finite gradient: an error, and parameters and state bit-identical.
-            let (w0, b0, state0) = (b.weight.as_vec(), b.bias.as_vec(), opt.state().clone());
+            let (w0, b0, state0) = (b.weight.as_vec(), b.bias.as_vec(), opt.state());
             let mut bad = grads_at(&b, 99);
             bad.get_or_alloc_mut(&b.bias).unwrap()[4] = <$e>::NAN;
             match opt.update(&mut b, &bad) {
@@ -105,7 +105,7 @@ macro_rules! checkpoint_case {
             assert!(matches!(opt.step(&mut b, &bad), Err(Error::NonFinite { .. })));
             assert_eq!(b.weight.as_vec(), w0);
             assert_eq!(b.bias.as_vec(), b0);
-            assert_eq!(opt.state(), &state0);
+            assert_eq!(opt.state(), state0);
             // ... and the next good step works.
             let g = grads_at(&b, 100);
                 opt.update(&mut b, &g).unwrap();

@@ -46,6 +46,11 @@ impl<D: Clone> ComposedOps<D> {
         }
     }
 
+    /// The device this backend works on.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
     /// The host transfers made so far by this backend and its clones.
     pub fn transfers(&self) -> Transfers {
         Transfers {

@@ -25,4 +25,4 @@ pub use host_ops::HostOps;
 pub use householder::householder_q;
 pub use real::Real;
 pub use stiefel_device::StiefelDevice;
-pub use tall_ops::{TallOps, TallTensor};
+pub use tall_ops::{Flat, TallOps, TallTensor};

@@ -1,6 +1,6 @@
 //! Which [`TallOps`] backend each dfdx device uses.
 
-use super::{HostOps, Real, TallOps};
+use super::{ComposedOps, HostOps, Real, TallOps};
 use dfdx::tensor::Cpu;
 use dfdx::tensor_ops::Device;
 
@@ -13,6 +13,10 @@ pub trait StiefelDevice<E: Real>: Device<E> {
 
     /// The backend bound to this device.
     fn tall_ops(&self) -> Self::Ops;
+
+    /// The composed backend where whole optimizer steps should run as dfdx ops on this
+    /// device (`Cuda`), or `None` where copying to the host is faster (`Cpu`).
+    fn composed_steps(&self) -> Option<ComposedOps<Self>>;
 }
 
 impl<E: Real> StiefelDevice<E> for Cpu
@@ -24,6 +28,10 @@ where
     fn tall_ops(&self) -> HostOps {
         HostOps::new(self)
     }
+
+    fn composed_steps(&self) -> Option<ComposedOps<Self>> {
+        None
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -31,9 +39,13 @@ impl<E: Real> StiefelDevice<E> for dfdx::tensor::Cuda
 where
     dfdx::tensor::Cuda: Device<E>,
 {
-    type Ops = super::ComposedOps<dfdx::tensor::Cuda>;
+    type Ops = ComposedOps<dfdx::tensor::Cuda>;
 
     fn tall_ops(&self) -> Self::Ops {
-        super::ComposedOps::new(self)
+        ComposedOps::new(self)
+    }
+
+    fn composed_steps(&self) -> Option<ComposedOps<Self>> {
+        Some(ComposedOps::new(self))
     }
 }

@@ -10,6 +10,10 @@ use nalgebra::DMatrix;
 /// A rank-2 tensor `[N, R]` on a backend's device.
 pub type TallTensor<N, R, E, D> = Tensor<(N, R), E, D>;
 
+/// A flat (rank-1) tensor on a device: how the optimizer's composed path holds parameters,
+/// gradients and moments.
+pub type Flat<E, D> = Tensor<(usize,), E, D>;
+
 /// Operations on tall `n x r` matrices (`r` small) that every Stiefel computation reduces
 /// to: `O(n r^2)` products with small matrices, Gram matrices, linear combinations and a
 /// Householder QR. Small `r x r` results live on the host in `f64`.

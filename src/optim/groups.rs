@@ -39,6 +39,19 @@ impl ParamGroups {
             others: g,
         }
     }
+
+    /// The settings of a group: the bases' learning rate without weight decay for
+    /// [`Group::Stiefel`].
+    pub fn of(&self, group: Group) -> GroupConfig {
+        match group {
+            Group::Stiefel => GroupConfig {
+                lr: self.bases_lr,
+                weight_decay: None,
+            },
+            Group::Scales => self.scales,
+            Group::Euclidean => self.others,
+        }
+    }
 }
 
 /// The group a tensor belongs to.

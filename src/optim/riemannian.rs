@@ -1,9 +1,12 @@
 //! The Riemannian composition: one optimizer step on a Stiefel point.
 
-use super::rules::RuleState;
-use crate::kernels::{HostMat, Real, TallOps};
+use super::rules::{RuleState, TensorRuleState};
+use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps};
 use crate::stiefel::{project_mat, transport_mat, Retraction};
 use crate::Error;
+use dfdx::shapes::HasShape;
+use dfdx::tensor::Tensor;
+use dfdx::tensor_ops::{Device, ReshapeTo, TryMul};
 
 /// How the step re-enters the manifold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +50,61 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     if !state.first.is_empty() {
         let m = HostMat::from_storage(n, r, std::mem::take(&mut state.first));
         state.first = transport_mat(ops, &x_new, m)?.into_storage();
+    }
+    Ok(x_new)
+}
+
+/// One Stiefel tensor of a composed (device) step: the point, its Euclidean gradient and
+/// its rule state, as `[n, r]` device tensors.
+pub struct DeviceStiefel<'a, E: Real, D: Device<E>> {
+    /// The point `X`.
+    pub x: Tensor<(usize, usize), E, D>,
+    /// The Euclidean gradient `E`.
+    pub egrad: Tensor<(usize, usize), E, D>,
+    /// The rule state (moments compact, `n r` values).
+    pub state: &'a mut TensorRuleState<E, D>,
+}
+
+/// [`stiefel_step`] for a batch of Stiefel tensors on a device, composed from dfdx ops:
+/// steps 1-3 per tensor on the device (projections keep their `r x r` products there),
+/// step 4 for the whole batch ([`Retraction::apply_batch`]: its host round trips are made
+/// once for all the tensors), then step 5 per tensor on the device. `rule` returns `u`.
+pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
+    ops: &ComposedOps<D>,
+    batch: Vec<DeviceStiefel<'_, E, D>>,
+    rule: impl Fn(&mut TensorRuleState<E, D>, Flat<E, D>) -> Result<Flat<E, D>, Error>,
+    geometry: Geometry,
+) -> Result<Vec<Tensor<(usize, usize), E, D>>, Error> {
+    let reshape =
+        |t: Flat<E, D>, shape: (usize, usize)| t.try_reshape_like(&shape).map_err(Error::device);
+    let flat = |t: Tensor<(usize, usize), E, D>| {
+        let (n, r) = *t.shape();
+        t.try_reshape_like(&(n * r,)).map_err(Error::device)
+    };
+    let mut xis = Vec::with_capacity(batch.len());
+    let mut states = Vec::with_capacity(batch.len());
+    let mut xs = Vec::with_capacity(batch.len());
+    for item in batch {
+        let shape = *item.x.shape();
+        let g = ops.project(&item.x, item.egrad)?;
+        let u = reshape(rule(item.state, flat(g)?)?, shape)?;
+        let xi = ops
+            .project(&item.x, u)?
+            .try_mul(-E::one())
+            .map_err(Error::device)?;
+        xis.push(xi);
+        states.push(item.state);
+        xs.push(item.x);
+    }
+    let pairs: Vec<_> = xs.iter().zip(&xis).collect();
+    let mut x_new = geometry.retraction.apply_batch(ops, &pairs)?;
+    if geometry.reorthonormalize {
+        x_new = ops.qr_qs(x_new)?;
+    }
+    for (state, x) in states.into_iter().zip(&x_new) {
+        if let Some(m) = state.first.take() {
+            state.first = Some(flat(ops.project(x, reshape(m, *x.shape())?)?)?);
+        }
     }
     Ok(x_new)
 }

@@ -2,17 +2,18 @@
 //! parameter groups, the Riemannian composition for Stiefel tensors, transactional steps.
 
 use super::groups::{Classifier, Group, ParamGroups};
-use super::riemannian::{stiefel_step, Geometry};
-use super::rules::{RuleState, WeightDecay};
+use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geometry};
+use super::rules::{RuleState, TensorRuleState, WeightDecay};
 use super::state::OptimizerState;
-use super::walk;
-use crate::kernels::{scratch, HostMat, Real};
+use super::walk::{self, Entry, TensorEntry, Value};
+use crate::kernels::{scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
+use dfdx::shapes::HasShape;
 use dfdx::tensor::Gradients;
-use dfdx::tensor_ops::Device;
+use dfdx::tensor_ops::{Device, ReshapeTo, TrySub};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
@@ -33,6 +34,22 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
     );
     /// The rule on the Riemannian gradient of a Stiefel tensor: overwrites `g` with `u`.
     fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]);
+    /// [`SdsConfig::euclidean_update`] in dfdx ops on a device: returns `u`.
+    fn euclidean_update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut TensorRuleState<E, D>,
+        p: &Flat<E, D>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error>;
+    /// [`SdsConfig::stiefel_update`] in dfdx ops on a device: returns `u`.
+    fn stiefel_update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        state: &mut TensorRuleState<E, D>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error>;
 }
 
 /// Settings of the Stiefel tensors' updates.
@@ -62,15 +79,23 @@ impl Default for StiefelConfig {
 /// computed, and only then written back in place (tensor ids unchanged). Any error (a
 /// missing or non-finite gradient, a failed retraction) leaves parameters and state
 /// exactly as they were.
+///
+/// Two paths compute a step, with the same formulas. The host path copies each tensor and
+/// its gradient to the host and works there with fused loops (the default on `Cpu`). The
+/// composed path works on the model's device with dfdx ops, moments kept on the device,
+/// and batches the retractions' host round trips over all Stiefel tensors (the default on
+/// `Cuda`; [`Sds::use_composed_ops`] selects it anywhere).
 #[derive(Debug)]
-pub struct Sds<M, E: Real, D, C> {
+pub struct Sds<M, E: Real, D: Device<E>, C> {
     /// Hyperparameters; change learning rates here for a schedule.
     pub cfg: C,
     state: OptimizerState<E>,
+    device_state: BTreeMap<String, TensorRuleState<E, D>>,
+    composed: Option<ComposedOps<D>>,
     layout: BTreeMap<String, (Vec<usize>, Group)>,
     ops: E::Host,
     last_error: Option<Error>,
-    marker: PhantomData<fn() -> (M, D)>,
+    marker: PhantomData<fn() -> M>,
 }
 
 /// Why a step did not happen, with the tensors concerned (for dfdx's error type).
@@ -79,7 +104,27 @@ struct Refusal {
     tensors: Vec<String>,
 }
 
-impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D, C> {
+impl Refusal {
+    /// Non-finite gradients of `tensors`.
+    fn non_finite(tensors: Vec<String>) -> Self {
+        Self {
+            error: Error::NonFinite {
+                what: format!("the gradient of {}", tensors.join(", ")),
+            },
+            tensors,
+        }
+    }
+
+    /// A device error while writing `values`.
+    fn device<E: Real, D: Device<E>>(e: D::Err, values: &BTreeMap<String, Value<E, D>>) -> Self {
+        Self {
+            error: Error::device(e),
+            tensors: values.keys().cloned().collect(),
+        }
+    }
+}
+
+impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<M, E, D, C> {
     /// An optimizer for `model`, classifying tensors by the naming contract. Errors if a
     /// tensor named as a basis is not a tall matrix.
     pub fn new(model: &M, cfg: C) -> Result<Self, Error> {
@@ -105,6 +150,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
         Ok(Self {
             cfg,
             state: OptimizerState::default(),
+            device_state: BTreeMap::new(),
+            composed: walk::device(model).and_then(|dev| dev.composed_steps()),
             layout,
             ops: E::host_ops(),
             last_error: None,
@@ -117,16 +164,78 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
         self.layout.iter().map(|(p, (_, g))| (p.as_str(), *g))
     }
 
-    /// The state (moments, step counts) to save.
-    pub fn state(&self) -> &OptimizerState<E> {
-        &self.state
+    /// The state (moments, step counts) to save; on the composed path it is copied from
+    /// the device.
+    pub fn state(&self) -> OptimizerState<E> {
+        if self.composed.is_none() {
+            return self.state.clone();
+        }
+        let tensors = self
+            .device_state
+            .iter()
+            .map(|(path, s)| (path.clone(), s.to_host(self.stiefel_shape(path))))
+            .collect();
+        OptimizerState {
+            steps: self.state.steps,
+            tensors,
+        }
     }
 
     /// Restores a saved state; errors if it does not fit this optimizer's model.
     pub fn set_state(&mut self, state: OptimizerState<E>) -> Result<(), Error> {
         state.check(&self.layout)?;
-        self.state = state;
+        match &self.composed {
+            None => self.state = state,
+            Some(ops) => {
+                let mut device_state = BTreeMap::new();
+                for (path, s) in &state.tensors {
+                    let s = TensorRuleState::from_host(s, self.stiefel_shape(path), ops.device())?;
+                    device_state.insert(path.clone(), s);
+                }
+                self.device_state = device_state;
+                self.state = OptimizerState {
+                    steps: state.steps,
+                    tensors: BTreeMap::new(),
+                };
+            }
+        }
         Ok(())
+    }
+
+    /// Runs the following steps on the composed path with `ops` (dfdx ops on the model's
+    /// device; the moments move there). On `Cuda` this path is the default; on `Cpu` the
+    /// host path is faster, and this is how the composed path is tested without a GPU.
+    /// `ops` counts its host transfers ([`ComposedOps::transfers`]).
+    pub fn use_composed_ops(&mut self, ops: ComposedOps<D>) -> Result<(), Error> {
+        let state = self.state();
+        self.composed = Some(ops);
+        self.set_state(state)
+    }
+
+    /// The composed backend, when steps run on the composed path.
+    pub fn composed_ops(&self) -> Option<&ComposedOps<D>> {
+        self.composed.as_ref()
+    }
+
+    /// `Some((n, r))` for a Stiefel tensor.
+    fn stiefel_shape(&self, path: &str) -> Option<(usize, usize)> {
+        match self.layout.get(path) {
+            Some((dims, Group::Stiefel)) => Some((dims[0], dims[1])),
+            _ => None,
+        }
+    }
+
+    /// The group of a gathered tensor.
+    fn group(&self, path: &str) -> Result<Group, Refusal> {
+        self.layout
+            .get(path)
+            .map(|(_, g)| *g)
+            .ok_or_else(|| Refusal {
+                error: Error::StateMismatch(format!(
+                    "{path} was not trainable when the optimizer was built"
+                )),
+                tensors: vec![path.to_string()],
+            })
     }
 
     /// The error behind the last failed [`Optimizer::update`] (dfdx's error type can only
@@ -149,15 +258,6 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
                 tensors,
             });
         }
-        let bad = walk::non_finite(&gathered);
-        if !bad.is_empty() {
-            return Err(Refusal {
-                error: Error::NonFinite {
-                    what: format!("the gradient of {}", bad.join(", ")),
-                },
-                tensors: bad,
-            });
-        }
         let steps = self.state.steps + 1;
         let reorthonormalize = self
             .cfg
@@ -168,21 +268,64 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
             retraction: self.cfg.stiefel().retraction,
             reorthonormalize,
         };
+        let mut entries = Vec::with_capacity(gathered.entries.len());
+        for (path, entry) in gathered.entries {
+            entries.push((self.group(&path)?, path, entry));
+        }
+        let values = match self.composed.clone() {
+            Some(ops) => {
+                let (values, states) = self.composed_step(&ops, entries, geometry)?;
+                walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
+                self.device_state.extend(states);
+                values
+            }
+            None => {
+                let (values, states) = self.host_step(entries, geometry)?;
+                walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
+                for (path, state) in states {
+                    if let Some(old) = self.state.tensors.insert(path, state) {
+                        recycle_state(old);
+                    }
+                }
+                values
+            }
+        };
+        for value in values.into_values() {
+            if let Value::Host(v) = value {
+                scratch::recycle(v);
+            }
+        }
+        self.state.steps = steps;
+        Ok(())
+    }
+
+    /// New values and rule states of every tensor, computed on the host.
+    #[allow(clippy::type_complexity)]
+    fn host_step(
+        &self,
+        entries: Vec<(Group, String, TensorEntry<E, D>)>,
+        geometry: Geometry,
+    ) -> Result<
+        (
+            BTreeMap<String, Value<E, D>>,
+            BTreeMap<String, RuleState<E>>,
+        ),
+        Refusal,
+    > {
+        // Host copies; the device views are dropped here so that the in-place writes of
+        // the commit do not copy the parameters first.
+        let entries: Vec<(Group, String, Entry<E>)> = entries
+            .into_iter()
+            .map(|(g, p, e)| (g, p, e.to_host()))
+            .collect();
+        let bad = walk::non_finite(entries.iter().map(|(_, p, e)| (p, e)));
+        if !bad.is_empty() {
+            return Err(Refusal::non_finite(bad));
+        }
         let groups = *self.cfg.groups();
         let mut values = BTreeMap::new();
         let mut states = BTreeMap::new();
-        for (path, entry) in gathered.entries {
-            let group = match self.layout.get(&path) {
-                Some((_, g)) => *g,
-                None => {
-                    return Err(Refusal {
-                        error: Error::StateMismatch(format!(
-                            "{path} was not trainable when the optimizer was built"
-                        )),
-                        tensors: vec![path],
-                    })
-                }
-            };
+        for (group, path, entry) in entries {
             // Work on a copy: the stored state changes only when the whole step succeeds.
             let mut state = self
                 .state
@@ -199,11 +342,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
                         })?
                 }
                 Group::Scales | Group::Euclidean => {
-                    let g = if group == Group::Scales {
-                        groups.scales
-                    } else {
-                        groups.others
-                    };
+                    let g = groups.of(group);
                     let (mut param, mut u) = (entry.param, entry.grad);
                     self.cfg
                         .euclidean_update(g.lr, g.weight_decay, &mut state, &param, &mut u);
@@ -212,23 +351,104 @@ impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Sds<M, E, D
                     param
                 }
             };
-            values.insert(path.clone(), value);
+            values.insert(path.clone(), Value::Host(value));
             states.insert(path, state);
         }
-        walk::commit(module, &values);
-        values.into_values().for_each(scratch::recycle);
-        for (path, state) in states {
-            if let Some(old) = self.state.tensors.insert(path, state) {
-                recycle_state(old);
-            }
+        Ok((values, states))
+    }
+
+    /// New values and rule states of every tensor, computed on the device with dfdx ops.
+    #[allow(clippy::type_complexity)]
+    fn composed_step(
+        &self,
+        ops: &ComposedOps<D>,
+        entries: Vec<(Group, String, TensorEntry<E, D>)>,
+        geometry: Geometry,
+    ) -> Result<
+        (
+            BTreeMap<String, Value<E, D>>,
+            BTreeMap<String, TensorRuleState<E, D>>,
+        ),
+        Refusal,
+    > {
+        let all = |error: Error| Refusal {
+            error,
+            tensors: entries.iter().map(|(_, p, _)| p.clone()).collect(),
+        };
+        let grads: Vec<_> = entries
+            .iter()
+            .map(|(_, _, e)| e.grad.clone().try_reshape_like(&(1, e.grad.shape().0)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| all(Error::device(e)))?;
+        let finite = ops
+            .all_finite_each(&grads.iter().collect::<Vec<_>>())
+            .map_err(all)?;
+        let bad: Vec<String> = entries
+            .iter()
+            .zip(finite)
+            .filter(|(_, ok)| !ok)
+            .map(|((_, p, _), _)| p.clone())
+            .collect();
+        if !bad.is_empty() {
+            return Err(Refusal::non_finite(bad));
         }
-        self.state.steps = steps;
-        Ok(())
+        let groups = *self.cfg.groups();
+        let mut states: BTreeMap<String, TensorRuleState<E, D>> = entries
+            .iter()
+            .map(|(_, p, _)| {
+                (
+                    p.clone(),
+                    self.device_state.get(p).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut values = BTreeMap::new();
+        let mut stiefel_paths = Vec::new();
+        let mut batch = Vec::new();
+        for ((group, path, entry), state) in entries.iter().zip(states.values_mut()) {
+            let TensorEntry { dims, param, grad } = entry;
+            if *group == Group::Stiefel {
+                let shape = (dims[0], dims[1]);
+                let as_mat = |t: &Flat<E, D>| t.clone().try_reshape_like(&shape);
+                let (x, egrad) = (as_mat(param), as_mat(grad));
+                let (x, egrad) = x
+                    .and_then(|x| egrad.map(|g| (x, g)))
+                    .map_err(|e| all(Error::device(e)))?;
+                stiefel_paths.push(path.clone());
+                batch.push(DeviceStiefel { x, egrad, state });
+                continue;
+            }
+            let g = groups.of(*group);
+            let new = self
+                .cfg
+                .euclidean_update_tensor(g.lr, g.weight_decay, state, param, grad.clone())
+                .and_then(|u| param.clone().try_sub(u).map_err(Error::device))
+                .map_err(|error| Refusal {
+                    error,
+                    tensors: vec![path.clone()],
+                })?;
+            values.insert(path.clone(), Value::Device(new));
+        }
+        let lr = groups.bases_lr;
+        let rule = |s: &mut TensorRuleState<E, D>, g| self.cfg.stiefel_update_tensor(lr, s, g);
+        let x_new =
+            stiefel_steps_composed(ops, batch, rule, geometry).map_err(|error| Refusal {
+                error,
+                tensors: stiefel_paths.clone(),
+            })?;
+        for (path, x) in stiefel_paths.into_iter().zip(x_new) {
+            let (n, r) = *x.shape();
+            let flat = x
+                .try_reshape_like(&(n * r,))
+                .map_err(|e| all(Error::device(e)))?;
+            values.insert(path, Value::Device(flat));
+        }
+        Ok((values, states))
     }
 
     fn stiefel(
         &self,
-        entry: walk::Entry<E>,
+        entry: Entry<E>,
         state: &mut RuleState<E>,
         geometry: Geometry,
     ) -> Result<Vec<E>, Error> {
@@ -268,7 +488,7 @@ fn recycle_state<E: Real>(s: RuleState<E>) {
     scratch::recycle(s.second_max);
 }
 
-impl<M: TensorCollection<E, D>, E: Real, D: Device<E>, C: SdsConfig> Optimizer<M, D, E>
+impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Optimizer<M, D, E>
     for Sds<M, E, D, C>
 {
     /// One step. dfdx's error type has room for device errors and unused parameters only:

@@ -1,9 +1,11 @@
 //! `SdsSgd`: SGD on every group, Riemannian on the Stiefel tensors.
 
 use super::groups::ParamGroups;
-use super::rules::{RuleState, SgdRule, WeightDecay};
+use super::rules::{RuleState, SgdRule, TensorRuleState, WeightDecay};
 use super::sds::{Sds, SdsConfig, StiefelConfig};
-use crate::kernels::Real;
+use crate::kernels::{Flat, Real};
+use crate::Error;
+use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
 
 /// Hyperparameters of [`SdsSgd`]. The default: learning rate `1e-2` for every group (as
@@ -50,6 +52,26 @@ impl SdsConfig for SdsSgdConfig {
 
     fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
         self.rule.update(lr, None, state, &[], g);
+    }
+
+    fn euclidean_update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut TensorRuleState<E, D>,
+        p: &Flat<E, D>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error> {
+        self.rule.update_tensor(lr, weight_decay, state, Some(p), g)
+    }
+
+    fn stiefel_update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        state: &mut TensorRuleState<E, D>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error> {
+        self.rule.update_tensor(lr, None, state, None, g)
     }
 }
 

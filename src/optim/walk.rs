@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{scratch, slices, Real};
+use crate::kernels::{scratch, slices, Flat, Real};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
@@ -9,7 +9,7 @@ use dfdx::nn::tensor_collection::{
 use dfdx::optim::UnusedTensors;
 use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Gradients, Tensor, UniqueId};
-use dfdx::tensor_ops::Device;
+use dfdx::tensor_ops::{Device, ReshapeTo};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -85,6 +85,17 @@ pub fn trainable<M: TensorCollection<E, D>, E: Real, D: Device<E>>(module: &M) -
     v.0
 }
 
+/// One trainable tensor with its gradient, as flat views on the device (no copy).
+#[derive(Debug)]
+pub struct TensorEntry<E: Real, D: Device<E>> {
+    /// Dimensions.
+    pub dims: Vec<usize>,
+    /// Parameter data.
+    pub param: Flat<E, D>,
+    /// Gradient data.
+    pub grad: Flat<E, D>,
+}
+
 /// One trainable tensor read to the host.
 #[derive(Debug)]
 pub struct Entry<E> {
@@ -96,17 +107,33 @@ pub struct Entry<E> {
     pub grad: Vec<E>,
 }
 
+impl<E: Real, D: Device<E>> TensorEntry<E, D> {
+    /// Copies parameter and gradient to the host, in pooled buffers.
+    pub fn to_host(&self) -> Entry<E> {
+        let copy = |t: &Flat<E, D>| {
+            let mut v = scratch::overwritten(t.shape().0);
+            t.copy_into(&mut v);
+            v
+        };
+        Entry {
+            dims: self.dims.clone(),
+            param: copy(&self.param),
+            grad: copy(&self.grad),
+        }
+    }
+}
+
 /// What a read pass found.
 #[derive(Debug)]
-pub struct Gathered<E> {
+pub struct Gathered<T> {
     /// Tensors with a gradient, by path.
-    pub entries: BTreeMap<String, Entry<E>>,
+    pub entries: BTreeMap<String, T>,
     /// Paths of trainable tensors without a gradient.
     pub unused: Vec<String>,
 }
 
-/// Reads every trainable tensor and its gradient to the host. A missing gradient is
-/// recorded, not fatal.
+/// Every trainable tensor and its gradient as flat views (contiguous tensors: no copy). A
+/// missing gradient is recorded, not fatal.
 ///
 /// dfdx 0.13 offers no non-panicking gradient lookup outside the crate
 /// (`Gradients::get` unwraps), so a missing gradient is detected by catching that
@@ -115,10 +142,10 @@ pub struct Gathered<E> {
 pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     module: &M,
     grads: &Gradients<E, D>,
-) -> Gathered<E> {
+) -> Gathered<TensorEntry<E, D>> {
     struct Gather<'a, E: Real, D: Device<E>> {
         grads: &'a Gradients<E, D>,
-        out: Gathered<E>,
+        out: Gathered<TensorEntry<E, D>>,
     }
     impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Gather<'_, E, D> {
         type Viewer = (ViewTensorRef, ViewTensorName);
@@ -137,13 +164,13 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             match catch_unwind(AssertUnwindSafe(|| grads.get(t))) {
                 Err(_) => self.out.unused.push(path),
                 Ok(g) => {
-                    let len = t.shape().num_elements();
-                    let mut param = scratch::overwritten(len);
-                    let mut grad = scratch::overwritten(len);
-                    t.copy_into(&mut param);
-                    g.copy_into(&mut grad);
-                    let dims = t.shape().concrete().into_iter().collect();
-                    self.out.entries.insert(path, Entry { dims, param, grad });
+                    let flat = (t.shape().num_elements(),);
+                    let entry = TensorEntry {
+                        dims: t.shape().concrete().into_iter().collect(),
+                        param: t.clone().try_reshape_like(&flat)?,
+                        grad: g.try_reshape_like(&flat)?,
+                    };
+                    self.out.entries.insert(path, entry);
                 }
             }
             Ok(None)
@@ -161,23 +188,58 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
 }
 
 /// Paths whose gradient holds NaN or an infinity.
-pub fn non_finite<E: Real>(g: &Gathered<E>) -> Vec<String> {
-    g.entries
-        .iter()
+pub fn non_finite<'a, E: Real + 'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Entry<E>)>,
+) -> Vec<String> {
+    entries
         .filter(|(_, e)| !slices::all_finite(&e.grad))
         .map(|(p, _)| p.clone())
         .collect()
 }
 
-/// Writes `values[path]` into each tensor in place (ids unchanged).
+/// The device of `module`'s first tensor (`None` for a module without tensors).
+pub fn device<M: TensorCollection<E, D>, E: Real, D: Device<E>>(module: &M) -> Option<D> {
+    struct First<D>(Option<D>);
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for First<D> {
+        type Viewer = (ViewTensorRef, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            (t, _): (&Tensor<S, E, D>, String),
+        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
+            if self.0.is_none() {
+                self.0 = Some(t.device().clone());
+            }
+            Ok(None)
+        }
+    }
+    let mut v = First(None);
+    walk_ref(module, &mut v);
+    v.0
+}
+
+/// A tensor's new data: on the host, or on the device.
+#[derive(Debug)]
+pub enum Value<E: Real, D: Device<E>> {
+    /// Row-major host data.
+    Host(Vec<E>),
+    /// A flat device tensor.
+    Device(Flat<E, D>),
+}
+
+/// Writes `values[path]` into each tensor in place (ids unchanged). Fails only on a
+/// device error.
 pub fn commit<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     module: &mut M,
-    values: &BTreeMap<String, Vec<E>>,
-) {
-    struct Commit<'a, E> {
-        values: &'a BTreeMap<String, Vec<E>>,
+    values: &BTreeMap<String, Value<E, D>>,
+) -> Result<(), D::Err> {
+    struct Commit<'a, E: Real, D: Device<E>> {
+        values: &'a BTreeMap<String, Value<E, D>>,
     }
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Commit<'_, E> {
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Commit<'_, E, D> {
         type Viewer = (ViewTensorMut, ViewTensorName);
         type Err = D::Err;
         type E2 = E;
@@ -187,11 +249,22 @@ pub fn commit<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             _: TensorOptions<S, E, D>,
             (t, path): (&mut Tensor<S, E, D>, String),
         ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if let Some(v) = self.values.get(&path) {
-                t.copy_from(v);
+            match self.values.get(&path) {
+                Some(Value::Host(v)) => t.copy_from(v),
+                Some(Value::Device(v)) => {
+                    // t <- 0 + 1 * v on the device, in t's storage.
+                    let v = v.clone().try_reshape_like(t.shape())?;
+                    t.try_fill_with_zeros()?;
+                    t.try_axpy(1.0, &v, 1.0)?;
+                }
+                None => {}
             }
             Ok(None)
         }
     }
-    walk_mut(module, &mut Commit { values });
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut Commit { values },
+    })
+    .map(|_| ())
 }

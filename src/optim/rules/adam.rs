@@ -1,7 +1,10 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
-use super::{RuleState, WeightDecay};
-use crate::kernels::Real;
+use super::{RuleState, TensorRuleState, WeightDecay};
+use crate::kernels::{Flat, Real};
+use crate::Error;
+use dfdx::shapes::{HasShape, Rank0};
+use dfdx::tensor_ops::{BroadcastTo, Device, SumTo, TryAdd, TryDiv, TryMul};
 use serde::{Deserialize, Serialize};
 
 /// How Adam's second moment is kept for a Stiefel tensor.
@@ -118,5 +121,78 @@ impl AdamRule {
             let wd_lr = E::of_f64(wd * lr);
             g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
         }
+    }
+
+    /// [`AdamRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
+    /// (`p` is needed only with weight decay).
+    pub fn update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        second_moment: SecondMoment,
+        state: &mut TensorRuleState<E, D>,
+        p: Option<&Flat<E, D>>,
+        mut g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error> {
+        state.step += 1;
+        let t = i32::try_from(state.step).unwrap_or(i32::MAX);
+        let [b1, b2] = self.betas;
+        let (m_scale, v_scale) = (1.0 / (1.0 - b1.powi(t)), 1.0 / (1.0 - b2.powi(t)));
+        let param = || p.expect("AdamRule::update_tensor: weight decay needs the parameter");
+        if let Some(WeightDecay::L2(wd)) = weight_decay {
+            g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
+        }
+        let m = TensorRuleState::sized(&mut state.first, &g);
+        m.try_axpy(b1, &g, 1.0 - b1).map_err(Error::device)?;
+        let m = m.clone();
+        let (eps, scale) = (E::of_f64(self.eps), E::of_f64(v_scale));
+        let denominator = match second_moment {
+            SecondMoment::Elementwise => {
+                let v = TensorRuleState::sized(&mut state.second, &g);
+                v.try_axpy(
+                    b2,
+                    &g.clone().try_square().map_err(Error::device)?,
+                    1.0 - b2,
+                )
+                .map_err(Error::device)?;
+                let mut used = v.clone();
+                if self.amsgrad {
+                    let vm = TensorRuleState::sized(&mut state.second_max, &g);
+                    *vm = vm.clone().try_maximum(used).map_err(Error::device)?;
+                    used = vm.clone();
+                }
+                used.try_mul(scale)
+                    .and_then(|v| v.try_sqrt())
+                    .and_then(|v| v.try_add(eps))
+                    .map_err(Error::device)?
+            }
+            SecondMoment::Matrix => {
+                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix.
+                let dev = g.device().clone();
+                let sq = g.clone().try_square().and_then(|s| s.try_sum::<Rank0, _>());
+                let v = TensorRuleState::scalar(&mut state.second_scalar, &dev);
+                v.try_axpy(b2, &sq.map_err(Error::device)?, 1.0 - b2)
+                    .map_err(Error::device)?;
+                let mut used = v.clone();
+                if self.amsgrad {
+                    let vm = TensorRuleState::scalar(&mut state.second_scalar_max, &dev);
+                    *vm = vm.clone().try_maximum(used).map_err(Error::device)?;
+                    used = vm.clone();
+                }
+                used.try_mul(scale)
+                    .and_then(|v| v.try_sqrt())
+                    .and_then(|v| v.try_add(eps))
+                    .and_then(|v| v.try_broadcast_like(g.shape()))
+                    .map_err(Error::device)?
+            }
+        };
+        let mut u = m
+            .try_mul(E::of_f64(lr * m_scale))
+            .and_then(|m| m.try_div(denominator))
+            .map_err(Error::device)?;
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
+        }
+        Ok(u)
     }
 }

@@ -2,13 +2,17 @@
 //!
 //! A rule turns a gradient `g` into the update `u` that is subtracted from the parameter
 //! (`p <- p - u`), learning rate and weight decay included. The Riemannian composition
-//! ([`super::riemannian`]) calls the same rules on projected gradients.
+//! ([`super::riemannian`]) calls the same rules on projected gradients. Each rule has two
+//! forms of the same formulas: `update` on host slices (the CPU path) and `update_tensor`
+//! in dfdx ops on device tensors (the composed path, used on CUDA).
 
 mod adam;
 mod sgd;
+mod tensor_state;
 
 pub use adam::{AdamRule, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
+pub use tensor_state::TensorRuleState;
 
 use crate::kernels::Real;
 use serde::{Deserialize, Serialize};

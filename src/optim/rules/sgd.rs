@@ -1,7 +1,9 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
-use super::{RuleState, WeightDecay};
-use crate::kernels::Real;
+use super::{RuleState, TensorRuleState, WeightDecay};
+use crate::kernels::{Flat, Real};
+use crate::Error;
+use dfdx::tensor_ops::{Device, TryMul};
 use serde::{Deserialize, Serialize};
 
 /// Momentum of [`SgdRule`].
@@ -86,5 +88,48 @@ impl SgdRule {
                 *gi += E::of_f64(wd * lr) * p[i];
             }
         }
+    }
+
+    /// [`SgdRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
+    /// (`p` is needed only with weight decay).
+    pub fn update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut TensorRuleState<E, D>,
+        p: Option<&Flat<E, D>>,
+        mut g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error> {
+        let first_step = state.step == 0;
+        state.step += 1;
+        let param = || p.expect("SgdRule::update_tensor: weight decay needs the parameter");
+        if let Some(WeightDecay::L2(wd)) = weight_decay {
+            g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
+        }
+        let mut u = match self.momentum {
+            Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) => {
+                let v = match state.first.as_mut() {
+                    Some(v) if !first_step => {
+                        v.try_axpy(mu, &g, 1.0 - self.dampening)
+                            .map_err(Error::device)?;
+                        v
+                    }
+                    _ => state.first.insert(g.clone()),
+                };
+                if matches!(self.momentum, Some(Momentum::Nesterov(_))) {
+                    // lr (g + mu v)
+                    let mut u = g;
+                    u.try_axpy(lr, v, lr * mu).map_err(Error::device)?;
+                    u
+                } else {
+                    v.clone().try_mul(E::of_f64(lr)).map_err(Error::device)?
+                }
+            }
+            None => g.try_mul(E::of_f64(lr)).map_err(Error::device)?,
+        };
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
+        }
+        Ok(u)
     }
 }
