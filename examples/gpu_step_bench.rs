@@ -1,21 +1,26 @@
 //! GPU timings (feature `cuda`; built for a GPU machine by `scripts/cuda-build.sh`):
 //!
 //! 1. one optimizer step over a LLaMA-7B-like adapter set, 224 adapters of 4096 x 4096 at
-//!    rank 16 (the tensors the optimizer touches: `basis_out`, `scales`, `basis_in`),
-//!    SdsAdam against dfdx's Adam on LoRA factors of the same shapes;
+//!    rank 16 (the tensors the optimizer touches: `basis_out`, `scales`, `basis_in`), one
+//!    optimizer for the whole set: SdsAdam with each retraction (on the composed path, the
+//!    CUDA default: n x r work in dfdx ops, r x r host round trips batched over the 448
+//!    bases) against dfdx's Adam on LoRA factors of the same shapes;
 //! 2. forward, backward and step of a stack of four `SdsLinear<4096, 4096, 16>` at batch
 //!    2048 (SdsAdam) against the same stack of `LoraLinear` (dfdx Adam).
 //!
-//! Prints JSON lines `{"bench","variant","median_ms"}`.
-//! `gpu_step_bench [--layers 224] [--steps 10]`
+//! Prints JSON lines `{"bench","variant","median_ms"}` (the SdsAdam lines also give
+//! `"to_host"` and `"to_device"`, the host transfers per step).
+//! `gpu_step_bench [--steps 10]`
 
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
 use sds_lora::nn::builders;
 use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+use sds_lora::stiefel::Retraction;
 use std::time::Instant;
 
+const LAYERS: usize = 224;
 const N: usize = 4096;
 const R: usize = 16;
 const BATCH: usize = 2048;
@@ -118,7 +123,7 @@ fn flag(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    let (layers, steps) = (flag("--layers", 224), flag("--steps", 10));
+    let steps = flag("--steps", 10);
     let dev = match Cuda::try_build(0, 0) {
         Ok(d) => d,
         Err(e) => {
@@ -128,48 +133,55 @@ fn main() {
     };
     let sync = |d: &Cuda| d.synchronize();
 
-    // 1. One step over the adapter set.
-    let mut sds: Vec<SdsFactors<f32, Cuda>> = (0..layers)
-        .map(|i| SdsFactors {
-            basis_out: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i as u64).unwrap(),
-            scales: dev.sample_normal(),
-            basis_in: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i as u64 + 1)
-                .unwrap(),
-        })
-        .collect();
-    let sds_grads: Vec<_> = sds.iter().map(|m| m.alloc_grads()).collect();
-    let mut sds_opts: Vec<_> = sds
-        .iter()
-        .map(|m| SdsAdam::new(m, SdsAdamConfig::default()).unwrap())
-        .collect();
-    let sds_ms = median_ms(steps, || {
-        for ((m, o), g) in sds.iter_mut().zip(&mut sds_opts).zip(&sds_grads) {
-            o.update(m, g).unwrap();
-        }
-        sync(&dev);
-    });
-    let mut lora: Vec<LoraFactors<f32, Cuda>> = (0..layers)
-        .map(|_| LoraFactors {
-            lora_a: dev.sample_normal(),
-            lora_b: dev.sample_normal(),
-        })
-        .collect();
-    let lora_grads: Vec<_> = lora.iter().map(|m| m.alloc_grads()).collect();
-    let mut adams: Vec<_> = lora
-        .iter()
-        .map(|m| Adam::new(m, AdamConfig::default()))
-        .collect();
+    // 1. One step over the adapter set, one optimizer for all of it.
+    let mut sds = Repeated::<SdsFactors<f32, Cuda>, LAYERS> {
+        modules: (0..LAYERS as u64)
+            .map(|i| SdsFactors {
+                basis_out: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i).unwrap(),
+                scales: dev.sample_normal(),
+                basis_in: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i + 1).unwrap(),
+            })
+            .collect(),
+    };
+    let sds_grads = sds.alloc_grads();
+    for retraction in Retraction::all(5) {
+        let mut cfg = SdsAdamConfig::default();
+        cfg.stiefel.retraction = retraction;
+        let mut opt = SdsAdam::new(&sds, cfg).unwrap();
+        let ops = opt
+            .composed_ops()
+            .expect("Cuda steps on the composed path")
+            .clone();
+        let before = ops.transfers();
+        let sds_ms = median_ms(steps, || {
+            opt.update(&mut sds, &sds_grads).unwrap();
+            sync(&dev);
+        });
+        let after = ops.transfers();
+        let per_step = |a: usize, b: usize| (a - b) / (steps + 1);
+        println!(
+            r#"{{"bench":"adapter_set_step","variant":"sds_adam_{}_{LAYERS}x4096x4096_r16","median_ms":{sds_ms:.2},"to_host":{},"to_device":{}}}"#,
+            retraction.name(),
+            per_step(after.to_host, before.to_host),
+            per_step(after.to_device, before.to_device),
+        );
+    }
+    let mut lora = Repeated::<LoraFactors<f32, Cuda>, LAYERS> {
+        modules: (0..LAYERS)
+            .map(|_| LoraFactors {
+                lora_a: dev.sample_normal(),
+                lora_b: dev.sample_normal(),
+            })
+            .collect(),
+    };
+    let lora_grads = lora.alloc_grads();
+    let mut adam = Adam::new(&lora, AdamConfig::default());
     let lora_ms = median_ms(steps, || {
-        for ((m, o), g) in lora.iter_mut().zip(&mut adams).zip(&lora_grads) {
-            o.update(m, g).unwrap();
-        }
+        adam.update(&mut lora, &lora_grads).unwrap();
         sync(&dev);
     });
     println!(
-        r#"{{"bench":"adapter_set_step","variant":"sds_adam_{layers}x4096x4096_r16","median_ms":{sds_ms:.2}}}"#
-    );
-    println!(
-        r#"{{"bench":"adapter_set_step","variant":"dfdx_adam_lora_{layers}x4096x4096_r16","median_ms":{lora_ms:.2}}}"#
+        r#"{{"bench":"adapter_set_step","variant":"dfdx_adam_lora_{LAYERS}x4096x4096_r16","median_ms":{lora_ms:.2}}}"#
     );
 
     // 2. A training step of a stack at batch 2048.

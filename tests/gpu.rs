@@ -1,5 +1,6 @@
 //! The CUDA path against the CPU path (feature `cuda`; run on a GPU machine, see
-//! `scripts/cuda-build.sh`). Each test prints a message and passes when no GPU is present.
+//! `scripts/cuda-build.sh`): on Cuda the optimizer takes the composed path, on Cpu the host
+//! path. Each test prints a message and passes when no GPU is present.
 #![cfg(feature = "cuda")]
 
 use dfdx::optim::Optimizer;
@@ -43,6 +44,14 @@ fn retractions_match_cpu() {
 #[test]
 fn sds_linear_and_sds_adam_match_cpu() {
     let Some(gpu) = gpu() else { return };
+    for retraction in Retraction::all(5) {
+        layers_and_optimizer_match_cpu(&gpu, retraction);
+    }
+}
+
+/// 20 steps of SdsAdam on a small SDS model, on the CPU (host path) and on the GPU
+/// (composed path).
+fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
     type Model = (
         builders::SdsLinear<32, 24, 4>,
         Tanh,
@@ -51,22 +60,24 @@ fn sds_linear_and_sds_adam_match_cpu() {
     let cpu = Cpu::seed_from_u64(3);
     let mut on_cpu = cpu.build_module::<Model, f32>();
     on_cpu.0.scales.copy_from(&[0.5, -0.2, 0.1, 0.3]);
-    let mut on_gpu = on_cpu.clone().to_device(&gpu);
-    let cfg = SdsAdamConfig {
+    let mut on_gpu = on_cpu.clone().to_device(gpu);
+    let mut cfg = SdsAdamConfig {
         groups: ParamGroups::uniform(1e-2),
         ..Default::default()
     };
+    cfg.stiefel.retraction = retraction;
     let (mut opt_cpu, mut opt_gpu) = (
         SdsAdam::new(&on_cpu, cfg).unwrap(),
         SdsAdam::new(&on_gpu, cfg).unwrap(),
     );
+    assert!(opt_cpu.composed_ops().is_none() && opt_gpu.composed_ops().is_some());
     for step in 0..20 {
         let x: Tensor<Rank2<16, 32>, f32, Cpu> = cpu.sample_normal();
         let y: Tensor<Rank2<16, 8>, f32, Cpu> = cpu.sample_normal();
         let gc = mse_loss(on_cpu.forward(x.trace(on_cpu.alloc_grads())), y.clone()).backward();
         let gg = mse_loss(
-            on_gpu.forward(x.to_device(&gpu).trace(on_gpu.alloc_grads())),
-            y.to_device(&gpu),
+            on_gpu.forward(x.to_device(gpu).trace(on_gpu.alloc_grads())),
+            y.to_device(gpu),
         )
         .backward();
         if step == 0 {
@@ -90,7 +101,7 @@ fn sds_linear_and_sds_adam_match_cpu() {
     ] {
         assert!(
             max_diff(&a, &b) <= 1e-5,
-            "after 20 steps: {:e}",
+            "{retraction:?}, after 20 steps: {:e}",
             max_diff(&a, &b)
         );
     }
