@@ -1,11 +1,10 @@
 //! The Riemannian composition: one optimizer step on a Stiefel point.
 
 use super::rules::{RuleState, TensorRuleState};
-use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps};
+use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps, TallTensor};
 use crate::stiefel::{project_mat, transport_mat, Retraction};
 use crate::Error;
 use dfdx::shapes::HasShape;
-use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::{Device, ReshapeTo, TryMul};
 
 /// How the step re-enters the manifold.
@@ -58,9 +57,9 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
 /// its rule state, as `[n, r]` device tensors.
 pub struct DeviceStiefel<'a, E: Real, D: Device<E>> {
     /// The point `X`.
-    pub x: Tensor<(usize, usize), E, D>,
+    pub x: TallTensor<usize, usize, E, D>,
     /// The Euclidean gradient `E`.
-    pub egrad: Tensor<(usize, usize), E, D>,
+    pub egrad: TallTensor<usize, usize, E, D>,
     /// The rule state (moments compact, `n r` values).
     pub state: &'a mut TensorRuleState<E, D>,
 }
@@ -74,10 +73,10 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
     batch: Vec<DeviceStiefel<'_, E, D>>,
     rule: impl Fn(&mut TensorRuleState<E, D>, Flat<E, D>) -> Result<Flat<E, D>, Error>,
     geometry: Geometry,
-) -> Result<Vec<Tensor<(usize, usize), E, D>>, Error> {
+) -> Result<Vec<TallTensor<usize, usize, E, D>>, Error> {
     let reshape =
         |t: Flat<E, D>, shape: (usize, usize)| t.try_reshape_like(&shape).map_err(Error::device);
-    let flat = |t: Tensor<(usize, usize), E, D>| {
+    let flat = |t: TallTensor<usize, usize, E, D>| {
         let (n, r) = *t.shape();
         t.try_reshape_like(&(n * r,)).map_err(Error::device)
     };

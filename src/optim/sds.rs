@@ -98,6 +98,9 @@ pub struct Sds<M, E: Real, D: Device<E>, C> {
     marker: PhantomData<fn() -> M>,
 }
 
+/// A step's new values and rule states, by path (written only if the step succeeds).
+type Outcome<E, D, S> = (BTreeMap<String, Value<E, D>>, BTreeMap<String, S>);
+
 /// Why a step did not happen, with the tensors concerned (for dfdx's error type).
 struct Refusal {
     error: Error,
@@ -358,19 +361,12 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     }
 
     /// New values and rule states of every tensor, computed on the device with dfdx ops.
-    #[allow(clippy::type_complexity)]
     fn composed_step(
         &self,
         ops: &ComposedOps<D>,
         entries: Vec<(Group, String, TensorEntry<E, D>)>,
         geometry: Geometry,
-    ) -> Result<
-        (
-            BTreeMap<String, Value<E, D>>,
-            BTreeMap<String, TensorRuleState<E, D>>,
-        ),
-        Refusal,
-    > {
+    ) -> Result<Outcome<E, D, TensorRuleState<E, D>>, Refusal> {
         let all = |error: Error| Refusal {
             error,
             tensors: entries.iter().map(|(_, p, _)| p.clone()).collect(),

@@ -3,7 +3,8 @@
 use super::{RuleState, TensorRuleState, WeightDecay};
 use crate::kernels::{Flat, Real};
 use crate::Error;
-use dfdx::shapes::{HasShape, Rank0};
+use dfdx::shapes::{HasShape, Rank0, Shape};
+use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::{BroadcastTo, Device, SumTo, TryAdd, TryDiv, TryMul};
 use serde::{Deserialize, Serialize};
 
@@ -142,50 +143,22 @@ impl AdamRule {
         if let Some(WeightDecay::L2(wd)) = weight_decay {
             g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
         }
-        let m = TensorRuleState::sized(&mut state.first, &g);
+        let m = TensorRuleState::zeros_if_none(&mut state.first, &g);
         m.try_axpy(b1, &g, 1.0 - b1).map_err(Error::device)?;
         let m = m.clone();
-        let (eps, scale) = (E::of_f64(self.eps), E::of_f64(v_scale));
+        let square = g.clone().try_square().map_err(Error::device)?;
         let denominator = match second_moment {
             SecondMoment::Elementwise => {
-                let v = TensorRuleState::sized(&mut state.second, &g);
-                v.try_axpy(
-                    b2,
-                    &g.clone().try_square().map_err(Error::device)?,
-                    1.0 - b2,
-                )
-                .map_err(Error::device)?;
-                let mut used = v.clone();
-                if self.amsgrad {
-                    let vm = TensorRuleState::sized(&mut state.second_max, &g);
-                    *vm = vm.clone().try_maximum(used).map_err(Error::device)?;
-                    used = vm.clone();
-                }
-                used.try_mul(scale)
-                    .and_then(|v| v.try_sqrt())
-                    .and_then(|v| v.try_add(eps))
-                    .map_err(Error::device)?
+                self.denominator(&mut state.second, &mut state.second_max, square, v_scale)
             }
             SecondMoment::Matrix => {
-                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix.
-                let dev = g.device().clone();
-                let sq = g.clone().try_square().and_then(|s| s.try_sum::<Rank0, _>());
-                let v = TensorRuleState::scalar(&mut state.second_scalar, &dev);
-                v.try_axpy(b2, &sq.map_err(Error::device)?, 1.0 - b2)
-                    .map_err(Error::device)?;
-                let mut used = v.clone();
-                if self.amsgrad {
-                    let vm = TensorRuleState::scalar(&mut state.second_scalar_max, &dev);
-                    *vm = vm.clone().try_maximum(used).map_err(Error::device)?;
-                    used = vm.clone();
-                }
-                used.try_mul(scale)
-                    .and_then(|v| v.try_sqrt())
-                    .and_then(|v| v.try_add(eps))
-                    .and_then(|v| v.try_broadcast_like(g.shape()))
-                    .map_err(Error::device)?
+                let norm2 = square.try_sum::<Rank0, _>().map_err(Error::device)?;
+                let (v, v_max) = (&mut state.second_scalar, &mut state.second_scalar_max);
+                self.denominator(v, v_max, norm2, v_scale)
+                    .and_then(|d| d.try_broadcast_like(g.shape()))
             }
-        };
+        }
+        .map_err(Error::device)?;
         let mut u = m
             .try_mul(E::of_f64(lr * m_scale))
             .and_then(|m| m.try_div(denominator))
@@ -194,5 +167,29 @@ impl AdamRule {
             u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
         }
         Ok(u)
+    }
+
+    /// The device form's second moment: `v <- b2 v + (1 - b2) sq` (elementwise, or one
+    /// scalar per matrix with `sq = ||g||_F^2`), then `sqrt(v_used / (1 - b2^t)) + eps`
+    /// with `v_used = v`, or under AMSGrad the running maximum `v_max <- max(v_max, v)`.
+    fn denominator<S: Shape, E: Real, D: Device<E>>(
+        &self,
+        v: &mut Option<Tensor<S, E, D>>,
+        v_max: &mut Option<Tensor<S, E, D>>,
+        sq: Tensor<S, E, D>,
+        v_scale: f64,
+    ) -> Result<Tensor<S, E, D>, D::Err> {
+        let b2 = self.betas[1];
+        let v = TensorRuleState::zeros_if_none(v, &sq);
+        v.try_axpy(b2, &sq, 1.0 - b2)?;
+        let mut used = v.clone();
+        if self.amsgrad {
+            let vm = TensorRuleState::zeros_if_none(v_max, &sq);
+            *vm = vm.clone().try_maximum(used)?;
+            used = vm.clone();
+        }
+        used.try_mul(E::of_f64(v_scale))?
+            .try_sqrt()?
+            .try_add(E::of_f64(self.eps))
     }
 }

@@ -3,7 +3,7 @@
 use super::RuleState;
 use crate::kernels::{Flat, HostMat, Real};
 use crate::Error;
-use dfdx::shapes::{HasShape, Rank0};
+use dfdx::shapes::{HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::Device;
 
@@ -39,19 +39,11 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
     }
 
     /// `buf`, created as zeros shaped like `like` on first use.
-    pub(crate) fn sized<'a>(
-        buf: &'a mut Option<Flat<E, D>>,
-        like: &Flat<E, D>,
-    ) -> &'a mut Flat<E, D> {
+    pub(crate) fn zeros_if_none<'a, S: Shape>(
+        buf: &'a mut Option<Tensor<S, E, D>>,
+        like: &Tensor<S, E, D>,
+    ) -> &'a mut Tensor<S, E, D> {
         buf.get_or_insert_with(|| like.device().zeros_like(like.shape()))
-    }
-
-    /// The scalar `buf`, created as zero on first use.
-    pub(crate) fn scalar<'a>(
-        buf: &'a mut Option<Tensor<Rank0, E, D>>,
-        dev: &D,
-    ) -> &'a mut Tensor<Rank0, E, D> {
-        buf.get_or_insert_with(|| dev.zeros())
     }
 
     /// Uploads a host state; `stiefel = Some((n, r))` unpads a Stiefel tensor's buffers.

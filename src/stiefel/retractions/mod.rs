@@ -1,4 +1,4 @@
-//! The six retractions, one file each, written once over [`TallOps`](crate::kernels::TallOps)
+//! The six retractions, one file each, written once over [`TallOps`]
 //! and over a batch of steps: each takes `(X_k, xi_k)` pairs and makes its host round trips
 //! (Gram matrices down, small coefficient matrices up) once for the whole batch, so that on
 //! a device a model's bases cost one transfer each way per round, not one per tensor.
