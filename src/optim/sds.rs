@@ -209,6 +209,25 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// device; the moments move there). On `Cuda` this path is the default; on `Cpu` the
     /// host path is faster, and this is how the composed path is tested without a GPU.
     /// `ops` counts its host transfers ([`ComposedOps::transfers`]).
+    ///
+    /// ```
+    /// use dfdx::prelude::*;
+    /// use sds_lora::kernels::ComposedOps;
+    /// use sds_lora::nn::builders;
+    /// use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+    ///
+    /// let dev = Cpu::default();
+    /// let mut model = dev.build_module::<builders::SdsLinear<16, 8, 2>, f32>();
+    /// let mut opt = SdsAdam::new(&model, SdsAdamConfig::default()).unwrap();
+    /// assert!(opt.composed_ops().is_none()); // on Cpu, the host path by default
+    /// let ops = ComposedOps::new(&dev);
+    /// opt.use_composed_ops(ops.clone()).unwrap();
+    /// let x: Tensor<Rank2<4, 16>, f32, _> = dev.sample_normal();
+    /// let grads = model.forward(x.trace(model.alloc_grads())).square().mean().backward();
+    /// opt.update(&mut model, &grads).unwrap();
+    /// // Both bases retracted (Qr) with one upload of their Q factors.
+    /// assert_eq!(ops.transfers().to_device, 1);
+    /// ```
     pub fn use_composed_ops(&mut self, ops: ComposedOps<D>) -> Result<(), Error> {
         let state = self.state();
         self.composed = Some(ops);
@@ -389,19 +408,16 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             return Err(Refusal::non_finite(bad));
         }
         let groups = *self.cfg.groups();
-        let mut states: BTreeMap<String, TensorRuleState<E, D>> = entries
+        // Copies of the states (sharing storage until written): the stored ones change
+        // only when the whole step succeeds. `states[i]` belongs to `entries[i]`.
+        let mut states: Vec<TensorRuleState<E, D>> = entries
             .iter()
-            .map(|(_, p, _)| {
-                (
-                    p.clone(),
-                    self.device_state.get(p).cloned().unwrap_or_default(),
-                )
-            })
+            .map(|(_, p, _)| self.device_state.get(p).cloned().unwrap_or_default())
             .collect();
         let mut values = BTreeMap::new();
         let mut stiefel_paths = Vec::new();
         let mut batch = Vec::new();
-        for ((group, path, entry), state) in entries.iter().zip(states.values_mut()) {
+        for ((group, path, entry), state) in entries.iter().zip(states.iter_mut()) {
             let TensorEntry { dims, param, grad } = entry;
             if *group == Group::Stiefel {
                 let shape = (dims[0], dims[1]);
@@ -439,7 +455,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 .map_err(|e| all(Error::device(e)))?;
             values.insert(path, Value::Device(flat));
         }
-        Ok((values, states))
+        let paths = entries.into_iter().map(|(_, p, _)| p);
+        Ok((values, paths.zip(states).collect()))
     }
 
     fn stiefel(
