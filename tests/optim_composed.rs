@@ -74,7 +74,7 @@ fn host_vs_composed<C: SdsConfig>(cfg: C) -> f64 {
             &[ra.first.clone(), ra.second.clone()],
             &[rb.first.clone(), rb.second.clone()],
         );
-        assert!(d < 1e-10, "{path}: moments differ by {d:e}");
+        assert!(d < 1e-12, "{path}: moments differ by {d:e}");
         assert!(
             (ra.second_scalar - rb.second_scalar).abs() <= 1e-12 * ra.second_scalar.abs().max(1.0)
         );
@@ -97,6 +97,7 @@ fn composed_adam_matches_host_adam() {
             weight_decay: Some(WeightDecay::Decoupled(0.1)),
         },
     };
+    let mut worst = 0.0f64;
     for retraction in Retraction::all(5) {
         for (second_moment, amsgrad) in [
             (SecondMoment::Elementwise, false),
@@ -114,11 +115,13 @@ fn composed_adam_matches_host_adam() {
             cfg.stiefel.reorthonormalize_every = Some(5);
             let d = host_vs_composed(cfg);
             assert!(
-                d < 1e-10,
+                d < 1e-12,
                 "{retraction:?} {second_moment:?} amsgrad {amsgrad}: {d:e}"
             );
+            worst = worst.max(d);
         }
     }
+    println!("composed vs host, SdsAdam, 24 configurations: max abs difference {worst:.1e}");
 }
 
 #[test]
@@ -126,6 +129,7 @@ fn composed_sgd_matches_host_sgd() {
     let mut groups = ParamGroups::uniform(0.05);
     groups.others.weight_decay = Some(WeightDecay::L2(0.01));
     groups.scales.weight_decay = Some(WeightDecay::Decoupled(0.1));
+    let mut worst = 0.0f64;
     for momentum in [
         None,
         Some(Momentum::Classic(0.9)),
@@ -139,9 +143,11 @@ fn composed_sgd_matches_host_sgd() {
             cfg.rule.momentum = momentum;
             cfg.rule.dampening = dampening;
             let d = host_vs_composed(cfg);
-            assert!(d < 1e-10, "{momentum:?} dampening {dampening}: {d:e}");
+            assert!(d < 1e-12, "{momentum:?} dampening {dampening}: {d:e}");
+            worst = worst.max(d);
         }
     }
+    println!("composed vs host, SdsSgd, 6 configurations: max abs difference {worst:.1e}");
 }
 
 /// Host transfers of one composed step on a model of `N` identical adapted layers.
