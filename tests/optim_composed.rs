@@ -252,3 +252,59 @@ fn composed_checkpoint_and_refusal() {
     train(&mut a, &mut opt_a, 10, 1);
     assert_ne!(params(&a), before);
 }
+
+#[test]
+fn composed_path_without_stiefel_tensors_uploads_nothing() {
+    let dev = Cpu::seed_from_u64(5);
+    let start = dev.build_module::<(Linear<6, 5>, Tanh, Linear<5, 2>), f64>();
+    let cfg = SdsAdamConfig {
+        groups: ParamGroups::uniform(0.05),
+        ..Default::default()
+    };
+    let (mut a, mut b) = (start.clone(), start.clone());
+    let mut host = SdsAdam::new(&a, cfg).unwrap();
+    let mut composed = SdsAdam::new(&b, cfg).unwrap();
+    let ops = ComposedOps::new(&dev);
+    composed.use_composed_ops(ops.clone()).unwrap();
+    for _ in 0..5 {
+        let x: Tensor<Rank2<4, 6>, f64, Cpu> = dev.sample_normal();
+        let ga = a
+            .forward(x.trace(a.alloc_grads()))
+            .square()
+            .mean()
+            .backward();
+        let gb = b
+            .forward(x.trace(b.alloc_grads()))
+            .square()
+            .mean()
+            .backward();
+        host.update(&mut a, &ga).unwrap();
+        composed.update(&mut b, &gb).unwrap();
+    }
+    // The same formulas in another order of operations: equal to rounding.
+    let pa = vec![
+        a.0.weight.as_vec(),
+        a.0.bias.as_vec(),
+        a.2.weight.as_vec(),
+        a.2.bias.as_vec(),
+    ];
+    let pb = vec![
+        b.0.weight.as_vec(),
+        b.0.bias.as_vec(),
+        b.2.weight.as_vec(),
+        b.2.bias.as_vec(),
+    ];
+    assert_ne!(
+        pa,
+        vec![
+            start.0.weight.as_vec(),
+            start.0.bias.as_vec(),
+            start.2.weight.as_vec(),
+            start.2.bias.as_vec()
+        ]
+    );
+    assert!(max_diff(&pa, &pb) < 1e-14, "{:e}", max_diff(&pa, &pb));
+    // One download per step (the gradients' finiteness), no upload.
+    let t = ops.transfers();
+    assert_eq!((t.to_host, t.to_device), (5, 0));
+}

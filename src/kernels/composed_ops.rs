@@ -110,6 +110,9 @@ impl<D: Clone> ComposedOps<D> {
     where
         D: Device<E>,
     {
+        if mats.is_empty() {
+            return Ok(Vec::new());
+        }
         let total = mats.iter().map(|(v, _)| v.len()).sum();
         let mut data = Vec::with_capacity(total);
         let mut spans = Vec::with_capacity(mats.len());

@@ -74,6 +74,9 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
     rule: impl Fn(&mut TensorRuleState<E, D>, Flat<E, D>) -> Result<Flat<E, D>, Error>,
     geometry: Geometry,
 ) -> Result<Vec<TallTensor<usize, usize, E, D>>, Error> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
     let reshape =
         |t: Flat<E, D>, shape: (usize, usize)| t.try_reshape_like(&shape).map_err(Error::device);
     let flat = |t: TallTensor<usize, usize, E, D>| {
