@@ -83,8 +83,8 @@ struct Selected {
 /// Trains `model` on the rotated training digits for `ADAPT_STEPS` steps, timed, and
 /// measures its held-out accuracy.
 fn adapt<M, O>(
-    model: &mut M,
-    opt: &mut O,
+    mut model: M,
+    optimizer: impl FnOnce(&M) -> O,
     dev: &Cpu,
     (train_set, test_set): (&Split, &Split),
     seed: u64,
@@ -98,12 +98,29 @@ where
         > + ZeroGrads<f32, Cpu>,
     O: dfdx::optim::Optimizer<M, Cpu, f32>,
 {
+    let mut opt = optimizer(&model);
     let start = Instant::now();
-    let curve = train(model, opt, dev, train_set, ADAPT_STEPS, seed, label);
+    let curve = train(
+        &mut model,
+        &mut opt,
+        dev,
+        train_set,
+        ADAPT_STEPS,
+        seed,
+        label,
+    );
     Run {
         curve,
-        accuracy: accuracy(model, dev, test_set),
+        accuracy: accuracy(&model, dev, test_set),
         seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// dfdx's Adam settings at learning rate `lr`.
+fn adam_config(lr: f64) -> AdamConfig {
+    AdamConfig {
+        lr,
+        ..Default::default()
     }
 }
 
@@ -144,13 +161,7 @@ fn main() {
     );
 
     let mut base: Pretrained = dev.build_module::<Mlp, f32>();
-    let mut adam = Adam::new(
-        &base,
-        AdamConfig {
-            lr: LR,
-            ..Default::default()
-        },
-    );
+    let mut adam = Adam::new(&base, adam_config(LR));
     train(
         &mut base,
         &mut adam,
@@ -174,21 +185,15 @@ fn main() {
         base.num_trainable_params(),
         full_before,
         |lr, seed| {
-            let mut model = base.clone();
-            let mut opt = Adam::new(
-                &model,
-                AdamConfig {
-                    lr,
-                    ..Default::default()
-                },
-            );
+            let label = format!("full FT lr {lr}");
+            let opt = |m: &_| Adam::new(m, adam_config(lr));
             adapt(
-                &mut model,
-                &mut opt,
+                base.clone(),
+                opt,
                 &dev,
                 (&train_rot, &test_rot),
                 seed,
-                &format!("full FT lr {lr}"),
+                &label,
             )
         },
     );
@@ -200,21 +205,15 @@ fn main() {
         probe.num_trainable_params(),
         accuracy(&probe, &dev, &test_rot),
         |lr, seed| {
-            let mut model = lora_of(seed);
-            let mut opt = Adam::new(
-                &model,
-                AdamConfig {
-                    lr,
-                    ..Default::default()
-                },
-            );
+            let label = format!("LoRA lr {lr}");
+            let opt = |m: &_| Adam::new(m, adam_config(lr));
             adapt(
-                &mut model,
-                &mut opt,
+                lora_of(seed),
+                opt,
                 &dev,
                 (&train_rot, &test_rot),
                 seed,
-                &format!("LoRA lr {lr}"),
+                &label,
             )
         },
     );
@@ -226,24 +225,21 @@ fn main() {
         probe.num_trainable_params(),
         accuracy(&probe, &dev, &test_rot),
         |lr, seed| {
-            let mut model = sds_of(seed);
+            let label = format!("SDS-LoRA lr {lr}");
             let mut groups = ParamGroups::uniform(lr);
             groups.scales.lr = lr * SCALES_LR_RATIO;
-            let mut opt = SdsAdam::new(
-                &model,
-                SdsAdamConfig {
-                    groups,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let cfg = SdsAdamConfig {
+                groups,
+                ..Default::default()
+            };
+            let opt = |m: &_| SdsAdam::new(m, cfg).unwrap();
             adapt(
-                &mut model,
-                &mut opt,
+                sds_of(seed),
+                opt,
                 &dev,
                 (&train_rot, &test_rot),
                 seed,
-                &format!("SDS-LoRA lr {lr}"),
+                &label,
             )
         },
     );
