@@ -42,7 +42,7 @@ pub fn inv_sqrt_spd(g: &DMatrix<f64>, what: &'static str) -> Result<DMatrix<f64>
     let c = g.norm();
     let (mut y, mut z) = (&g / c, id.clone());
     for _ in 0..100 {
-        let t = (&id * 3.0 - &z * &y) * 0.5;
+        let t = newton_schulz_factor(&(&z * &y));
         let residual = (&t - &id).norm();
         y = &y * &t;
         z = &t * &z;
@@ -51,11 +51,18 @@ pub fn inv_sqrt_spd(g: &DMatrix<f64>, what: &'static str) -> Result<DMatrix<f64>
         }
         if residual <= 1e-9 {
             // quadratic convergence: one more step reaches rounding
-            let t = (&id * 3.0 - &z * &y) * 0.5;
+            let t = newton_schulz_factor(&(&z * &y));
             return Ok(sym(&(&t * &z)) / c.sqrt());
         }
     }
     Err(Error::NotPositiveDefinite { what })
+}
+
+/// The Newton-Schulz factor `(3I - M) / 2`: `Y (3I - Y^T Y) / 2` moves `Y` towards
+/// orthonormal columns, and the coupled iterations below use the same factor.
+pub fn newton_schulz_factor(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let k = m.nrows();
+    (DMatrix::identity(k, k) * 3.0 - m) * 0.5
 }
 
 /// One Newton-Schulz polish of a coefficient matrix `C` against a Gram matrix `H`:
@@ -63,9 +70,7 @@ pub fn inv_sqrt_spd(g: &DMatrix<f64>, what: &'static str) -> Result<DMatrix<f64>
 /// polish takes `||C^T H C - I||` from `d` to about `3 d^2 / 4`: it removes the rounding
 /// left by an eigendecomposition or a matrix exponential without any `n x r` work.
 pub fn polish(c: &DMatrix<f64>, h: &DMatrix<f64>) -> DMatrix<f64> {
-    let k = c.ncols();
-    let chc = c.transpose() * h * c;
-    c * (DMatrix::identity(k, k) * 3.0 - chc) * 0.5
+    c * newton_schulz_factor(&(c.transpose() * h * c))
 }
 
 /// Whether `||G - I||_2 < 1` for symmetric `G`, i.e. `0 < lambda(G) < 2`: decided exactly

@@ -86,9 +86,7 @@ pub trait TallOps<E: Real> {
     /// One Newton-Schulz step towards the polar factor, `Y (3I - Y^T Y) / 2`. A device
     /// backend keeps `Y^T Y` on the device.
     fn newton_schulz_step(&self, y: &Self::Mat) -> Result<Self::Mat, Error> {
-        let gram = self.gram(y, y)?;
-        let r = gram.nrows();
-        self.mul_small(y, &((DMatrix::identity(r, r) * 3.0 - gram) * 0.5))
+        self.mul_small(y, &super::small::newton_schulz_factor(&self.gram(y, y)?))
     }
 
     /// `A_k^T B_k` for every pair: like [`TallOps::gram`], but a device backend brings the

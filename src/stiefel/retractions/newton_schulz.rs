@@ -3,7 +3,6 @@
 use super::{self_grams, sums, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
-use nalgebra::DMatrix;
 
 /// An approximation of the polar retraction by `iters` Newton-Schulz steps from
 /// `Y = X + xi`: `Y <- Y (3I - Y^T Y) / 2`. Converges quadratically to the polar factor
@@ -26,10 +25,7 @@ pub fn newton_schulz<E: Real, B: TallOps<E>>(
     if iters == 0 {
         return Ok(ys);
     }
-    let first = grams.into_iter().map(|g| {
-        let r = g.nrows();
-        (DMatrix::identity(r, r) * 3.0 - g) * 0.5
-    });
+    let first = grams.iter().map(small::newton_schulz_factor);
     ys = ops.combine(ys.iter().zip(first).map(|(y, m)| vec![(y, m)]).collect())?;
     for _ in 1..iters {
         ys = ys
