@@ -2,6 +2,7 @@
 
 use super::scratch;
 use super::slices;
+use super::tall_products::{self, Strided};
 use super::Real;
 use nalgebra::DMatrix;
 
@@ -181,32 +182,20 @@ impl<E: Real> HostMat<E> {
         }
     }
 
-    /// `A^T B` (`cols_a x cols_b`, computed in `E` by GEMM, returned in `f64`).
-    pub fn gram(&self, b: &Self) -> DMatrix<f64> {
-        assert_eq!(self.rows, b.rows, "HostMat::gram: row counts differ");
-        let (ra, rb) = (self.cols, b.cols);
-        let mut c = vec![E::zero(); ra * rb];
-        // SAFETY: A^T is `ra x n` with strides (1, stride_a) over self.data; B is `n x rb`
-        // with strides (stride_b, 1); C is `ra x rb` row-major and owned here.
-        unsafe {
-            E::gemm(
-                ra,
-                self.rows,
-                rb,
-                E::one(),
-                self.data.as_ptr(),
-                1,
-                self.stride as isize,
-                b.data.as_ptr(),
-                b.stride as isize,
-                1,
-                E::zero(),
-                c.as_mut_ptr(),
-                rb as isize,
-                1,
-            );
+    /// This matrix as padded storage for the [`tall_products`] kernels.
+    pub fn strided(&self) -> Strided<'_, E> {
+        Strided {
+            data: &self.data,
+            rows: self.rows,
+            cols: self.cols,
+            stride: self.stride,
         }
-        DMatrix::from_row_iterator(ra, rb, c.into_iter().map(Real::to_f64))
+    }
+
+    /// `A^T B` (`cols_a x cols_b`, computed in `E`, returned in `f64`).
+    pub fn gram(&self, b: &Self) -> DMatrix<f64> {
+        let c = tall_products::gram(self.strided(), b.strided());
+        DMatrix::from_row_iterator(self.cols, b.cols, c.into_iter().map(Real::to_f64))
     }
 
     /// `C + A M` where `M` is a small host matrix (`cols x m.ncols()`), computed in `C`'s
@@ -214,36 +203,23 @@ impl<E: Real> HostMat<E> {
     pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<Self>) -> Self {
         assert_eq!(self.cols, m.nrows(), "HostMat::mul_small: inner dimensions");
         let k = m.ncols();
-        let m_e: Vec<E> = m.transpose().iter().map(|&v| E::of_f64(v)).collect();
         let (mut out, beta) = match c {
             Some(c) => {
                 assert_eq!((c.rows, c.cols), (self.rows, k), "HostMat::mul_small_add");
                 (c, E::one())
             }
-            // gemm writes every column of the output; only the padding needs zeros.
-            None if Self::stride_for(k) == k => (Self::overwritten(self.rows, k), E::zero()),
-            None => (Self::zeros(self.rows, k), E::zero()),
+            // The product writes every element, padding included.
+            None => (Self::overwritten(self.rows, k), E::zero()),
         };
-        // SAFETY: A is `n x r` with row stride `stride`, M is `r x k` row-major, out is
-        // `n x k` with its own row stride, all owned or borrowed here.
-        unsafe {
-            E::gemm(
-                self.rows,
-                self.cols,
-                k,
-                E::one(),
-                self.data.as_ptr(),
-                self.stride as isize,
-                1,
-                m_e.as_ptr(),
-                k as isize,
-                1,
-                beta,
-                out.data.as_mut_ptr(),
-                out.stride as isize,
-                1,
-            );
+        // M padded to the output's row length with zeros.
+        let stride = out.stride;
+        let mut m_e = vec![E::zero(); m.nrows() * stride];
+        for (i, row) in m_e.chunks_exact_mut(stride).enumerate() {
+            for (j, v) in row[..k].iter_mut().enumerate() {
+                *v = E::of_f64(m[(i, j)]);
+            }
         }
+        tall_products::mul_small_add(self.strided(), &m_e, beta, &mut out.data, stride);
         out
     }
 

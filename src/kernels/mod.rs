@@ -5,6 +5,8 @@
 //! run as fused loops and GEMM on plain slices ([`HostOps`]); on other devices they are
 //! composed from dfdx ops ([`ComposedOps`]).
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 mod composed_ops;
 mod grad_add;
 mod host_mat;
@@ -17,12 +19,13 @@ pub mod slices;
 pub mod small;
 mod stiefel_device;
 mod tall_ops;
+pub mod tall_products;
 
 pub use composed_ops::{ComposedOps, Transfers};
 pub use grad_add::add_into_grad;
 pub use host_mat::{HostMat, ROW_ALIGN};
 pub use host_ops::HostOps;
 pub use householder::householder_q;
-pub use real::Real;
+pub use real::{HostSimd, Real};
 pub use stiefel_device::StiefelDevice;
 pub use tall_ops::{Flat, TallOps, TallTensor};

@@ -3,6 +3,18 @@
 use dfdx::dtypes::{Dtype, NotMixedPrecision};
 use nalgebra::RealField;
 
+/// The register-level arithmetic of the host kernels: [`Avx512`](super::avx512::Avx512)
+/// on x86-64, nothing elsewhere.
+#[cfg(target_arch = "x86_64")]
+pub trait HostSimd: super::avx512::Avx512 {}
+
+/// The register-level arithmetic of the host kernels: none off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait HostSimd {}
+
+impl HostSimd for f32 {}
+impl HostSimd for f64 {}
+
 /// A real floating-point element type usable on every layer of the crate.
 ///
 /// Implemented for `f32` and `f64`. Small `r x r` work is always done in `f64` on the
@@ -18,6 +30,7 @@ pub trait Real:
     + std::fmt::Debug
     + serde::Serialize
     + serde::de::DeserializeOwned
+    + HostSimd
     + 'static
 {
     /// The fused host backend for this type: [`HostOps`](super::HostOps), named here so

@@ -2,13 +2,17 @@
 //!
 //! The crate is compiled for the baseline target (SSE2 on x86-64), like dfdx. Hot loops
 //! are written once, generic over [`Fma`], and run through [`dispatch`], which compiles
-//! them a second time with AVX2 and FMA enabled and picks that version when the CPU has
-//! both (as the `gemm` crate does for matrix products). Results are deterministic on one
-//! machine; FMA rounding differs from separate multiply-add in the last bit.
+//! them again with AVX2 and FMA, and with AVX-512F, and picks the widest version the CPU
+//! runs (as the `gemm` crate does for matrix products). A loop may branch on
+//! [`Fma::AVX512`] to use [`Avx512`](super::avx512::Avx512) registers explicitly. Results
+//! are deterministic on one machine; FMA rounding differs from separate multiply-add in
+//! the last bit.
 
 /// How a kernel computes `a * b + c`: fused (one rounding) where the CPU has FMA, else
 /// a multiply and an add. `mul_add` without hardware FMA would call libm, which is slow.
 pub trait Fma: Copy {
+    /// Whether the code runs with AVX-512F enabled (explicit 512-bit kernels are allowed).
+    const AVX512: bool = false;
     /// `a * b + c`.
     fn mul_add<E: crate::kernels::Real>(a: E, b: E, c: E) -> E;
 }
@@ -20,6 +24,10 @@ pub struct Plain;
 /// Hardware fused multiply-add.
 #[derive(Clone, Copy)]
 pub struct Fused;
+
+/// Hardware fused multiply-add, in code compiled with AVX-512F.
+#[derive(Clone, Copy)]
+pub struct Wide;
 
 impl Fma for Plain {
     #[inline(always)]
@@ -35,6 +43,14 @@ impl Fma for Fused {
     }
 }
 
+impl Fma for Wide {
+    const AVX512: bool = true;
+    #[inline(always)]
+    fn mul_add<E: crate::kernels::Real>(a: E, b: E, c: E) -> E {
+        a.mul_add(b, c)
+    }
+}
+
 /// A loop body generic over how it multiplies and adds.
 pub trait Kernel {
     /// What the loop returns.
@@ -43,12 +59,18 @@ pub trait Kernel {
     fn run<F: Fma>(self) -> Self::Output;
 }
 
-/// Runs `k` compiled for AVX2 + FMA when the CPU supports both, else for the baseline.
+/// Runs `k` compiled for AVX-512F (with AVX2 and FMA) or for AVX2 + FMA when the CPU
+/// supports them, else for the baseline.
 #[inline]
 pub fn dispatch<K: Kernel>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if avx2 && super::avx512::available() {
+            // SAFETY: the CPU supports the features this function is compiled with.
+            return unsafe { run_avx512(k) };
+        }
+        if avx2 {
             // SAFETY: the CPU supports the features this function is compiled with.
             return unsafe { run_avx2_fma(k) };
         }
@@ -60,4 +82,10 @@ pub fn dispatch<K: Kernel>(k: K) -> K::Output {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2_fma<K: Kernel>(k: K) -> K::Output {
     k.run::<Fused>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512<K: Kernel>(k: K) -> K::Output {
+    k.run::<Wide>()
 }

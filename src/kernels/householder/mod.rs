@@ -1,9 +1,13 @@
 //! Householder QR of a tall matrix, returning the thin `Q` with `diag(R) >= 0`.
 
-use super::host_mat::ROW_ALIGN;
+mod sweep;
+#[cfg(target_arch = "x86_64")]
+mod sweep_avx512;
+
 use super::simd::{dispatch, Fma, Kernel};
 use super::{HostMat, Real};
 use nalgebra::DMatrix;
+use sweep::sweep;
 
 /// The thin Q factor of `A = Q R` (`A: n x r`, `r <= n`), with the signs fixed so that
 /// `diag(R) >= 0` (a zero diagonal entry counts as positive).
@@ -64,99 +68,11 @@ pub fn householder_q<E: Real>(a: HostMat<E>) -> HostMat<E> {
     q
 }
 
-/// Rows summed into a partial before it joins the running total: sums of `n` terms then
-/// carry about `(sqrt(SUM_BLOCK) + sqrt(n / SUM_BLOCK)) eps` relative error, not `sqrt(n) eps`.
-const SUM_BLOCK: usize = 32;
-
-/// `total += partial; partial = 0`.
-#[inline(always)]
-fn flush<E: Real>(partial: &mut [E], total: &mut [E]) {
-    for (t, p) in total.iter_mut().zip(partial.iter_mut()) {
-        *t += *p;
-        *p = E::zero();
-    }
-}
-
-/// Lanes of the fixed-width inner loops: one AVX2 register of `f32`.
-const LANES: usize = ROW_ALIGN;
-
 /// The reflection sweeps over row-major data with `stride`-long rows.
 struct Reflect<'a, E> {
     a: &'a mut [E],
     r: usize,
     stride: usize,
-}
-
-/// One 8-wide chunk of a slice, by value.
-#[inline(always)]
-fn lanes<E: Real>(s: &[E], chunk: usize) -> [E; LANES] {
-    s[chunk * LANES..(chunk + 1) * LANES].try_into().unwrap()
-}
-
-/// One reflection sweep over `rows` (each `stride` long) for reflector `k`, on the `A`
-/// chunks of each row starting at column `off`: every row gets `A[i, ..] += v_i * w`
-/// (`w` holding `-beta_k w_j`, zero for `j <= k`), and `u += A[i, k+1] A[i, ..]` (after
-/// the update) collects the inner products the next reflector needs, in blocks of
-/// [`SUM_BLOCK`] rows.
-///
-/// `A[i, k+1]` after the update is recomputed from the row by the same fused operation,
-/// so segments of a row are independent. With `A` a compile-time constant the body is
-/// straight-line vector code with the accumulators in registers.
-#[inline(always)]
-fn sweep_segment<E: Real, F: Fma, const A: usize>(
-    rows: &mut [E],
-    (stride, off): (usize, usize),
-    k: usize,
-    w: &[E],
-    u: &mut [E],
-) {
-    let w_next = w[k + 1];
-    let wv: [[E; LANES]; A] = std::array::from_fn(|c| lanes(&w[off..], c));
-    for block in rows.chunks_mut(stride * SUM_BLOCK) {
-        let mut acc = [[E::zero(); LANES]; A];
-        for row in block.chunks_exact_mut(stride) {
-            let vi = row[k];
-            let x = F::mul_add(vi, w_next, row[k + 1]);
-            let segment = &mut row[off..off + A * LANES];
-            let mut rv: [[E; LANES]; A] = std::array::from_fn(|c| lanes(segment, c));
-            for c in 0..A {
-                for l in 0..LANES {
-                    rv[c][l] = F::mul_add(vi, wv[c][l], rv[c][l]);
-                    acc[c][l] = F::mul_add(x, rv[c][l], acc[c][l]);
-                }
-            }
-            for (c, chunk) in segment.chunks_exact_mut(LANES).enumerate() {
-                chunk.copy_from_slice(&rv[c]);
-            }
-        }
-        for (c, chunk) in u[off..off + A * LANES].chunks_exact_mut(LANES).enumerate() {
-            for l in 0..LANES {
-                chunk[l] += acc[c][l];
-            }
-        }
-    }
-}
-
-/// Chunks per segment: 4 row registers, 4 of `w` and 4 accumulators fit the 16 AVX2
-/// registers without spilling.
-const SEGMENT_CHUNKS: usize = 4;
-
-/// The sweep for reflector `k` over the chunks from the one holding column `k+1`, in
-/// segments of up to [`SEGMENT_CHUNKS`] chunks, each with its width as a constant.
-#[inline(always)]
-fn sweep<E: Real, F: Fma>(rows: &mut [E], stride: usize, k: usize, w: &[E], u: &mut [E]) {
-    let mut off = (k + 1) / LANES * LANES;
-    while off < stride {
-        let chunks = ((stride - off) / LANES).min(SEGMENT_CHUNKS);
-        let at = (stride, off);
-        match chunks {
-            1 => sweep_segment::<E, F, 1>(rows, at, k, w, u),
-            2 => sweep_segment::<E, F, 2>(rows, at, k, w, u),
-            3 => sweep_segment::<E, F, 3>(rows, at, k, w, u),
-            _ => sweep_segment::<E, F, SEGMENT_CHUNKS>(rows, at, k, w, u),
-        }
-        off += chunks * LANES;
-    }
 }
 
 impl<E: Real> Kernel for Reflect<'_, E> {
@@ -170,17 +86,7 @@ impl<E: Real> Kernel for Reflect<'_, E> {
         // u = A[k.., ..]^T A[k.., k] for the current k (entries j >= k are used).
         let mut u = vec![E::zero(); stride];
         let mut w = vec![E::zero(); stride];
-        // Reflector -1 is the identity (w = 0): its sweep only collects u for column 0.
-        // Written as a sweep for k = -1 by passing column 0 as "k + 1" through w = 0.
-        let mut block = vec![E::zero(); stride];
-        for rows in a.chunks(stride * SUM_BLOCK) {
-            for row in rows.chunks_exact(stride) {
-                for (acc, &v) in block.iter_mut().zip(row) {
-                    *acc = F::mul_add(row[0], v, *acc);
-                }
-            }
-            flush(&mut block, &mut u);
-        }
+        sweep::<E, F>(a, stride, None, &w, &mut u);
         for k in 0..r {
             let sigma = u[k].sqrt();
             let x0 = a[k * stride + k];
@@ -200,7 +106,7 @@ impl<E: Real> Kernel for Reflect<'_, E> {
                 break;
             }
             u.fill(E::zero());
-            sweep::<E, F>(&mut a[(k + 1) * stride..], stride, k, &w, &mut u);
+            sweep::<E, F>(&mut a[(k + 1) * stride..], stride, Some(k), &w, &mut u);
         }
         (alpha, beta)
     }

@@ -1,0 +1,137 @@
+//! AVX-512 registers of `f32` (16 lanes) and `f64` (8 lanes) behind one trait, so that the
+//! register-tiled kernels ([`tall_products`](super::tall_products)) are written once.
+//!
+//! Every method is an `unsafe` wrapper around one `std::arch` intrinsic: callers must run
+//! on a CPU with AVX-512F (checked once by [`available`]) and inside a function compiled
+//! with `#[target_feature(enable = "avx512f")]`, where the wrappers inline to single
+//! instructions.
+
+use std::arch::x86_64::*;
+
+/// Whether this CPU runs AVX-512F code (the check is cached by the standard library).
+#[inline]
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+/// An element type with a 512-bit register type and the handful of operations the
+/// tall-matrix kernels use. A mask selects the low `lanes` elements of a register.
+///
+/// # Safety
+/// All methods require AVX-512F; pointer arguments must be valid for the lanes the mask
+/// selects.
+#[allow(clippy::missing_safety_doc)] // one contract for all methods, above
+pub trait Avx512: Copy {
+    /// The register.
+    type V: Copy;
+    /// Elements per register.
+    const WIDTH: usize;
+    /// All lanes zero.
+    unsafe fn vzero() -> Self::V;
+    /// Every lane `*p`.
+    unsafe fn vsplat(p: *const Self) -> Self::V;
+    /// The first `lanes` elements at `p`, the others zero.
+    unsafe fn vload(p: *const Self, lanes: usize) -> Self::V;
+    /// Writes the first `lanes` elements of `v` to `p`.
+    unsafe fn vstore(p: *mut Self, v: Self::V, lanes: usize);
+    /// `a * b + c`, fused.
+    unsafe fn vfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a + b`.
+    unsafe fn vadd(a: Self::V, b: Self::V) -> Self::V;
+    /// Every lane equal to lane `lane` of `v` (`lane < WIDTH`).
+    unsafe fn vlane(v: Self::V, lane: usize) -> Self::V;
+}
+
+/// The mask of the low `lanes` bits.
+#[inline(always)]
+fn low_bits(lanes: usize) -> u16 {
+    if lanes >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << lanes) - 1
+    }
+}
+
+impl Avx512 for f32 {
+    type V = __m512;
+    const WIDTH: usize = 16;
+
+    #[inline(always)]
+    unsafe fn vzero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn vsplat(p: *const f32) -> __m512 {
+        _mm512_set1_ps(*p)
+    }
+    #[inline(always)]
+    unsafe fn vload(p: *const f32, lanes: usize) -> __m512 {
+        if lanes >= 16 {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(low_bits(lanes), p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn vstore(p: *mut f32, v: __m512, lanes: usize) {
+        if lanes >= 16 {
+            _mm512_storeu_ps(p, v)
+        } else {
+            _mm512_mask_storeu_ps(p, low_bits(lanes), v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn vfma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn vadd(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn vlane(v: __m512, lane: usize) -> __m512 {
+        _mm512_permutexvar_ps(_mm512_set1_epi32(lane as i32), v)
+    }
+}
+
+impl Avx512 for f64 {
+    type V = __m512d;
+    const WIDTH: usize = 8;
+
+    #[inline(always)]
+    unsafe fn vzero() -> __m512d {
+        _mm512_setzero_pd()
+    }
+    #[inline(always)]
+    unsafe fn vsplat(p: *const f64) -> __m512d {
+        _mm512_set1_pd(*p)
+    }
+    #[inline(always)]
+    unsafe fn vload(p: *const f64, lanes: usize) -> __m512d {
+        if lanes >= 8 {
+            _mm512_loadu_pd(p)
+        } else {
+            _mm512_maskz_loadu_pd(low_bits(lanes) as u8, p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn vstore(p: *mut f64, v: __m512d, lanes: usize) {
+        if lanes >= 8 {
+            _mm512_storeu_pd(p, v)
+        } else {
+            _mm512_mask_storeu_pd(p, low_bits(lanes) as u8, v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn vfma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
+        _mm512_fmadd_pd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
+        _mm512_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn vlane(v: __m512d, lane: usize) -> __m512d {
+        _mm512_permutexvar_pd(_mm512_set1_epi64(lane as i64), v)
+    }
+}

@@ -1,0 +1,403 @@
+//! The two matrix products every host Stiefel computation reduces to, on row-major padded
+//! storage (rows `stride` apart, `stride` a multiple of [`ROW_ALIGN`], padding zero):
+//!
+//! - the Gram product `A^T B` (`n x ra` by `n x rb`, a small result), and
+//! - `C <- beta C + A M` with a small `M` (`n x k` by `k x m`).
+//!
+//! Both are long reductions or long sweeps over `n` rows with `r <= 64` columns, a shape
+//! general GEMM kernels handle poorly. On CPUs with AVX-512F they run as register-tiled
+//! kernels: a tile of 8 columns of `A` (one [`ROW_ALIGN`] block, so the tile never leaves
+//! the padded row) against up to three registers of `B`, or 8 rows of `C` against up to
+//! three registers of `M`; 8 or more independent accumulator chains hide the FMA latency.
+//! Elsewhere they call the `gemm` crate ([`Real::gemm`]).
+//!
+//! The Gram product sums rows in blocks of [`SUM_BLOCK`] before adding each block's
+//! partial sums to the total, so that a sum of `n` terms carries about
+//! `(SUM_BLOCK + n / SUM_BLOCK) eps` relative error in the worst case, not `n eps`.
+
+use super::host_mat::ROW_ALIGN;
+use super::Real;
+
+/// Rows per partial sum in the Gram product.
+pub const SUM_BLOCK: usize = 64;
+
+/// A row-major matrix in padded storage: `rows x cols`, rows `stride` apart.
+#[derive(Clone, Copy)]
+pub struct Strided<'a, E> {
+    /// The storage, at least `rows * stride` long.
+    pub data: &'a [E],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of (unpadded) columns.
+    pub cols: usize,
+    /// Distance between row starts: a multiple of [`ROW_ALIGN`], at least `cols`.
+    pub stride: usize,
+}
+
+impl<E> Strided<'_, E> {
+    fn check(&self) {
+        assert!(
+            self.stride.is_multiple_of(ROW_ALIGN)
+                && self.stride >= self.cols
+                && self.data.len() >= self.rows * self.stride,
+            "tall_products: storage is not padded row-major"
+        );
+    }
+}
+
+/// `A^T B` as a row-major `a.cols x b.cols` vector. Panics if the row counts differ.
+pub fn gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>) -> Vec<E> {
+    a.check();
+    b.check();
+    assert_eq!(a.rows, b.rows, "tall_products::gram: row counts differ");
+    let mut out = vec![E::zero(); a.cols * b.cols];
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        // SAFETY: the CPU has AVX-512F; the storage was checked above.
+        unsafe { avx512_kernels::gram(a, b, &mut out) };
+        return out;
+    }
+    gemm_gram(a, b, &mut out);
+    out
+}
+
+/// `C <- beta C + A M`, where `m` is the `a.cols x c_cols` matrix `M` stored row-major with
+/// rows `c_stride` apart and zeros beyond column `c_cols` (so that `C`'s padding stays
+/// zero), and `c` is `a.rows` rows of `c_stride` elements. With `beta = 0`, `C`'s old
+/// contents are not read. Panics on inconsistent sizes.
+pub fn mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E], c_stride: usize) {
+    a.check();
+    assert!(
+        c_stride.is_multiple_of(ROW_ALIGN)
+            && m.len() == a.cols * c_stride
+            && c.len() >= a.rows * c_stride,
+        "tall_products::mul_small_add: sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        // SAFETY: the CPU has AVX-512F; the sizes were checked above.
+        unsafe { avx512_kernels::mul_small_add(a, m, beta, c, c_stride) };
+        return;
+    }
+    gemm_mul_small_add(a, m, beta, c, c_stride);
+}
+
+/// [`gram`] by the `gemm` crate (checked arguments).
+fn gemm_gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>, out: &mut [E]) {
+    // SAFETY: A^T is `ra x n` with strides (1, stride_a); B is `n x rb` with strides
+    // (stride_b, 1); the output is `ra x rb` row-major and owned here.
+    unsafe {
+        E::gemm(
+            a.cols,
+            a.rows,
+            b.cols,
+            E::one(),
+            a.data.as_ptr(),
+            1,
+            a.stride as isize,
+            b.data.as_ptr(),
+            b.stride as isize,
+            1,
+            E::zero(),
+            out.as_mut_ptr(),
+            b.cols as isize,
+            1,
+        );
+    }
+}
+
+/// [`mul_small_add`] by the `gemm` crate (checked arguments).
+fn gemm_mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E], c_stride: usize) {
+    // SAFETY: A is `n x k` with row stride `stride`, M is `k x c_stride` row-major, C is
+    // `n x c_stride` row-major; all borrowed here, C exclusively.
+    unsafe {
+        E::gemm(
+            a.rows,
+            a.cols,
+            c_stride,
+            E::one(),
+            a.data.as_ptr(),
+            a.stride as isize,
+            1,
+            m.as_ptr(),
+            c_stride as isize,
+            1,
+            beta,
+            c.as_mut_ptr(),
+            c_stride as isize,
+            1,
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_kernels {
+    use super::{Strided, ROW_ALIGN, SUM_BLOCK};
+    use crate::kernels::Real;
+
+    /// Columns of `A` (rows of `C`) per tile: one padded block, so never past a row.
+    const TILE: usize = ROW_ALIGN;
+    /// Registers of `B` (of `M`) per tile: with [`TILE`], at most 24 accumulators.
+    const MAX_CHUNKS: usize = 3;
+
+    /// The registers (`off`, lanes) of columns `first..` of a `stride`-long row, in
+    /// blocks of up to [`MAX_CHUNKS`].
+    fn chunk_blocks<E: Real>(stride: usize) -> impl Iterator<Item = (usize, usize)> {
+        let block = MAX_CHUNKS * E::WIDTH;
+        (0..stride)
+            .step_by(block)
+            .map(move |off| (off, (stride - off).min(block)))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>, out: &mut [E]) {
+        for (off, width) in chunk_blocks::<E>(b.stride) {
+            for i0 in (0..a.cols).step_by(TILE) {
+                match width.div_ceil(E::WIDTH) {
+                    1 => gram_tile::<E, 1>(a, b, i0, off, width, out),
+                    2 => gram_tile::<E, 2>(a, b, i0, off, width, out),
+                    _ => gram_tile::<E, MAX_CHUNKS>(a, b, i0, off, width, out),
+                }
+            }
+        }
+    }
+
+    /// `out[i0..i0+8, off..off+width] = A[.., i0..i0+8]^T B[.., off..off+width]` (the
+    /// parts inside `out`): per row, `J` loads of `B`, 8 broadcasts of `A`, `8 J` FMAs.
+    #[inline(always)]
+    unsafe fn gram_tile<E: Real, const J: usize>(
+        a: Strided<'_, E>,
+        b: Strided<'_, E>,
+        i0: usize,
+        off: usize,
+        width: usize,
+        out: &mut [E],
+    ) {
+        let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
+        let mut total = [[E::zero(); 3 * 16]; TILE];
+        let (pa, pb) = (a.data.as_ptr().add(i0), b.data.as_ptr().add(off));
+        let mut row = 0;
+        while row < a.rows {
+            let end = (row + SUM_BLOCK).min(a.rows);
+            let mut acc = [[E::vzero(); J]; TILE];
+            for i in row..end {
+                let (ra, rb) = (pa.add(i * a.stride), pb.add(i * b.stride));
+                let bv: [E::V; J] =
+                    std::array::from_fn(|j| E::vload(rb.add(j * E::WIDTH), lanes[j]));
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    let s = E::vsplat(ra.add(t));
+                    for j in 0..J {
+                        acc_t[j] = E::vfma(s, bv[j], acc_t[j]);
+                    }
+                }
+            }
+            for (acc_t, total_t) in acc.iter().zip(total.iter_mut()) {
+                for (j, &acc_tj) in acc_t.iter().enumerate() {
+                    let p = total_t.as_mut_ptr().add(j * E::WIDTH);
+                    E::vstore(p, E::vadd(E::vload(p, E::WIDTH), acc_tj), E::WIDTH);
+                }
+            }
+            row = end;
+        }
+        let cols = (b.cols.saturating_sub(off)).min(width);
+        for (t, total_t) in total.iter().enumerate().take(a.cols.saturating_sub(i0)) {
+            let i = i0 + t;
+            out[i * b.cols + off..i * b.cols + off + cols].copy_from_slice(&total_t[..cols]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn mul_small_add<E: Real>(
+        a: Strided<'_, E>,
+        m: &[E],
+        beta: E,
+        c: &mut [E],
+        c_stride: usize,
+    ) {
+        for (off, width) in chunk_blocks::<E>(c_stride) {
+            let mut r0 = 0;
+            while r0 + TILE <= a.rows {
+                mul_tile_any::<E, TILE>(a, m, beta, c, c_stride, r0, off, width);
+                r0 += TILE;
+            }
+            for r in r0..a.rows {
+                mul_tile_any::<E, 1>(a, m, beta, c, c_stride, r, off, width);
+            }
+        }
+    }
+
+    /// [`mul_tile`] with the register count as a constant.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn mul_tile_any<E: Real, const T: usize>(
+        a: Strided<'_, E>,
+        m: &[E],
+        beta: E,
+        c: &mut [E],
+        c_stride: usize,
+        r0: usize,
+        off: usize,
+        width: usize,
+    ) {
+        match width.div_ceil(E::WIDTH) {
+            1 => mul_tile::<E, T, 1>(a, m, beta, c, c_stride, r0, off, width),
+            2 => mul_tile::<E, T, 2>(a, m, beta, c, c_stride, r0, off, width),
+            _ => mul_tile::<E, T, MAX_CHUNKS>(a, m, beta, c, c_stride, r0, off, width),
+        }
+    }
+
+    /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
+    /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn mul_tile<E: Real, const T: usize, const J: usize>(
+        a: Strided<'_, E>,
+        m: &[E],
+        beta: E,
+        c: &mut [E],
+        c_stride: usize,
+        r0: usize,
+        off: usize,
+        width: usize,
+    ) {
+        let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
+        let mut acc = [[E::vzero(); J]; T];
+        let pa = a.data.as_ptr().add(r0 * a.stride);
+        let pm = m.as_ptr().add(off);
+        for kk in 0..a.cols {
+            let mrow = pm.add(kk * c_stride);
+            let mv: [E::V; J] = std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let s = E::vsplat(pa.add(t * a.stride + kk));
+                for j in 0..J {
+                    acc_t[j] = E::vfma(s, mv[j], acc_t[j]);
+                }
+            }
+        }
+        let pc = c.as_mut_ptr().add(r0 * c_stride + off);
+        for (t, acc_t) in acc.iter().enumerate() {
+            for j in 0..J {
+                let p = pc.add(t * c_stride + j * E::WIDTH);
+                let v = if beta == E::zero() {
+                    acc_t[j]
+                } else {
+                    E::vfma(E::vsplat(&beta), E::vload(p, lanes[j]), acc_t[j])
+                };
+                E::vstore(p, v, lanes[j]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A padded `rows x cols` matrix with deterministic entries in [-1, 1].
+    fn padded<E: Real>(rows: usize, cols: usize, seed: usize) -> (Vec<E>, usize) {
+        let stride = cols.div_ceil(ROW_ALIGN).max(1) * ROW_ALIGN;
+        let mut data = vec![E::zero(); rows * stride];
+        for i in 0..rows {
+            for j in 0..cols {
+                let h = (i * 131 + j * 71 + seed * 29) % 197;
+                data[i * stride + j] = E::of_f64(h as f64 / 98.0 - 1.0);
+            }
+        }
+        (data, stride)
+    }
+
+    fn view<E>(data: &[E], rows: usize, cols: usize, stride: usize) -> Strided<'_, E> {
+        Strided {
+            data,
+            rows,
+            cols,
+            stride,
+        }
+    }
+
+    /// The kernels (AVX-512 where the CPU has it) and the `gemm` crate both match a plain
+    /// f64 triple loop, for shapes that exercise partial registers, partial tiles and the
+    /// block sums.
+    fn check_products<E: Real>(tol: f64) {
+        for &(n, ra, rb) in &[
+            (1, 1, 1),
+            (7, 3, 5),
+            (9, 8, 8),
+            (70, 16, 16),
+            (131, 13, 24),
+            (200, 33, 40),
+            (65, 64, 64),
+            (300, 20, 49),
+        ] {
+            let (a, sa) = padded::<E>(n, ra, 1);
+            let (b, sb) = padded::<E>(n, rb, 2);
+            let (av, bv) = (view(&a, n, ra, sa), view(&b, n, rb, sb));
+            let expect = |i: usize, j: usize| {
+                (0..n)
+                    .map(|k| a[k * sa + i].to_f64() * b[k * sb + j].to_f64())
+                    .sum::<f64>()
+            };
+            let fast = gram(av, bv);
+            let mut slow = vec![E::zero(); ra * rb];
+            gemm_gram(av, bv, &mut slow);
+            for i in 0..ra {
+                for j in 0..rb {
+                    let e = expect(i, j);
+                    let bound = tol * (1.0 + e.abs()) * n as f64;
+                    assert!(
+                        (fast[i * rb + j].to_f64() - e).abs() <= bound,
+                        "gram {n}x{ra}x{rb}"
+                    );
+                    assert!(
+                        (slow[i * rb + j].to_f64() - e).abs() <= bound,
+                        "gemm {n}x{ra}x{rb}"
+                    );
+                }
+            }
+            // C <- beta C + A M with M: ra x rb, for beta 0 (C garbage) and -0.5.
+            let (m, _) = padded::<E>(ra, sb, 3);
+            let mut m_pad = m.clone();
+            for row in m_pad.chunks_exact_mut(sb) {
+                row[rb..].fill(E::zero());
+            }
+            for beta in [0.0, -0.5] {
+                let mut c_fast = vec![E::of_f64(if beta == 0.0 { f64::NAN } else { 0.25 }); n * sb];
+                for row in c_fast.chunks_exact_mut(sb) {
+                    row[rb..].fill(E::zero());
+                }
+                let mut c_slow = c_fast.clone();
+                mul_small_add(av, &m_pad, E::of_f64(beta), &mut c_fast, sb);
+                gemm_mul_small_add(av, &m_pad, E::of_f64(beta), &mut c_slow, sb);
+                for i in 0..n {
+                    for j in 0..sb {
+                        let e = if j < rb {
+                            let old = if beta == 0.0 { 0.0 } else { 0.25 * beta };
+                            old + (0..ra)
+                                .map(|k| a[i * sa + k].to_f64() * m_pad[k * sb + j].to_f64())
+                                .sum::<f64>()
+                        } else {
+                            0.0
+                        };
+                        let bound = tol * (1.0 + e.abs()) * ra as f64;
+                        let (f, s) = (c_fast[i * sb + j].to_f64(), c_slow[i * sb + j].to_f64());
+                        assert!(
+                            (f - e).abs() <= bound,
+                            "mul {n}x{ra}x{rb} beta {beta}: {f} vs {e}"
+                        );
+                        assert!((s - e).abs() <= bound, "gemm mul {n}x{ra}x{rb} beta {beta}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn products_match_a_plain_loop_f64() {
+        check_products::<f64>(1e-15);
+    }
+
+    #[test]
+    fn products_match_a_plain_loop_f32() {
+        check_products::<f32>(1e-6);
+    }
+}
