@@ -38,8 +38,6 @@ pub trait Avx512: Copy {
     unsafe fn vfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a + b`.
     unsafe fn vadd(a: Self::V, b: Self::V) -> Self::V;
-    /// Every lane equal to lane `lane` of `v` (`lane < WIDTH`).
-    unsafe fn vlane(v: Self::V, lane: usize) -> Self::V;
 }
 
 /// The mask of the low `lanes` bits.
@@ -88,10 +86,6 @@ impl Avx512 for f32 {
     unsafe fn vadd(a: __m512, b: __m512) -> __m512 {
         _mm512_add_ps(a, b)
     }
-    #[inline(always)]
-    unsafe fn vlane(v: __m512, lane: usize) -> __m512 {
-        _mm512_permutexvar_ps(_mm512_set1_epi32(lane as i32), v)
-    }
 }
 
 impl Avx512 for f64 {
@@ -129,9 +123,5 @@ impl Avx512 for f64 {
     #[inline(always)]
     unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
         _mm512_add_pd(a, b)
-    }
-    #[inline(always)]
-    unsafe fn vlane(v: __m512d, lane: usize) -> __m512d {
-        _mm512_permutexvar_pd(_mm512_set1_epi64(lane as i64), v)
     }
 }

@@ -19,20 +19,22 @@ use sweep::sweep;
 /// The factorisation works row-major in one sweep over the rows per reflector: row `i`
 /// receives `A[i, k+1..] -= beta_k v_i w` (with `w = A[k.., k+1..]^T v_k`, read off the
 /// inner products of the previous sweep: `w = u - alpha_k A[k, k+1..]` where
-/// `u = A[k.., k..]^T x`) and in the same pass adds its share to the inner products the
+/// `u = A[k.., ..]^T x`) and in the same pass adds its share to the inner products the
 /// next reflector needs. `R` itself is never stored.
 ///
 /// `Q = H_0 ... H_{r-1} [I; 0]` is then formed in compact WY form (Schreiber and Van Loan
 /// 1989): `H_0 ... H_{r-1} = I - V T V^T` with `T` upper triangular,
 /// `T_kk = beta_k`, `T[..k, k] = -beta_k T[..k, ..k] V[.., ..k]^T v_k`, so
-/// `Q = [I; 0] - V (T V_top^T)` (`V_top` the top `r x r` block of `V`): one Gram
-/// product and one GEMM. Column `k` is negated where `alpha_k < 0`.
+/// `Q = [I; 0] - V (T V_top^T)` (`V_top` the top `r x r` block of `V`): one product
+/// with a small matrix. `V[.., ..k]^T v_k` costs nothing extra: the columns before `k` are
+/// final when sweep `k-1` runs, so its `u` holds `V[k.., ..k]^T x` and
+/// `V^T v_k = u[..k] - alpha_k A[k, ..k]`. Column `k` is negated where `alpha_k < 0`.
 pub fn householder_q<E: Real>(a: HostMat<E>) -> HostMat<E> {
     let (n, r) = (a.rows(), a.cols());
     assert!(r <= n, "householder_q needs a tall matrix");
     let mut v = a;
     let stride = v.stride();
-    let (alpha, beta) = dispatch(Reflect {
+    let Reflectors { alpha, beta, cross } = dispatch(Reflect {
         a: v.storage_mut(),
         r,
         stride,
@@ -41,12 +43,11 @@ pub fn householder_q<E: Real>(a: HostMat<E>) -> HostMat<E> {
     for i in 0..r {
         v.storage_mut()[i * stride + i + 1..i * stride + r].fill(E::zero());
     }
-    let gram = v.gram(&v);
     let mut t = DMatrix::<f64>::zeros(r, r);
     for k in 0..r {
         t[(k, k)] = beta[k];
         if k > 0 {
-            let col = -beta[k] * (t.view((0, 0), (k, k)) * gram.view((0, k), (k, 1)));
+            let col = -beta[k] * (t.view((0, 0), (k, k)) * cross.view((0, k), (k, 1)));
             t.view_mut((0, k), (k, 1)).copy_from(&col);
         }
     }
@@ -75,15 +76,26 @@ struct Reflect<'a, E> {
     stride: usize,
 }
 
+/// What the sweeps leave besides `V` (in `A`'s storage).
+struct Reflectors {
+    /// `alpha_k = R_kk` before the sign fix.
+    alpha: Vec<f64>,
+    /// `beta_k = 2 / (v_k^T v_k)`, zero where column `k` was already zero.
+    beta: Vec<f64>,
+    /// `cross[(i, k)] = v_i^T v_k` for `i < k` (zero elsewhere).
+    cross: DMatrix<f64>,
+}
+
 impl<E: Real> Kernel for Reflect<'_, E> {
-    type Output = (Vec<f64>, Vec<f64>);
+    type Output = Reflectors;
 
     #[inline(always)]
     fn run<F: Fma>(self) -> Self::Output {
         let Reflect { a, r, stride } = self;
         let mut alpha = vec![0.0; r];
         let mut beta = vec![0.0; r];
-        // u = A[k.., ..]^T A[k.., k] for the current k (entries j >= k are used).
+        let mut cross = DMatrix::zeros(r, r);
+        // u = A[k.., ..]^T A[k.., k] for the current k.
         let mut u = vec![E::zero(); stride];
         let mut w = vec![E::zero(); stride];
         sweep::<E, F>(a, stride, None, &w, &mut u);
@@ -101,6 +113,9 @@ impl<E: Real> Kernel for Reflect<'_, E> {
                     w[j] = -(u[j] - al * a[k * stride + j]) * be;
                 }
                 a[k * stride + k] = x0 - al;
+                for i in 0..k {
+                    cross[(i, k)] = (u[i] - al * a[k * stride + i]).to_f64();
+                }
             }
             if k + 1 == r {
                 break;
@@ -108,7 +123,7 @@ impl<E: Real> Kernel for Reflect<'_, E> {
             u.fill(E::zero());
             sweep::<E, F>(&mut a[(k + 1) * stride..], stride, Some(k), &w, &mut u);
         }
-        (alpha, beta)
+        Reflectors { alpha, beta, cross }
     }
 }
 

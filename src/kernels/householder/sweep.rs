@@ -68,9 +68,10 @@ fn sweep_segment<E: Real, F: Fma, const A: usize>(
 /// registers without spilling.
 const SEGMENT_CHUNKS: usize = 4;
 
-/// The sweep for reflector `k` (`pivot`; `None` before the first) over the chunks from
-/// the one holding column `k+1`, in segments of up to [`SEGMENT_CHUNKS`] chunks, each with
-/// its width as a constant.
+/// The sweep for reflector `k` (`pivot`; `None` before the first) over whole rows (`u`
+/// gets every column's inner product; the update is a no-op before column `k+1`, where
+/// `w` is zero), in segments of up to [`SEGMENT_CHUNKS`] chunks, each with its width as a
+/// constant.
 ///
 /// Under [`Fma::AVX512`] the sweep runs on AVX-512 registers
 /// ([`sweep_avx512`](super::sweep_avx512)) when a row's chunks fit its tiles.
@@ -87,7 +88,7 @@ pub fn sweep<E: Real, F: Fma>(
     if F::AVX512 && unsafe { super::sweep_avx512::sweep(rows, stride, pivot, w, u) } {
         return;
     }
-    let mut off = pivot.map_or(0, |k| k + 1) / LANES * LANES;
+    let mut off = 0;
     while off < stride {
         let chunks = ((stride - off) / LANES).min(SEGMENT_CHUNKS);
         let at = (stride, off);

@@ -3,8 +3,7 @@
 //! Row `i` below the pivot holds `v_i = A[i, k]`; the sweep sets
 //! `A[i, k+1..] += v_i w` (`w` holding `-beta_k w_j`, zero for `j <= k`, so the update can
 //! cover whole registers from the one holding column `k+1`) and accumulates
-//! `u += A[i, k+1] A[i, ..]` with the updated row. `A[i, k+1]` is taken from the updated
-//! register by a lane broadcast. Rows are processed `U` at a time into separate
+//! `u += A[i, k+1] A[i, ..]` over the whole updated row. Rows are processed `U` at a time into separate
 //! accumulators so that the FMA latency does not serialise the sweep, and the partial sums
 //! join `u` every [`SUM_BLOCK`] rows, as in the portable sweep.
 
@@ -16,8 +15,8 @@ const MAX_CHUNKS: usize = 8;
 
 /// Runs reflector `k`'s sweep (`pivot`; `None`: the sweep before the first reflector,
 /// which only collects `u = A^T A[.., 0]`) over `rows` (`stride`-long rows below the pivot)
-/// and returns true, or returns false without touching anything when a row from column
-/// `k+1` spans more than [`MAX_CHUNKS`] registers.
+/// and returns true, or returns false without touching anything when a row spans more
+/// than [`MAX_CHUNKS`] registers.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and the caller must be compiled with it enabled.
@@ -30,14 +29,13 @@ pub unsafe fn sweep<E: Real>(
     u: &mut [E],
 ) -> bool {
     let x_col = pivot.map_or(0, |k| k + 1);
-    let off = x_col / E::WIDTH * E::WIDTH;
     let at = Sweep {
         stride,
-        off,
+        first_updated: x_col / E::WIDTH,
         v_col: pivot.unwrap_or(0),
-        x_lane: x_col - off,
+        x_col,
     };
-    match (pivot.is_some(), (stride - off).div_ceil(E::WIDTH)) {
+    match (pivot.is_some(), stride.div_ceil(E::WIDTH)) {
         (true, 1) => at.run::<E, 1, 4, true>(rows, w, u),
         (true, 2) => at.run::<E, 2, 2, true>(rows, w, u),
         (true, 3) => at.run::<E, 3, 2, true>(rows, w, u),
@@ -55,12 +53,12 @@ pub unsafe fn sweep<E: Real>(
 #[derive(Clone, Copy)]
 struct Sweep {
     stride: usize,
-    /// First column updated (a register boundary).
-    off: usize,
+    /// The first register updated: the one holding column `k+1` (`w` is zero before it).
+    first_updated: usize,
     /// Column of `v_i`.
     v_col: usize,
-    /// Lane of column `k+1` in the first register.
-    x_lane: usize,
+    /// Column `k+1`.
+    x_col: usize,
 }
 
 impl Sweep {
@@ -73,11 +71,10 @@ impl Sweep {
         w: &[E],
         u: &mut [E],
     ) {
-        let Sweep { stride, off, .. } = self;
+        let stride = self.stride;
         let lanes: [usize; J] =
-            std::array::from_fn(|j| stride.saturating_sub(off + j * E::WIDTH).min(E::WIDTH));
-        let wv: [E::V; J] =
-            std::array::from_fn(|j| E::vload(w.as_ptr().add(off + j * E::WIDTH), lanes[j]));
+            std::array::from_fn(|j| stride.saturating_sub(j * E::WIDTH).min(E::WIDTH));
+        let wv: [E::V; J] = std::array::from_fn(|j| E::vload(w.as_ptr().add(j * E::WIDTH), lanes[j]));
         let mut total: [E::V; J] = [E::vzero(); J];
         for block in rows.chunks_mut(stride * SUM_BLOCK) {
             let count = block.len() / stride;
@@ -100,12 +97,13 @@ impl Sweep {
             }
         }
         for j in 0..J {
-            let p = u.as_mut_ptr().add(off + j * E::WIDTH);
+            let p = u.as_mut_ptr().add(j * E::WIDTH);
             E::vstore(p, E::vadd(E::vload(p, lanes[j]), total[j]), lanes[j]);
         }
     }
 
-    /// One row: `A[i, off..] += v_i w` (if `UPDATE`), then `acc += A[i, k+1] A[i, off..]`.
+    /// One row: `A[i, ..] += v_i w` (if `UPDATE`, on the registers from the one holding
+    /// column `k+1`), then `acc += A[i, k+1] A[i, ..]`.
     #[inline(always)]
     unsafe fn row<E: Real, const J: usize, const UPDATE: bool>(
         self,
@@ -114,16 +112,16 @@ impl Sweep {
         lanes: &[usize; J],
         acc: &mut [E::V; J],
     ) {
-        let p = row.add(self.off);
-        let mut rv: [E::V; J] = std::array::from_fn(|j| E::vload(p.add(j * E::WIDTH), lanes[j]));
+        let mut rv: [E::V; J] = std::array::from_fn(|j| E::vload(row.add(j * E::WIDTH), lanes[j]));
         if UPDATE {
             let vi = E::vsplat(row.add(self.v_col));
-            for j in 0..J {
+            for j in self.first_updated..J {
                 rv[j] = E::vfma(vi, wv[j], rv[j]);
-                E::vstore(p.add(j * E::WIDTH), rv[j], lanes[j]);
+                E::vstore(row.add(j * E::WIDTH), rv[j], lanes[j]);
             }
         }
-        let x = E::vlane(rv[0], self.x_lane);
+        // Read back through memory: the store forwards, and no register is indexed at run time.
+        let x = E::vsplat(row.add(self.x_col));
         for j in 0..J {
             acc[j] = E::vfma(x, rv[j], acc[j]);
         }
