@@ -13,7 +13,10 @@ const LANES: usize = 64;
 
 /// `out_i = alpha a_i + beta b_i`.
 pub fn lincomb<E: Real>(alpha: E, a: &[E], beta: E, b: &[E], out: &mut [E]) {
-    assert!(a.len() == b.len() && a.len() == out.len(), "lincomb: lengths");
+    assert!(
+        a.len() == b.len() && a.len() == out.len(),
+        "lincomb: lengths"
+    );
     dispatch(Lincomb {
         alpha,
         a,

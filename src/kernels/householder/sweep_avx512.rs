@@ -74,7 +74,8 @@ impl Sweep {
         let stride = self.stride;
         let lanes: [usize; J] =
             std::array::from_fn(|j| stride.saturating_sub(j * E::WIDTH).min(E::WIDTH));
-        let wv: [E::V; J] = std::array::from_fn(|j| E::vload(w.as_ptr().add(j * E::WIDTH), lanes[j]));
+        let wv: [E::V; J] =
+            std::array::from_fn(|j| E::vload(w.as_ptr().add(j * E::WIDTH), lanes[j]));
         let mut total: [E::V; J] = [E::vzero(); J];
         for block in rows.chunks_mut(stride * SUM_BLOCK) {
             let count = block.len() / stride;
