@@ -30,11 +30,19 @@ use sweep::sweep;
 /// final when sweep `k-1` runs, so its `u` holds `V[k.., ..k]^T x` and
 /// `V^T v_k = u[..k] - alpha_k A[k, ..k]`. Column `k` is negated where `alpha_k < 0`.
 pub fn householder_q<E: Real>(a: HostMat<E>) -> HostMat<E> {
+    householder_q_by(a, |k| dispatch(k))
+}
+
+/// [`householder_q`] with the sweeps run by `run` (a [`dispatch`] tier, for tests).
+fn householder_q_by<E: Real>(
+    a: HostMat<E>,
+    run: impl for<'a> FnOnce(Reflect<'a, E>) -> Reflectors,
+) -> HostMat<E> {
     let (n, r) = (a.rows(), a.cols());
     assert!(r <= n, "householder_q needs a tall matrix");
     let mut v = a;
     let stride = v.stride();
-    let Reflectors { alpha, beta, cross } = dispatch(Reflect {
+    let Reflectors { alpha, beta, cross } = run(Reflect {
         a: v.storage_mut(),
         r,
         stride,
@@ -154,6 +162,36 @@ mod tests {
                 .map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0 + (i % 7) as f64 * 0.01)
                 .collect();
             check(n, r, data);
+        }
+    }
+
+    /// The portable sweeps (baseline and AVX2 builds, used where the CPU has no AVX-512)
+    /// give the same Q as the dispatched ones.
+    #[test]
+    fn every_sweep_tier_gives_the_same_q() {
+        use crate::kernels::simd::{Fused, Plain};
+        for (n, r) in [(40, 13), (33, 16), (70, 24), (9, 1)] {
+            // Full rank: entries from an integer hash (splitmix64's finaliser).
+            let data: Vec<f64> = (0..(n * r) as u64)
+                .map(|i| {
+                    let mut h = i.wrapping_add(0x9e3779b97f4a7c15);
+                    h = (h ^ (h >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                    h = (h ^ (h >> 27)).wrapping_mul(0x94d049bb133111eb);
+                    (h ^ (h >> 31)) as f64 / u64::MAX as f64 - 0.5
+                })
+                .collect();
+            let q = |run: fn(Reflect<'_, f64>) -> Reflectors| {
+                DMatrix::from_row_slice(
+                    n,
+                    r,
+                    &householder_q_by(HostMat::new(n, r, data.clone()), run).to_compact(),
+                )
+            };
+            let dispatched = q(|k| dispatch(k));
+            for tier in [q(|k| k.run::<Plain>()), q(|k| k.run::<Fused>())] {
+                let diff = (tier - &dispatched).norm();
+                assert!(diff < 1e-13, "{n}x{r}: {diff}");
+            }
         }
     }
 
