@@ -8,7 +8,8 @@ use dfdx::tensor_ops::{Device, ReshapeTo};
 use nalgebra::DMatrix;
 
 /// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
-/// loops and GEMM (matrixmultiply) on its slice, and the result is copied back once.
+/// loops and the [`tall_products`](super::tall_products) on its slice, and the result is
+/// copied back once.
 #[derive(Debug, Clone, Default)]
 pub struct HostOps {
     dev: Cpu,

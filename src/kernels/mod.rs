@@ -2,7 +2,8 @@
 //!
 //! Everything the geometry needs is a handful of operations on tall `n x r` matrices
 //! ([`TallOps`]) plus small `r x r` work on the host in `f64` ([`small`]). On `Cpu` they
-//! run as fused loops and GEMM on plain slices ([`HostOps`]); on other devices they are
+//! run as fused loops and thin products ([`tall_products`]) on plain slices ([`HostOps`]),
+//! compiled for the widest vector unit the CPU has ([`simd`]); on other devices they are
 //! composed from dfdx ops ([`ComposedOps`]).
 
 #[cfg(target_arch = "x86_64")]

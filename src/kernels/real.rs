@@ -58,7 +58,8 @@ pub trait Real:
 
     /// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
     /// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's
-    /// own `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread.
+    /// own `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread: the fallback of
+    /// [`tall_products`](super::tall_products) on CPUs without AVX-512F.
     ///
     /// # Safety
     /// The pointers and strides must describe valid, non-overlapping (for `c`) storage

@@ -1,7 +1,7 @@
 //! Fused loops over plain slices, compiled for the widest vector unit the CPU has
 //! ([`dispatch`]).
 //!
-//! Reductions keep [`LANES`] independent partial sums so that the compiler can vectorise
+//! Reductions keep 64 independent partial sums so that the compiler can vectorise
 //! them without reassociating floating-point additions itself, over several registers so
 //! that the additions' latency does not serialise the loop.
 
