@@ -214,76 +214,86 @@ mod avx512_kernels {
         c: &mut [E],
         c_stride: usize,
     ) {
+        let job = Mul {
+            a,
+            m,
+            beta,
+            c_stride,
+        };
         for (off, width) in chunk_blocks::<E>(c_stride) {
             let mut r0 = 0;
             while r0 + TILE <= a.rows {
-                mul_tile_any::<E, TILE>(a, m, beta, c, c_stride, r0, off, width);
+                job.tile_any::<TILE>(c, r0, off, width);
                 r0 += TILE;
             }
             for r in r0..a.rows {
-                mul_tile_any::<E, 1>(a, m, beta, c, c_stride, r, off, width);
+                job.tile_any::<1>(c, r, off, width);
             }
         }
     }
 
-    /// [`mul_tile`] with the register count as a constant.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn mul_tile_any<E: Real, const T: usize>(
-        a: Strided<'_, E>,
-        m: &[E],
+    /// The operands of `C <- beta C + A M` (`M` rows `c_stride` apart, as `C`'s).
+    #[derive(Clone, Copy)]
+    struct Mul<'a, E> {
+        a: Strided<'a, E>,
+        m: &'a [E],
         beta: E,
-        c: &mut [E],
         c_stride: usize,
-        r0: usize,
-        off: usize,
-        width: usize,
-    ) {
-        match width.div_ceil(E::WIDTH) {
-            1 => mul_tile::<E, T, 1>(a, m, beta, c, c_stride, r0, off, width),
-            2 => mul_tile::<E, T, 2>(a, m, beta, c, c_stride, r0, off, width),
-            _ => mul_tile::<E, T, MAX_CHUNKS>(a, m, beta, c, c_stride, r0, off, width),
-        }
     }
 
-    /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
-    /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn mul_tile<E: Real, const T: usize, const J: usize>(
-        a: Strided<'_, E>,
-        m: &[E],
-        beta: E,
-        c: &mut [E],
-        c_stride: usize,
-        r0: usize,
-        off: usize,
-        width: usize,
-    ) {
-        let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
-        let mut acc = [[E::vzero(); J]; T];
-        let pa = a.data.as_ptr().add(r0 * a.stride);
-        let pm = m.as_ptr().add(off);
-        for kk in 0..a.cols {
-            let mrow = pm.add(kk * c_stride);
-            let mv: [E::V; J] = std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
-            for (t, acc_t) in acc.iter_mut().enumerate() {
-                let s = E::vsplat(pa.add(t * a.stride + kk));
-                for j in 0..J {
-                    acc_t[j] = E::vfma(s, mv[j], acc_t[j]);
+    impl<E: Real> Mul<'_, E> {
+        /// [`Mul::tile`] with the register count as a constant.
+        #[inline(always)]
+        unsafe fn tile_any<const T: usize>(self, c: &mut [E], r0: usize, off: usize, width: usize) {
+            match width.div_ceil(E::WIDTH) {
+                1 => self.tile::<T, 1>(c, r0, off, width),
+                2 => self.tile::<T, 2>(c, r0, off, width),
+                _ => self.tile::<T, MAX_CHUNKS>(c, r0, off, width),
+            }
+        }
+
+        /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
+        /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
+        #[inline(always)]
+        unsafe fn tile<const T: usize, const J: usize>(
+            self,
+            c: &mut [E],
+            r0: usize,
+            off: usize,
+            width: usize,
+        ) {
+            let Mul {
+                a,
+                m,
+                beta,
+                c_stride,
+            } = self;
+            let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
+            let mut acc = [[E::vzero(); J]; T];
+            let pa = a.data.as_ptr().add(r0 * a.stride);
+            let pm = m.as_ptr().add(off);
+            for kk in 0..a.cols {
+                let mrow = pm.add(kk * c_stride);
+                let mv: [E::V; J] =
+                    std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    let s = E::vsplat(pa.add(t * a.stride + kk));
+                    for j in 0..J {
+                        acc_t[j] = E::vfma(s, mv[j], acc_t[j]);
+                    }
                 }
             }
-        }
-        let pc = c.as_mut_ptr().add(r0 * c_stride + off);
-        for (t, acc_t) in acc.iter().enumerate() {
-            for j in 0..J {
-                let p = pc.add(t * c_stride + j * E::WIDTH);
-                let v = if beta == E::zero() {
-                    acc_t[j]
-                } else {
-                    E::vfma(E::vsplat(&beta), E::vload(p, lanes[j]), acc_t[j])
-                };
-                E::vstore(p, v, lanes[j]);
+            let pc = c.as_mut_ptr().add(r0 * c_stride + off);
+            for (t, acc_t) in acc.iter().enumerate() {
+                for j in 0..J {
+                    let p = pc.add(t * c_stride + j * E::WIDTH);
+                    let v = if beta == E::zero() {
+                        acc_t[j]
+                    } else {
+                        E::vfma(E::vsplat(&beta), E::vload(p, lanes[j]), acc_t[j])
+                    };
+                    E::vstore(p, v, lanes[j]);
+                }
             }
         }
     }
