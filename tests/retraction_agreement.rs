@@ -1,5 +1,5 @@
 //! Agreement in f64 (1e-10) between retractions and with dense references built here:
-//! Qr = CholeskyQr2; Polar = NewtonSchulz (>= 4 iterations); Cayley = its dense n x n
+//! Qr = CholeskyQr2 = the dense Q factor (on both of Qr's algorithms); Polar = NewtonSchulz (>= 4 iterations); Cayley = its dense n x n
 //! definition; Exp = the dense geodesic formula and a numerical integration of the
 //! geodesic equation.
 
@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
-use sds_lora::stiefel::{project_tangent, random_point, retract, Retraction};
+use sds_lora::stiefel::{orthogonality_error, project_tangent, random_point, retract, Retraction};
 
 const TOL: f64 = 1e-10;
 
@@ -30,6 +30,62 @@ fn qr_agrees_with_cholesky_qr2() {
         let a = retract(&x, &xi, Retraction::Qr).unwrap();
         let b = retract(&x, &xi, Retraction::CholeskyQr2).unwrap();
         assert!(dist(&a, &b) < TOL, "({n}, {r}): {:e}", dist(&a, &b));
+    }
+}
+
+/// A step `xi = sigma w z^T` (`w` a unit vector orthogonal to `X`, `z` a unit vector), so
+/// that `X + xi` has singular values `1` and `sqrt(1 + sigma^2)`.
+fn rank_one_step(x: &DMatrix<f64>, sigma: f64, seed: u64) -> DMatrix<f64> {
+    let (n, r) = x.shape();
+    let w = gaussian(n, 1, seed);
+    let w = &w - x * (x.transpose() * &w);
+    let z = gaussian(r, 1, seed + 1);
+    (&w / w.norm()) * (&z / z.norm()).transpose() * sigma
+}
+
+/// The Q factor with `diag(R) >= 0` by nalgebra's dense Householder QR.
+fn dense_qf(y: &DMatrix<f64>) -> DMatrix<f64> {
+    let qr = y.clone().qr();
+    let (mut q, r) = (qr.q(), qr.r());
+    for k in 0..r.nrows() {
+        if r[(k, k)] < 0.0 {
+            q.column_mut(k).neg_mut();
+        }
+    }
+    q
+}
+
+/// Qr takes one Cholesky-QR pass where `X + xi` is well conditioned and Householder QR
+/// elsewhere: steps on both sides of the switch (`kappa(X + xi)^2 = 1 + sigma^2` from 1.01
+/// to 10^4) give the dense Q factor.
+#[test]
+fn qr_is_the_dense_q_factor_on_both_sides_of_the_cholesky_switch() {
+    let dev = Cpu::default();
+    for (k, &(n, r)) in SHAPES.iter().enumerate() {
+        for (j, &sigma) in [0.1, 1.0, 1.7, 1.8, 3.0, 100.0].iter().enumerate() {
+            let x: Mat<f64> = random_point(&dev, (n, r), 40 + k as u64).unwrap();
+            let xi = rank_one_step(&host(&x), sigma, 60 + (k * 10 + j) as u64);
+            let q = retract(&x, &tensor(&dev, &xi), Retraction::Qr).unwrap();
+            let d = (host(&q) - dense_qf(&(host(&x) + &xi))).norm();
+            assert!(d < TOL, "({n}, {r}), sigma {sigma}: {d:e}");
+        }
+    }
+}
+
+/// In f32, one Cholesky-QR pass would lose orthogonality like `eps kappa(X + xi)^2`
+/// (about 1e-3 at `sigma = 100`); Qr must fall back to Householder QR there.
+#[test]
+fn qr_stays_orthonormal_for_ill_conditioned_steps_in_f32() {
+    let dev = Cpu::default();
+    for (k, &(n, r)) in [(300, 2), (300, 16), (4096, 16)].iter().enumerate() {
+        let bound = 10.0 * f32::EPSILON as f64 * (r as f64).sqrt();
+        for (j, &sigma) in [1.0, 10.0, 100.0].iter().enumerate() {
+            let x: Mat<f32> = random_point(&dev, (n, r), 80 + k as u64).unwrap();
+            let xi = rank_one_step(&host(&x), sigma, 90 + (k * 10 + j) as u64);
+            let q = retract(&x, &tensor(&dev, &xi), Retraction::Qr).unwrap();
+            let err = orthogonality_error(&q);
+            assert!(err <= bound, "({n}, {r}), sigma {sigma}: {err:e} > {bound:e}");
+        }
     }
 }
 

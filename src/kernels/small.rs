@@ -23,6 +23,28 @@ pub fn cholesky_upper_inverse(g: &DMatrix<f64>, what: &'static str) -> Result<DM
     Ok(l_inv.transpose())
 }
 
+/// `R^{-1}` for the upper Cholesky factor of `G = R^T R`, but only where `G` is well
+/// conditioned: `kappa_inf(G) = ||G||_inf ||G^{-1}||_inf <= max_condition`, with
+/// `G^{-1} = R^{-1} R^{-T}`. `kappa_inf` bounds the 2-norm condition number from above
+/// (`kappa_2 <= kappa_inf <= r kappa_2`). `None` where `G` is not numerically positive
+/// definite or the bound is exceeded.
+pub fn conditioned_cholesky_upper_inverse(
+    g: &DMatrix<f64>,
+    max_condition: f64,
+) -> Option<DMatrix<f64>> {
+    let r_inv = cholesky_upper_inverse(g, "").ok()?;
+    let g_inv = &r_inv * r_inv.transpose();
+    let kappa = inf_norm(g) * inf_norm(&g_inv);
+    (kappa <= max_condition).then_some(r_inv)
+}
+
+/// `||A||_inf`, the largest absolute row sum.
+fn inf_norm(a: &DMatrix<f64>) -> f64 {
+    a.row_iter()
+        .map(|row| row.iter().map(|v| v.abs()).sum::<f64>())
+        .fold(0.0, f64::max)
+}
+
 /// `G^{-1/2}` for a symmetric positive definite `G`, by the coupled Newton-Schulz
 /// iteration (Higham, *Functions of Matrices*, 2008, sec. 6.7): with `c = ||G||_F`,
 /// `Y_0 = G / c`, `Z_0 = I`, repeat `T = (3I - Z Y) / 2`, `Y <- Y T`, `Z <- T Z`; then
@@ -171,6 +193,19 @@ pub fn expm(a: &DMatrix<f64>) -> DMatrix<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditioned_cholesky_bounds_the_condition_number() {
+        // G = [[4, 2], [2, 2]] = R^T R with R = [[2, 1], [0, 1]]; G^-1 = [[0.5, -0.5],
+        // [-0.5, 1]]: kappa_inf = 6 * 1.5 = 9 (kappa_2 = (3 + sqrt 5) / (3 - sqrt 5) = 6.85).
+        let g = DMatrix::from_row_slice(2, 2, &[4.0, 2.0, 2.0, 2.0]);
+        let r_inv = conditioned_cholesky_upper_inverse(&g, 9.0).expect("kappa_inf = 9");
+        let expect = DMatrix::from_row_slice(2, 2, &[0.5, -0.5, 0.0, 1.0]);
+        assert!((r_inv - expect).norm() < 1e-15);
+        assert!(conditioned_cholesky_upper_inverse(&g, 8.9).is_none());
+        let indefinite = DMatrix::from_row_slice(2, 2, &[1.0, 2.0, 2.0, 1.0]);
+        assert!(conditioned_cholesky_upper_inverse(&indefinite, 1e9).is_none());
+    }
 
     #[test]
     fn jacobi_svd_reconstructs_and_orders() {

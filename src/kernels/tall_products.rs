@@ -139,6 +139,9 @@ mod avx512_kernels {
     const TILE: usize = ROW_ALIGN;
     /// Registers of `B` (of `M`) per tile: with [`TILE`], at most 24 accumulators.
     const MAX_CHUNKS: usize = 3;
+    /// The tile where `B` (`M`) is one register wide: 16 accumulator chains. Two FMA ports
+    /// with a 4-cycle latency need 8 chains in flight, and 8 leave no slack.
+    const WIDE_TILE: usize = 2 * TILE;
 
     /// The registers (`off`, lanes) of columns `first..` of a `stride`-long row, in
     /// blocks of up to [`MAX_CHUNKS`].
@@ -152,20 +155,27 @@ mod avx512_kernels {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>, out: &mut [E]) {
         for (off, width) in chunk_blocks::<E>(b.stride) {
-            for i0 in (0..a.cols).step_by(TILE) {
-                match width.div_ceil(E::WIDTH) {
-                    1 => gram_tile::<E, 1>(a, b, i0, off, width, out),
-                    2 => gram_tile::<E, 2>(a, b, i0, off, width, out),
-                    _ => gram_tile::<E, MAX_CHUNKS>(a, b, i0, off, width, out),
+            let mut i0 = 0;
+            while i0 < a.cols {
+                if width <= E::WIDTH && i0 + WIDE_TILE <= a.stride {
+                    gram_tile::<E, WIDE_TILE, 1>(a, b, i0, off, width, out);
+                    i0 += WIDE_TILE;
+                    continue;
                 }
+                match width.div_ceil(E::WIDTH) {
+                    1 => gram_tile::<E, TILE, 1>(a, b, i0, off, width, out),
+                    2 => gram_tile::<E, TILE, 2>(a, b, i0, off, width, out),
+                    _ => gram_tile::<E, TILE, MAX_CHUNKS>(a, b, i0, off, width, out),
+                }
+                i0 += TILE;
             }
         }
     }
 
-    /// `out[i0..i0+8, off..off+width] = A[.., i0..i0+8]^T B[.., off..off+width]` (the
-    /// parts inside `out`): per row, `J` loads of `B`, 8 broadcasts of `A`, `8 J` FMAs.
+    /// `out[i0..i0+T, off..off+width] = A[.., i0..i0+T]^T B[.., off..off+width]` (the
+    /// parts inside `out`): per row, `J` loads of `B`, `T` broadcasts of `A`, `T J` FMAs.
     #[inline(always)]
-    unsafe fn gram_tile<E: Real, const J: usize>(
+    unsafe fn gram_tile<E: Real, const T: usize, const J: usize>(
         a: Strided<'_, E>,
         b: Strided<'_, E>,
         i0: usize,
@@ -174,12 +184,12 @@ mod avx512_kernels {
         out: &mut [E],
     ) {
         let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
-        let mut total = [[E::zero(); 3 * 16]; TILE];
+        let mut total = [[E::zero(); MAX_CHUNKS * 16]; T];
         let (pa, pb) = (a.data.as_ptr().add(i0), b.data.as_ptr().add(off));
         let mut row = 0;
         while row < a.rows {
             let end = (row + SUM_BLOCK).min(a.rows);
-            let mut acc = [[E::vzero(); J]; TILE];
+            let mut acc = [[E::vzero(); J]; T];
             for i in row..end {
                 let (ra, rb) = (pa.add(i * a.stride), pb.add(i * b.stride));
                 let bv: [E::V; J] =
@@ -222,6 +232,16 @@ mod avx512_kernels {
         };
         for (off, width) in chunk_blocks::<E>(c_stride) {
             let mut r0 = 0;
+            if width <= E::WIDTH {
+                while r0 + WIDE_TILE <= a.rows {
+                    match a.stride {
+                        8 => job.tile::<WIDE_TILE, 1, 8>(c, r0, off, width),
+                        16 => job.tile::<WIDE_TILE, 1, 16>(c, r0, off, width),
+                        _ => job.tile::<WIDE_TILE, 1, 0>(c, r0, off, width),
+                    }
+                    r0 += WIDE_TILE;
+                }
+            }
             while r0 + TILE <= a.rows {
                 job.tile_any::<TILE>(c, r0, off, width);
                 r0 += TILE;
@@ -246,16 +266,19 @@ mod avx512_kernels {
         #[inline(always)]
         unsafe fn tile_any<const T: usize>(self, c: &mut [E], r0: usize, off: usize, width: usize) {
             match width.div_ceil(E::WIDTH) {
-                1 => self.tile::<T, 1>(c, r0, off, width),
-                2 => self.tile::<T, 2>(c, r0, off, width),
-                _ => self.tile::<T, MAX_CHUNKS>(c, r0, off, width),
+                1 => self.tile::<T, 1, 0>(c, r0, off, width),
+                2 => self.tile::<T, 2, 0>(c, r0, off, width),
+                _ => self.tile::<T, MAX_CHUNKS, 0>(c, r0, off, width),
             }
         }
 
         /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
         /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
+        /// `S`, if not 0, is `A`'s stride as a constant: the broadcasts then address `A`
+        /// by fixed offsets from one pointer (with a run-time stride the compiler chains
+        /// `T` dependent address additions per column, which outlasts the FMAs).
         #[inline(always)]
-        unsafe fn tile<const T: usize, const J: usize>(
+        unsafe fn tile<const T: usize, const J: usize, const S: usize>(
             self,
             c: &mut [E],
             r0: usize,
@@ -270,14 +293,15 @@ mod avx512_kernels {
             } = self;
             let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
             let mut acc = [[E::vzero(); J]; T];
-            let pa = a.data.as_ptr().add(r0 * a.stride);
+            let stride = if S == 0 { a.stride } else { S };
+            let pa = a.data.as_ptr().add(r0 * stride);
             let pm = m.as_ptr().add(off);
             for kk in 0..a.cols {
                 let mrow = pm.add(kk * c_stride);
                 let mv: [E::V; J] =
                     std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
-                    let s = E::vsplat(pa.add(t * a.stride + kk));
+                    let s = E::vsplat(pa.add(t * stride + kk));
                     for j in 0..J {
                         acc_t[j] = E::vfma(s, mv[j], acc_t[j]);
                     }
@@ -338,6 +362,9 @@ mod tests {
             (200, 33, 40),
             (65, 64, 64),
             (300, 20, 49),
+            (40, 8, 8),
+            (50, 20, 10),
+            (37, 16, 7),
         ] {
             let (a, sa) = padded::<E>(n, ra, 1);
             let (b, sb) = padded::<E>(n, rb, 2);

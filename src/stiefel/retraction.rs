@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// All cost `O(n r^2)` time and `O(n r)` memory; nothing `n x n` is formed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Retraction {
-    /// Q factor of `X + xi` with `diag(R) >= 0` (Householder): the reference.
+    /// Q factor of `X + xi` with `diag(R) >= 0`: the reference. One Cholesky-QR pass where
+    /// `X + xi` is well conditioned (every moderate step), Householder otherwise (see
+    /// [`retractions::qr`]).
     #[default]
     Qr,
     /// The same Q factor by Cholesky-QR, twice: matmul plus `r x r` work.
