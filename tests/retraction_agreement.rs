@@ -84,7 +84,10 @@ fn qr_stays_orthonormal_for_ill_conditioned_steps_in_f32() {
             let xi = rank_one_step(&host(&x), sigma, 90 + (k * 10 + j) as u64);
             let q = retract(&x, &tensor(&dev, &xi), Retraction::Qr).unwrap();
             let err = orthogonality_error(&q);
-            assert!(err <= bound, "({n}, {r}), sigma {sigma}: {err:e} > {bound:e}");
+            assert!(
+                err <= bound,
+                "({n}, {r}), sigma {sigma}: {err:e} > {bound:e}"
+            );
         }
     }
 }

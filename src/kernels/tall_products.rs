@@ -232,13 +232,16 @@ mod avx512_kernels {
         };
         for (off, width) in chunk_blocks::<E>(c_stride) {
             let mut r0 = 0;
+            if width <= E::WIDTH && a.stride == a.cols {
+                r0 = match a.cols {
+                    8 => job.rows_with_m_in_registers::<16, 8>(c, off, width),
+                    16 => job.rows_with_m_in_registers::<12, 16>(c, off, width),
+                    _ => 0,
+                };
+            }
             if width <= E::WIDTH {
                 while r0 + WIDE_TILE <= a.rows {
-                    match a.stride {
-                        8 => job.tile::<WIDE_TILE, 1, 8>(c, r0, off, width),
-                        16 => job.tile::<WIDE_TILE, 1, 16>(c, r0, off, width),
-                        _ => job.tile::<WIDE_TILE, 1, 0>(c, r0, off, width),
-                    }
+                    job.tile::<WIDE_TILE, 1>(c, r0, off, width);
                     r0 += WIDE_TILE;
                 }
             }
@@ -266,47 +269,80 @@ mod avx512_kernels {
         #[inline(always)]
         unsafe fn tile_any<const T: usize>(self, c: &mut [E], r0: usize, off: usize, width: usize) {
             match width.div_ceil(E::WIDTH) {
-                1 => self.tile::<T, 1, 0>(c, r0, off, width),
-                2 => self.tile::<T, 2, 0>(c, r0, off, width),
-                _ => self.tile::<T, MAX_CHUNKS, 0>(c, r0, off, width),
+                1 => self.tile::<T, 1>(c, r0, off, width),
+                2 => self.tile::<T, 2>(c, r0, off, width),
+                _ => self.tile::<T, MAX_CHUNKS>(c, r0, off, width),
             }
         }
 
         /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
         /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
-        /// `S`, if not 0, is `A`'s stride as a constant: the broadcasts then address `A`
-        /// by fixed offsets from one pointer (with a run-time stride the compiler chains
-        /// `T` dependent address additions per column, which outlasts the FMAs).
         #[inline(always)]
-        unsafe fn tile<const T: usize, const J: usize, const S: usize>(
+        unsafe fn tile<const T: usize, const J: usize>(
             self,
             c: &mut [E],
             r0: usize,
             off: usize,
             width: usize,
         ) {
-            let Mul {
-                a,
-                m,
-                beta,
-                c_stride,
-            } = self;
+            let Mul { a, m, c_stride, .. } = self;
             let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
             let mut acc = [[E::vzero(); J]; T];
-            let stride = if S == 0 { a.stride } else { S };
-            let pa = a.data.as_ptr().add(r0 * stride);
+            let pa = a.data.as_ptr().add(r0 * a.stride);
             let pm = m.as_ptr().add(off);
             for kk in 0..a.cols {
                 let mrow = pm.add(kk * c_stride);
                 let mv: [E::V; J] =
                     std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
-                    let s = E::vsplat(pa.add(t * stride + kk));
+                    let s = E::vsplat(pa.add(t * a.stride + kk));
                     for j in 0..J {
                         acc_t[j] = E::vfma(s, mv[j], acc_t[j]);
                     }
                 }
             }
+            self.store(c, r0, off, lanes, &acc);
+        }
+
+        /// Rows `0..` in tiles of `T` with all of `M` (`K` rows of one register) held in
+        /// registers: per row, `K` broadcasts of `A` at fixed offsets from one pointer and
+        /// `K` FMAs, and no loads of `M`. Needs `A` compact (`stride == cols == K`) and
+        /// `width <= E::WIDTH`. Returns the first row not done (a multiple of `T`).
+        #[inline(always)]
+        unsafe fn rows_with_m_in_registers<const T: usize, const K: usize>(
+            self,
+            c: &mut [E],
+            off: usize,
+            width: usize,
+        ) -> usize {
+            let pm = self.m.as_ptr().add(off);
+            let mv: [E::V; K] = std::array::from_fn(|k| E::vload(pm.add(k * self.c_stride), width));
+            let mut r0 = 0;
+            while r0 + T <= self.a.rows {
+                let pa = self.a.data.as_ptr().add(r0 * K);
+                let mut acc = [[E::vzero(); 1]; T];
+                for (k, &mk) in mv.iter().enumerate() {
+                    for (t, acc_t) in acc.iter_mut().enumerate() {
+                        acc_t[0] = E::vfma(E::vsplat(pa.add(t * K + k)), mk, acc_t[0]);
+                    }
+                }
+                self.store(c, r0, off, [width], &acc);
+                r0 += T;
+            }
+            r0
+        }
+
+        /// `C[r0..r0+T, off..] <- beta C + acc`, `lanes[j]` lanes of register `j`.
+        #[inline(always)]
+        unsafe fn store<const T: usize, const J: usize>(
+            self,
+            c: &mut [E],
+            r0: usize,
+            off: usize,
+            lanes: [usize; J],
+            acc: &[[E::V; J]; T],
+        ) {
+            let Mul { beta, c_stride, .. } = self;
             let pc = c.as_mut_ptr().add(r0 * c_stride + off);
             for (t, acc_t) in acc.iter().enumerate() {
                 for j in 0..J {

@@ -92,12 +92,8 @@ impl Retraction {
                 return Err(Error::NotTall { rows, cols });
             }
         }
-        let all: Vec<&B::Mat> = steps.iter().flat_map(|&(x, xi)| [x, xi]).collect();
-        let finite = ops.all_finite_each(&all)?;
-        if let Some(i) = finite.iter().position(|ok| !ok) {
-            let what = if i % 2 == 0 { "point" } else { "tangent step" };
-            return Err(Error::NonFinite { what: what.into() });
-        }
+        // Each retraction checks its inputs for NaN and infinity through the first Gram
+        // matrices it forms (`retractions::check_finite`): no separate pass.
         match *self {
             Retraction::Qr => retractions::qr(ops, steps),
             Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, steps),

@@ -1,6 +1,6 @@
 //! Cholesky-QR2 retraction.
 
-use super::{self_grams, sums, Steps};
+use super::{self_grams, sums_and_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -13,9 +13,12 @@ pub fn cholesky_qr2<E: Real, B: TallOps<E>>(
     ops: &B,
     steps: &Steps<B::Mat>,
 ) -> Result<Vec<B::Mat>, Error> {
-    let mut ys = sums(ops, steps)?;
-    for _ in 0..2 {
-        let r_invs = self_grams(ops, &ys)?
+    let (mut ys, mut grams) = sums_and_grams(ops, steps)?;
+    for pass in 0..2 {
+        if pass > 0 {
+            grams = self_grams(ops, &ys)?;
+        }
+        let r_invs = grams
             .iter()
             .map(|g| small::cholesky_upper_inverse(g, "Cholesky-QR2"))
             .collect::<Result<Vec<_>, _>>()?;

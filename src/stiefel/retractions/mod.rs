@@ -19,37 +19,69 @@ pub use qr::qr;
 
 use crate::kernels::{Real, TallOps};
 use crate::Error;
+use nalgebra::DMatrix;
 
 /// A batch of steps: pairs `(X, xi)` of a point and a tangent step.
 pub type Steps<'a, M> = [(&'a M, &'a M)];
 
-/// `Y_k = X_k + xi_k` for every step.
-fn sums<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    steps
+/// `Y_k = X_k + xi_k` and `Y_k^T Y_k` for every step, the Gram matrices
+/// [checked](check_finite) for non-finite inputs.
+fn sums_and_grams<E: Real, B: TallOps<E>>(
+    ops: &B,
+    steps: &Steps<B::Mat>,
+) -> Result<(Vec<B::Mat>, Vec<DMatrix<f64>>), Error> {
+    let ys = steps
         .iter()
         .map(|(x, xi)| ops.lincomb(E::one(), x, E::one(), xi))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let grams = self_grams(ops, &ys)?;
+    check_finite(ops, steps, &grams)?;
+    Ok((ys, grams))
+}
+
+/// Fails with [`Error::NonFinite`] naming the first point or step that holds a NaN or an
+/// infinity. `grams` are Gram matrices whose diagonals cover every input (those of
+/// `X + xi`, or of `X` and `xi`): a non-finite entry makes a diagonal entry non-finite
+/// (`X + xi` is finite only where both terms are), so the inputs themselves are scanned
+/// only when a Gram matrix is not finite. Finite inputs whose Gram matrix overflows are
+/// reported as such.
+fn check_finite<E: Real, B: TallOps<E>>(
+    ops: &B,
+    steps: &Steps<B::Mat>,
+    grams: &[DMatrix<f64>],
+) -> Result<(), Error> {
+    if grams.iter().all(|g| g.iter().all(|v| v.is_finite())) {
+        return Ok(());
+    }
+    let all: Vec<&B::Mat> = steps.iter().flat_map(|&(x, xi)| [x, xi]).collect();
+    let finite = ops.all_finite_each(&all)?;
+    let what = match finite.iter().position(|ok| !ok) {
+        Some(i) if i % 2 == 0 => "point",
+        Some(_) => "tangent step",
+        None => "the Gram matrix of the step (finite entries too large: it overflows)",
+    };
+    Err(Error::NonFinite { what: what.into() })
 }
 
 /// `Y_k^T Y_k` for every matrix, in one batch.
-fn self_grams<E: Real, B: TallOps<E>>(
-    ops: &B,
-    ys: &[B::Mat],
-) -> Result<Vec<nalgebra::DMatrix<f64>>, Error> {
+fn self_grams<E: Real, B: TallOps<E>>(ops: &B, ys: &[B::Mat]) -> Result<Vec<DMatrix<f64>>, Error> {
     let pairs: Vec<_> = ys.iter().map(|y| (y, y)).collect();
     ops.grams(&pairs)
 }
 
-/// `[X^T X, X^T xi, xi^T xi]` for every step, in one batch.
+/// `[X^T X, X^T xi, xi^T xi]` for every step, in one batch, [checked](check_finite) for
+/// non-finite inputs.
 fn step_grams<E: Real, B: TallOps<E>>(
     ops: &B,
     steps: &Steps<B::Mat>,
-) -> Result<Vec<[nalgebra::DMatrix<f64>; 3]>, Error> {
+) -> Result<Vec<[DMatrix<f64>; 3]>, Error> {
     let pairs: Vec<_> = steps
         .iter()
         .flat_map(|&(x, xi)| [(x, x), (x, xi), (xi, xi)])
         .collect();
-    let mut grams = ops.grams(&pairs)?.into_iter();
+    let grams = ops.grams(&pairs)?;
+    check_finite(ops, steps, &grams)?;
+    let mut grams = grams.into_iter();
     Ok(steps
         .iter()
         .map(|_| {

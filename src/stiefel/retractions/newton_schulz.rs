@@ -1,6 +1,6 @@
 //! Newton-Schulz retraction.
 
-use super::{self_grams, sums, Steps};
+use super::{sums_and_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -16,8 +16,7 @@ pub fn newton_schulz<E: Real, B: TallOps<E>>(
     steps: &Steps<B::Mat>,
     iters: usize,
 ) -> Result<Vec<B::Mat>, Error> {
-    let mut ys = sums(ops, steps)?;
-    let grams = self_grams(ops, &ys)?;
+    let (mut ys, grams) = sums_and_grams(ops, steps)?;
     for g in &grams {
         small::within_unit_distance_of_identity(g)
             .map_err(|distance| Error::NotConvergent { distance })?;

@@ -1,6 +1,6 @@
 //! Polar retraction.
 
-use super::{self_grams, sums, Steps};
+use super::{sums_and_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -11,8 +11,8 @@ use crate::Error;
 /// Gram matrix `G` comes from a coupled Newton-Schulz iteration on the host, then
 /// [polished](small::polish) against `G` so that the result is orthonormal to rounding.
 pub fn polar<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    let ys = sums(ops, steps)?;
-    let factors = self_grams(ops, &ys)?
+    let (ys, grams) = sums_and_grams(ops, steps)?;
+    let factors = grams
         .iter()
         .map(|g| {
             Ok(small::polish(

@@ -1,6 +1,6 @@
 //! QR retraction.
 
-use super::{self_grams, sums, Steps};
+use super::{sums_and_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -23,8 +23,8 @@ pub const CHOLESKY_MAX_CONDITION: f64 = 4.0;
 /// - otherwise ([`CHOLESKY_MAX_CONDITION`] exceeded, or `Y^T Y` numerically singular)
 ///   Householder QR, which is backward stable for any `Y`.
 pub fn qr<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    let ys = sums(ops, steps)?;
-    let factors: Vec<_> = self_grams(ops, &ys)?
+    let (ys, grams) = sums_and_grams(ops, steps)?;
+    let factors: Vec<_> = grams
         .iter()
         .map(|g| small::conditioned_cholesky_upper_inverse(g, CHOLESKY_MAX_CONDITION))
         .collect();
