@@ -21,11 +21,9 @@ pub fn cholesky_upper_inverse(g: &DMatrix<f64>, what: &'static str) -> Result<DM
     // `r` column-major: column `j` is `r[j * n..(j + 1) * n]`.
     let mut r = vec![0.0; n * n];
     for j in 0..n {
-        let (before, rest) = r.split_at_mut(j * n);
-        let (col_j, after) = rest.split_at_mut(n);
+        let (col_j, after) = r[j * n..].split_at_mut(n);
         let d = g[(j, j)] - dot(&col_j[..j], &col_j[..j]);
-        // `!(d > 0)` also refuses NaN.
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             return Err(Error::NotPositiveDefinite { what });
         }
         let r_jj = d.sqrt();
@@ -33,7 +31,6 @@ pub fn cholesky_upper_inverse(g: &DMatrix<f64>, what: &'static str) -> Result<DM
         for (i, col_i) in after.chunks_exact_mut(n).enumerate() {
             col_i[j] = (g[(j, j + 1 + i)] - dot(&col_j[..j], &col_i[..j])) / r_jj;
         }
-        let _ = before;
     }
     // R x = e_c, for k = c down to 0: x_k = b_k / R_kk, b[..k] -= x_k R[..k, k].
     let mut inv = DMatrix::<f64>::zeros(n, n);

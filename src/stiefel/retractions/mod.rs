@@ -24,12 +24,15 @@ use nalgebra::DMatrix;
 /// A batch of steps: pairs `(X, xi)` of a point and a tangent step.
 pub type Steps<'a, M> = [(&'a M, &'a M)];
 
+/// The sums `Y_k = X_k + xi_k` of a batch and their Gram matrices `Y_k^T Y_k`.
+type SumsAndGrams<M> = (Vec<M>, Vec<DMatrix<f64>>);
+
 /// `Y_k = X_k + xi_k` and `Y_k^T Y_k` for every step, the Gram matrices
 /// [checked](check_finite) for non-finite inputs.
 fn sums_and_grams<E: Real, B: TallOps<E>>(
     ops: &B,
     steps: &Steps<B::Mat>,
-) -> Result<(Vec<B::Mat>, Vec<DMatrix<f64>>), Error> {
+) -> Result<SumsAndGrams<B::Mat>, Error> {
     let ys = steps
         .iter()
         .map(|(x, xi)| ops.lincomb(E::one(), x, E::one(), xi))
