@@ -15,7 +15,7 @@ pub use cholesky_qr2::cholesky_qr2;
 pub use exp::exp;
 pub use newton_schulz::newton_schulz;
 pub use polar::polar;
-pub use qr::qr;
+pub use qr::{qr, CHOLESKY_MAX_CONDITION};
 
 use crate::kernels::{Real, TallOps};
 use crate::Error;

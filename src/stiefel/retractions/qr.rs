@@ -4,7 +4,8 @@ use super::{sums_and_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
-/// The largest `kappa_inf(Y^T Y)` (an upper bound on `kappa_2(Y)^2`) for which the
+/// The largest bound on the condition number of `Y^T Y` (computed by
+/// [`small::conditioned_cholesky_upper_inverse`], at least `kappa_2(Y)^2`) for which the
 /// Q factor is taken from one Cholesky factorisation. One-pass Cholesky-QR loses
 /// orthogonality in proportion to `kappa_2(Y)^2` (Yamamoto, Nakatsukasa, Yanagisawa and
 /// Fukaya 2015); measured in `f32` at `kappa_2(Y)^2 = 4` it stays below the Householder
@@ -18,8 +19,8 @@ pub const CHOLESKY_MAX_CONDITION: f64 = 4.0;
 /// The factor is unique, and two algorithms compute it:
 /// - where `Y` is well conditioned, `Q = Y R^{-1}` with `R = chol(Y^T Y)` (one Gram
 ///   product, one product with a small matrix). For a tangent step
-///   `Y^T Y = I + xi^T xi`, so every step of moderate size (`||xi||_2 <= sqrt(3)`, and
-///   larger where the `kappa_inf` bound is tight) takes this path;
+///   `Y^T Y = I + xi^T xi`, so every step of moderate size (`||xi||_2 <= sqrt(3)` where the
+///   bound is tight) takes this path;
 /// - otherwise ([`CHOLESKY_MAX_CONDITION`] exceeded, or `Y^T Y` numerically singular)
 ///   Householder QR, which is backward stable for any `Y`.
 pub fn qr<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
