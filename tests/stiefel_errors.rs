@@ -7,6 +7,7 @@ use common::*;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use sds_lora::kernels::{ComposedOps, Real, StiefelDevice, TallOps};
+use sds_lora::stiefel::retractions::Sums;
 use sds_lora::stiefel::{project_mat, random_point, retract, transport_mat, Retraction};
 use sds_lora::Error;
 
@@ -70,6 +71,16 @@ fn non_finite_inputs_are_refused() {
                 what: "point".into()
             }
         );
+    }
+    // Sums formed by the caller: a non-finite one is refused by every sum retraction, and
+    // a finite one in the same batch does not hide it.
+    let ops = sds_lora::kernels::HostOps::new(&dev);
+    for kind in Retraction::all(4).into_iter().filter_map(|k| k.sum_form()) {
+        let sums = vec![ops.load(&x).unwrap(), ops.load(&bad).unwrap()];
+        match Sums::new(&ops, sums).and_then(|s| kind.apply_batch(&ops, s)) {
+            Err(Error::NonFinite { what }) => assert!(what.contains("X + xi"), "{what}"),
+            other => panic!("{kind:?}: expected NonFinite, got {other:?}"),
+        }
     }
 }
 

@@ -203,14 +203,16 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         a.clone().try_matmul(m).map_err(Error::device)
     }
 
-    fn mul_small_add(
+    fn mul_small_axpy(
         &self,
         a: &Mat<E, D>,
         m: &DMatrix<f64>,
-        c: Mat<E, D>,
+        beta: E,
+        mut c: Mat<E, D>,
     ) -> Result<Mat<E, D>, Error> {
         let am = self.mul_small(a, m)?;
-        c.try_add(am).map_err(Error::device)
+        c.try_axpy(beta.to_f64(), &am, 1.0).map_err(Error::device)?;
+        Ok(c)
     }
 
     fn lincomb(&self, alpha: E, a: &Mat<E, D>, beta: E, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {

@@ -198,29 +198,46 @@ impl<E: Real> HostMat<E> {
         DMatrix::from_row_iterator(self.cols, b.cols, c.into_iter().map(Real::to_f64))
     }
 
-    /// `C + A M` where `M` is a small host matrix (`cols x m.ncols()`), computed in `C`'s
-    /// storage; `C` defaults to 0.
-    pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<Self>) -> Self {
+    /// `beta C + A M` for `c = Some((beta, C))`, computed in `C`'s storage, or `A M`
+    /// for `None`; `M` is a small host matrix (`cols x m.ncols()`).
+    pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<(E, Self)>) -> Self {
         assert_eq!(self.cols, m.nrows(), "HostMat::mul_small: inner dimensions");
         let k = m.ncols();
         let (mut out, beta) = match c {
-            Some(c) => {
+            Some((beta, c)) => {
                 assert_eq!((c.rows, c.cols), (self.rows, k), "HostMat::mul_small_add");
-                (c, E::one())
+                (c, beta)
             }
             // The product writes every element, padding included.
             None => (Self::overwritten(self.rows, k), E::zero()),
         };
-        // M padded to the output's row length with zeros.
         let stride = out.stride;
+        let m_e = Self::padded_small(m, stride);
+        tall_products::mul_small_add(self.strided(), &m_e, beta, &mut out.data, stride);
+        out
+    }
+
+    /// `A M` for a square small `M` (`cols x cols`), in `A`'s storage.
+    pub fn mul_small_in_place(mut self, m: &DMatrix<f64>) -> Self {
+        assert_eq!(
+            (m.nrows(), m.ncols()),
+            (self.cols, self.cols),
+            "HostMat::mul_small_in_place"
+        );
+        let m_e = Self::padded_small(m, self.stride);
+        tall_products::mul_small_in_place(&mut self.data, self.rows, self.cols, self.stride, &m_e);
+        self
+    }
+
+    /// `M` in `E`, rows padded with zeros to `stride` (an output's row length).
+    fn padded_small(m: &DMatrix<f64>, stride: usize) -> Vec<E> {
         let mut m_e = vec![E::zero(); m.nrows() * stride];
         for (i, row) in m_e.chunks_exact_mut(stride).enumerate() {
-            for (j, v) in row[..k].iter_mut().enumerate() {
+            for (j, v) in row[..m.ncols()].iter_mut().enumerate() {
                 *v = E::of_f64(m[(i, j)]);
             }
         }
-        tall_products::mul_small_add(self.strided(), &m_e, beta, &mut out.data, stride);
-        out
+        m_e
     }
 
     /// `alpha A + beta B`.

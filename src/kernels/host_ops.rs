@@ -71,13 +71,24 @@ where
         Ok(a.mul_small_add(m, None))
     }
 
-    fn mul_small_add(
+    fn mul_small_axpy(
         &self,
         a: &HostMat<E>,
         m: &DMatrix<f64>,
+        beta: E,
         c: HostMat<E>,
     ) -> Result<HostMat<E>, Error> {
-        Ok(a.mul_small_add(m, Some(c)))
+        Ok(a.mul_small_add(m, Some((beta, c))))
+    }
+
+    fn transform_each(
+        &self,
+        pairs: Vec<(HostMat<E>, DMatrix<f64>)>,
+    ) -> Result<Vec<HostMat<E>>, Error> {
+        Ok(pairs
+            .into_iter()
+            .map(|(a, m)| a.mul_small_in_place(&m))
+            .collect())
     }
 
     fn lincomb(

@@ -32,16 +32,19 @@ impl<E> Default for Pool<E> {
 }
 
 /// The smallest pooled allocation of `len` to `2 len` elements, if there is one (a much
-/// larger one stays for the requests it fits).
+/// larger one stays for the requests it fits); of equal ones, the one given back last,
+/// whose memory is most likely still in cache. (Handing out the oldest would cycle a step
+/// through every pooled buffer, and its working set would outgrow the cache.)
 fn take<E: Real>(len: usize) -> Option<Vec<E>> {
     E::with_pool(|p| {
         let mut pool = p.0.borrow_mut();
         let (i, _) = pool
             .iter()
             .enumerate()
+            .rev()
             .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len.max(1))
             .min_by_key(|(_, b)| b.capacity())?;
-        Some(pool.swap_remove(i))
+        Some(pool.remove(i))
     })
 }
 

@@ -59,6 +59,18 @@ pub trait Kernel {
     fn run<F: Fma>(self) -> Self::Output;
 }
 
+/// A closure as a [`Kernel`], for loops that need no [`Fma`]: [`dispatch`] inlines it
+/// into the function compiled for the widest instruction set, where it is vectorised.
+pub struct Loop<F>(pub F);
+
+impl<R, F: FnOnce() -> R> Kernel for Loop<F> {
+    type Output = R;
+    #[inline(always)]
+    fn run<M: Fma>(self) -> R {
+        (self.0)()
+    }
+}
+
 /// Runs `k` compiled for AVX-512F (with AVX2 and FMA) or for AVX2 + FMA when the CPU
 /// supports them, else for the baseline.
 #[inline]

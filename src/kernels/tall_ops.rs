@@ -56,14 +56,25 @@ pub trait TallOps<E: Real> {
     /// `A M` with a small host matrix `M`.
     fn mul_small(&self, a: &Self::Mat, m: &DMatrix<f64>) -> Result<Self::Mat, Error>;
 
-    /// `C + A M` with a small host matrix `M`, computed in `C`'s storage where the backend
-    /// can.
+    /// `beta C + A M` with a small host matrix `M`, computed in `C`'s storage where the
+    /// backend can.
+    fn mul_small_axpy(
+        &self,
+        a: &Self::Mat,
+        m: &DMatrix<f64>,
+        beta: E,
+        c: Self::Mat,
+    ) -> Result<Self::Mat, Error>;
+
+    /// `C + A M` ([`TallOps::mul_small_axpy`] with `beta = 1`).
     fn mul_small_add(
         &self,
         a: &Self::Mat,
         m: &DMatrix<f64>,
         c: Self::Mat,
-    ) -> Result<Self::Mat, Error>;
+    ) -> Result<Self::Mat, Error> {
+        self.mul_small_axpy(a, m, E::one(), c)
+    }
 
     /// `alpha A + beta B`.
     fn lincomb(&self, alpha: E, a: &Self::Mat, beta: E, b: &Self::Mat) -> Result<Self::Mat, Error>;
@@ -113,6 +124,17 @@ pub trait TallOps<E: Real> {
                 terms.try_fold(first, |acc, (a, m)| self.mul_small_add(a, &m, acc))
             })
             .collect()
+    }
+
+    /// `A_k M_k` for every pair, with square small host matrices `M_k`, computed in
+    /// `A_k`'s storage where the backend can; a device backend sends all the small
+    /// matrices in one transfer.
+    fn transform_each(
+        &self,
+        pairs: Vec<(Self::Mat, DMatrix<f64>)>,
+    ) -> Result<Vec<Self::Mat>, Error> {
+        let outputs = pairs.iter().map(|(a, m)| vec![(a, m.clone())]).collect();
+        self.combine(outputs)
     }
 
     /// [`TallOps::qr_q`] of each matrix: a device backend moves the batch to the host and

@@ -35,6 +35,16 @@ pub struct Strided<'a, E> {
 }
 
 impl<E> Strided<'_, E> {
+    #[cfg(target_arch = "x86_64")]
+    fn raw(&self) -> avx512_kernels::RawStrided<E> {
+        avx512_kernels::RawStrided {
+            ptr: self.data.as_ptr(),
+            rows: self.rows,
+            cols: self.cols,
+            stride: self.stride,
+        }
+    }
+
     fn check(&self) {
         assert!(
             self.stride.is_multiple_of(ROW_ALIGN)
@@ -75,11 +85,56 @@ pub fn mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E], 
     );
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
-        // SAFETY: the CPU has AVX-512F; the sizes were checked above.
-        unsafe { avx512_kernels::mul_small_add(a, m, beta, c, c_stride) };
+        // SAFETY: the CPU has AVX-512F; the sizes were checked above, and `c` is borrowed
+        // apart from `a`.
+        unsafe {
+            avx512_kernels::mul_small_add(a.raw(), m, beta, c.as_mut_ptr(), c_stride);
+        }
         return;
     }
     gemm_mul_small_add(a, m, beta, c, c_stride);
+}
+
+/// `A <- A M` in `A`'s storage, for a square `M` (`a.cols x a.cols`, stored like `A`'s
+/// rows: `stride` apart, zeros beyond column `cols`). Each tile of rows is read whole
+/// before it is written, so the product needs no second buffer where its output is one
+/// block of registers wide (`stride <= 3` registers: up to 48 columns of `f32`, 24 of
+/// `f64`); otherwise, and without AVX-512F, it goes through a pooled copy of `A`.
+pub fn mul_small_in_place<E: Real>(a: &mut [E], rows: usize, cols: usize, stride: usize, m: &[E]) {
+    Strided {
+        data: &*a,
+        rows,
+        cols,
+        stride,
+    }
+    .check();
+    assert_eq!(
+        m.len(),
+        cols * stride,
+        "tall_products::mul_small_in_place: sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() && avx512_kernels::fits_in_place::<E>(stride) {
+        let a_raw = avx512_kernels::RawStrided {
+            ptr: a.as_ptr(),
+            rows,
+            cols,
+            stride,
+        };
+        // SAFETY: the CPU has AVX-512F; sizes checked; `fits_in_place` makes the output
+        // one column block, so every tile reads its rows of `A` before writing them.
+        unsafe { avx512_kernels::mul_small_add(a_raw, m, E::zero(), a.as_mut_ptr(), stride) };
+        return;
+    }
+    let copy = super::scratch::copied(&a[..rows * stride]);
+    let view = Strided {
+        data: &copy,
+        rows,
+        cols,
+        stride,
+    };
+    mul_small_add(view, m, E::zero(), a, stride);
+    super::scratch::recycle(copy);
 }
 
 /// [`gram`] by the `gemm` crate (checked arguments).
@@ -216,41 +271,58 @@ mod avx512_kernels {
         }
     }
 
+    /// A padded row-major matrix by its first element (see [`Strided`]).
+    #[derive(Clone, Copy)]
+    pub struct RawStrided<E> {
+        pub ptr: *const E,
+        pub rows: usize,
+        pub cols: usize,
+        pub stride: usize,
+    }
+
+    /// Whether an output of `stride` elements per row is one column block, which
+    /// [`mul_small_add`] writes after reading each tile's rows of `A` whole.
+    pub fn fits_in_place<E: Real>(stride: usize) -> bool {
+        stride <= MAX_CHUNKS * E::WIDTH
+    }
+
+    /// `C <- beta C + A M`. `C` may be `A` itself if [`fits_in_place`] (then `beta = 0`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn mul_small_add<E: Real>(
-        a: Strided<'_, E>,
+        a: RawStrided<E>,
         m: &[E],
         beta: E,
-        c: &mut [E],
+        c: *mut E,
         c_stride: usize,
     ) {
         let job = Mul {
             a,
             m,
             beta,
+            c,
             c_stride,
         };
         for (off, width) in chunk_blocks::<E>(c_stride) {
             let mut r0 = 0;
             if width <= E::WIDTH && a.stride == a.cols {
                 r0 = match a.cols {
-                    8 => job.rows_with_m_in_registers::<16, 8>(c, off, width),
-                    16 => job.rows_with_m_in_registers::<12, 16>(c, off, width),
+                    8 => job.rows_with_m_in_registers::<16, 8>(off, width),
+                    16 => job.rows_with_m_in_registers::<12, 16>(off, width),
                     _ => 0,
                 };
             }
             if width <= E::WIDTH {
                 while r0 + WIDE_TILE <= a.rows {
-                    job.tile::<WIDE_TILE, 1>(c, r0, off, width);
+                    job.tile::<WIDE_TILE, 1>(r0, off, width);
                     r0 += WIDE_TILE;
                 }
             }
             while r0 + TILE <= a.rows {
-                job.tile_any::<TILE>(c, r0, off, width);
+                job.tile_any::<TILE>(r0, off, width);
                 r0 += TILE;
             }
             for r in r0..a.rows {
-                job.tile_any::<1>(c, r, off, width);
+                job.tile_any::<1>(r, off, width);
             }
         }
     }
@@ -258,37 +330,32 @@ mod avx512_kernels {
     /// The operands of `C <- beta C + A M` (`M` rows `c_stride` apart, as `C`'s).
     #[derive(Clone, Copy)]
     struct Mul<'a, E> {
-        a: Strided<'a, E>,
+        a: RawStrided<E>,
         m: &'a [E],
         beta: E,
+        c: *mut E,
         c_stride: usize,
     }
 
     impl<E: Real> Mul<'_, E> {
         /// [`Mul::tile`] with the register count as a constant.
         #[inline(always)]
-        unsafe fn tile_any<const T: usize>(self, c: &mut [E], r0: usize, off: usize, width: usize) {
+        unsafe fn tile_any<const T: usize>(self, r0: usize, off: usize, width: usize) {
             match width.div_ceil(E::WIDTH) {
-                1 => self.tile::<T, 1>(c, r0, off, width),
-                2 => self.tile::<T, 2>(c, r0, off, width),
-                _ => self.tile::<T, MAX_CHUNKS>(c, r0, off, width),
+                1 => self.tile::<T, 1>(r0, off, width),
+                2 => self.tile::<T, 2>(r0, off, width),
+                _ => self.tile::<T, MAX_CHUNKS>(r0, off, width),
             }
         }
 
         /// `C[r0..r0+T, off..off+width] <- beta C + A[r0..r0+T, ..] M[.., off..off+width]`:
         /// per column of `A`, `J` loads of `M`, `T` broadcasts of `A`, `T J` FMAs.
         #[inline(always)]
-        unsafe fn tile<const T: usize, const J: usize>(
-            self,
-            c: &mut [E],
-            r0: usize,
-            off: usize,
-            width: usize,
-        ) {
+        unsafe fn tile<const T: usize, const J: usize>(self, r0: usize, off: usize, width: usize) {
             let Mul { a, m, c_stride, .. } = self;
             let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
             let mut acc = [[E::vzero(); J]; T];
-            let pa = a.data.as_ptr().add(r0 * a.stride);
+            let pa = a.ptr.add(r0 * a.stride);
             let pm = m.as_ptr().add(off);
             for kk in 0..a.cols {
                 let mrow = pm.add(kk * c_stride);
@@ -301,7 +368,7 @@ mod avx512_kernels {
                     }
                 }
             }
-            self.store(c, r0, off, lanes, &acc);
+            self.store(r0, off, lanes, &acc);
         }
 
         /// Rows `0..` in tiles of `T` with all of `M` (`K` rows of one register) held in
@@ -311,7 +378,6 @@ mod avx512_kernels {
         #[inline(always)]
         unsafe fn rows_with_m_in_registers<const T: usize, const K: usize>(
             self,
-            c: &mut [E],
             off: usize,
             width: usize,
         ) -> usize {
@@ -319,14 +385,14 @@ mod avx512_kernels {
             let mv: [E::V; K] = std::array::from_fn(|k| E::vload(pm.add(k * self.c_stride), width));
             let mut r0 = 0;
             while r0 + T <= self.a.rows {
-                let pa = self.a.data.as_ptr().add(r0 * K);
+                let pa = self.a.ptr.add(r0 * K);
                 let mut acc = [[E::vzero(); 1]; T];
                 for (k, &mk) in mv.iter().enumerate() {
                     for (t, acc_t) in acc.iter_mut().enumerate() {
                         acc_t[0] = E::vfma(E::vsplat(pa.add(t * K + k)), mk, acc_t[0]);
                     }
                 }
-                self.store(c, r0, off, [width], &acc);
+                self.store(r0, off, [width], &acc);
                 r0 += T;
             }
             r0
@@ -336,14 +402,15 @@ mod avx512_kernels {
         #[inline(always)]
         unsafe fn store<const T: usize, const J: usize>(
             self,
-            c: &mut [E],
             r0: usize,
             off: usize,
             lanes: [usize; J],
             acc: &[[E::V; J]; T],
         ) {
-            let Mul { beta, c_stride, .. } = self;
-            let pc = c.as_mut_ptr().add(r0 * c_stride + off);
+            let Mul {
+                beta, c, c_stride, ..
+            } = self;
+            let pc = c.add(r0 * c_stride + off);
             for (t, acc_t) in acc.iter().enumerate() {
                 for j in 0..J {
                     let p = pc.add(t * c_stride + j * E::WIDTH);
@@ -462,6 +529,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `A <- A M` in place equals the product into a separate buffer, bit for bit, for
+    /// outputs of one register block (in-place kernel) and wider (through a copy).
+    fn check_in_place<E: Real>() {
+        for &(n, r) in &[
+            (1, 1),
+            (37, 7),
+            (70, 16),
+            (131, 13),
+            (50, 20),
+            (65, 64),
+            (29, 48),
+        ] {
+            let (a, stride) = padded::<E>(n, r, 4);
+            let (mut m, _) = padded::<E>(r, stride, 5);
+            for row in m.chunks_exact_mut(stride) {
+                row[r..].fill(E::zero());
+            }
+            let mut expect = vec![E::zero(); n * stride];
+            mul_small_add(view(&a, n, r, stride), &m, E::zero(), &mut expect, stride);
+            let mut in_place = a.clone();
+            mul_small_in_place(&mut in_place, n, r, stride, &m);
+            assert!(
+                in_place
+                    .iter()
+                    .zip(&expect)
+                    .all(|(x, y)| x.to_f64() == y.to_f64()),
+                "{n} x {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_place_product_matches_the_separate_one() {
+        check_in_place::<f32>();
+        check_in_place::<f64>();
     }
 
     #[test]

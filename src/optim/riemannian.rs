@@ -2,7 +2,8 @@
 
 use super::rules::{RuleState, TensorRuleState};
 use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps, TallTensor};
-use crate::stiefel::{project_mat, transport_mat, Retraction};
+use crate::stiefel::retractions::Sums;
+use crate::stiefel::{descent_sum, project_mat, transport_mat, Retraction};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo, TryMul};
@@ -21,28 +22,41 @@ pub struct Geometry {
 /// optimizer step"):
 ///
 /// 1. `g = P_X(E) = E - X sym(X^T E)` (Riemannian gradient, Euclidean metric);
-/// 2. `u = rule(g)`: the Euclidean rule on `g`, learning rate included, which updates
-///    the moments in `state` with `g`;
+/// 2. `u = rule(g)`: the Euclidean rule on `g`, learning rate included, which returns
+///    the new moments;
 /// 3. `xi = -P_X(u)` (an elementwise rule such as Adam leaves the tangent space);
 /// 4. `X+ = R_X(xi)`, then optionally `X+ <- qf(X+)`;
 /// 5. the first moment is carried to the new point: `m <- P_{X+}(m)`.
 ///
+/// For the retractions that depend on `X + xi` alone ([`Retraction::sum_form`]) steps 3
+/// and 4 never form `xi`: `X + xi = X - P_X(u)` is formed in `u`'s storage
+/// ([`descent_sum`]) and retracted there.
+///
 /// `rule` overwrites the slice it receives (the padded storage of `g`; padding is zero and
-/// must stay zero, which every rule does for a zero gradient).
+/// must stay zero, which every rule does for a zero gradient) and returns the rule's new
+/// state, which is returned with `X+`.
 pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     ops: &B,
     x: &HostMat<E>,
     egrad: HostMat<E>,
-    state: &mut RuleState<E>,
-    rule: impl FnOnce(&mut RuleState<E>, &mut [E]),
+    rule: impl FnOnce(&mut [E]) -> RuleState<E>,
     geometry: Geometry,
-) -> Result<HostMat<E>, Error> {
+) -> Result<(HostMat<E>, RuleState<E>), Error> {
     let (n, r) = (x.rows(), x.cols());
     let mut u = project_mat(ops, x, egrad)?;
-    rule(state, u.storage_mut());
-    let mut xi = project_mat(ops, x, u)?;
-    xi.storage_mut().iter_mut().for_each(|v| *v = -*v);
-    let mut x_new = geometry.retraction.apply(ops, x, &xi)?;
+    let mut state = rule(u.storage_mut());
+    let mut x_new = match geometry.retraction.sum_form() {
+        // X + xi = X - P_X(u), formed in u's storage.
+        Some(sum) => {
+            let y = descent_sum(ops, x, u)?;
+            sum.apply_batch(ops, Sums::new(ops, vec![y])?)?.remove(0)
+        }
+        None => {
+            let mut xi = project_mat(ops, x, u)?;
+            xi.storage_mut().iter_mut().for_each(|v| *v = -*v);
+            geometry.retraction.apply(ops, x, &xi)?
+        }
+    };
     if geometry.reorthonormalize {
         x_new = ops.qr_q(x_new)?;
     }
@@ -50,7 +64,7 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
         let m = HostMat::from_storage(n, r, std::mem::take(&mut state.first));
         state.first = transport_mat(ops, &x_new, m)?.into_storage();
     }
-    Ok(x_new)
+    Ok((x_new, state))
 }
 
 /// One Stiefel tensor of a composed (device) step: the point, its Euclidean gradient and

@@ -23,17 +23,19 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
     fn groups(&self) -> &ParamGroups;
     /// Retraction and re-orthonormalisation period of the Stiefel tensors.
     fn stiefel(&self) -> &StiefelConfig;
-    /// The Euclidean update: overwrites `g` with `u` (`p <- p - u`).
+    /// The Euclidean update: overwrites `g` with `u` (`p <- p - u`) and returns the new
+    /// state (`state` is read only).
     fn euclidean_update<E: Real>(
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         p: &[E],
         g: &mut [E],
-    );
-    /// The rule on the Riemannian gradient of a Stiefel tensor: overwrites `g` with `u`.
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]);
+    ) -> RuleState<E>;
+    /// The rule on the Riemannian gradient of a Stiefel tensor: overwrites `g` with `u`
+    /// and returns the new state.
+    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E>;
     /// [`SdsConfig::euclidean_update`] in dfdx ops on a device: returns `u`.
     fn euclidean_update_tensor<E: Real, D: Device<E>>(
         &self,
@@ -306,7 +308,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 for (path, state) in states {
                     if let Some(old) = self.state.tensors.insert(path, state) {
-                        recycle_state(old);
+                        old.recycle();
                     }
                 }
                 values
@@ -347,30 +349,27 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         let groups = *self.cfg.groups();
         let mut values = BTreeMap::new();
         let mut states = BTreeMap::new();
+        let fresh = RuleState::default();
         for (group, path, entry) in entries {
-            // Work on a copy: the stored state changes only when the whole step succeeds.
-            let mut state = self
-                .state
-                .tensors
-                .get(&path)
-                .map(pooled_copy)
-                .unwrap_or_default();
-            let value = match group {
-                Group::Stiefel => {
-                    self.stiefel(entry, &mut state, geometry)
-                        .map_err(|error| Refusal {
-                            error,
-                            tensors: vec![path.clone()],
-                        })?
-                }
+            // The rules return new states: the stored ones change only when the whole
+            // step succeeds.
+            let old = self.state.tensors.get(&path).unwrap_or(&fresh);
+            let (value, state) = match group {
+                Group::Stiefel => self
+                    .stiefel(entry, old, geometry)
+                    .map_err(|error| Refusal {
+                        error,
+                        tensors: vec![path.clone()],
+                    })?,
                 Group::Scales | Group::Euclidean => {
                     let g = groups.of(group);
                     let (mut param, mut u) = (entry.param, entry.grad);
-                    self.cfg
-                        .euclidean_update(g.lr, g.weight_decay, &mut state, &param, &mut u);
+                    let state =
+                        self.cfg
+                            .euclidean_update(g.lr, g.weight_decay, old, &param, &mut u);
                     param.iter_mut().zip(&u).for_each(|(p, &d)| *p -= d);
                     scratch::recycle(u);
-                    param
+                    (param, state)
                 }
             };
             values.insert(path.clone(), Value::Host(value));
@@ -459,46 +458,27 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         Ok((values, paths.zip(states).collect()))
     }
 
+    /// The new value and rule state of a Stiefel tensor.
     fn stiefel(
         &self,
         entry: Entry<E>,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         geometry: Geometry,
-    ) -> Result<Vec<E>, Error> {
+    ) -> Result<(Vec<E>, RuleState<E>), Error> {
         let (n, r) = (entry.dims[0], entry.dims[1]);
         let x = HostMat::new(n, r, entry.param);
         let g = HostMat::new(n, r, entry.grad);
         let lr = self.cfg.groups().bases_lr;
         let cfg = &self.cfg;
-        let x_new = stiefel_step(
+        let (x_new, state) = stiefel_step(
             &self.ops,
             &x,
             g,
-            state,
-            |s, g| cfg.stiefel_update(lr, s, g),
+            |g| cfg.stiefel_update(lr, state, g),
             geometry,
         )?;
-        Ok(x_new.into_compact())
+        Ok((x_new.into_compact(), state))
     }
-}
-
-/// A copy of a tensor's rule state in pooled buffers.
-fn pooled_copy<E: Real>(s: &RuleState<E>) -> RuleState<E> {
-    RuleState {
-        step: s.step,
-        first: scratch::copied(&s.first),
-        second: scratch::copied(&s.second),
-        second_max: scratch::copied(&s.second_max),
-        second_scalar: s.second_scalar,
-        second_scalar_max: s.second_scalar_max,
-    }
-}
-
-/// Gives a replaced state's buffers back to the pool.
-fn recycle_state<E: Real>(s: RuleState<E>) {
-    scratch::recycle(s.first);
-    scratch::recycle(s.second);
-    scratch::recycle(s.second_max);
 }
 
 impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Optimizer<M, D, E>

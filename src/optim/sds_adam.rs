@@ -47,17 +47,17 @@ impl SdsConfig for SdsAdamConfig {
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         p: &[E],
         g: &mut [E],
-    ) {
+    ) -> RuleState<E> {
         self.rule
-            .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g);
+            .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g)
     }
 
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
+    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E> {
         self.rule
-            .update(lr, None, self.second_moment, state, &[], g);
+            .update(lr, None, self.second_moment, state, &[], g)
     }
 
     fn euclidean_update_tensor<E: Real, D: Device<E>>(

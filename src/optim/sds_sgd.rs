@@ -43,15 +43,15 @@ impl SdsConfig for SdsSgdConfig {
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         p: &[E],
         g: &mut [E],
-    ) {
-        self.rule.update(lr, weight_decay, state, p, g);
+    ) -> RuleState<E> {
+        self.rule.update(lr, weight_decay, state, p, g)
     }
 
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &mut RuleState<E>, g: &mut [E]) {
-        self.rule.update(lr, None, state, &[], g);
+    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E> {
+        self.rule.update(lr, None, state, &[], g)
     }
 
     fn euclidean_update_tensor<E: Real, D: Device<E>>(

@@ -1,6 +1,6 @@
 //! Choosing a retraction and applying it.
 
-use super::retractions;
+use super::retractions::{self, Sums};
 use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape};
@@ -94,13 +94,68 @@ impl Retraction {
         }
         // Each retraction checks its inputs for NaN and infinity through the first Gram
         // matrices it forms (`retractions::check_finite`): no separate pass.
-        match *self {
-            Retraction::Qr => retractions::qr(ops, steps),
-            Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, steps),
-            Retraction::Polar => retractions::polar(ops, steps),
-            Retraction::NewtonSchulz { iters } => retractions::newton_schulz(ops, steps, iters),
-            Retraction::Cayley => retractions::cayley(ops, steps),
-            Retraction::Exp => retractions::exp(ops, steps),
+        match (self.sum_form(), *self) {
+            (Some(sum), _) => sum.apply_batch(ops, Sums::of_steps(ops, steps)?),
+            (None, Retraction::Exp) => retractions::exp(ops, steps),
+            (None, _) => retractions::cayley(ops, steps),
+        }
+    }
+
+    /// This retraction as a function of the sum `X + xi`, if it is one (all but `Cayley`
+    /// and `Exp`, which need the point and the step apart).
+    pub fn sum_form(&self) -> Option<SumRetraction> {
+        match self {
+            Retraction::Cayley | Retraction::Exp => None,
+            _ => Some(SumRetraction(*self)),
+        }
+    }
+}
+
+/// A retraction that depends on the sum `Y = X + xi` alone (`Qr`, `CholeskyQr2`, `Polar`,
+/// `NewtonSchulz`; from [`Retraction::sum_form`]). Given the sums, it needs neither the
+/// point nor the step, and forms its result in the sums' storage where the backend can:
+/// a caller that computes `Y` itself (fused with the step, as the optimizer does) saves
+/// the step's buffer and the pass that adds it to the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SumRetraction(Retraction);
+
+impl SumRetraction {
+    /// The retraction this is.
+    pub fn retraction(&self) -> Retraction {
+        self.0
+    }
+
+    /// Applies the retraction to a batch of sums ([`Sums`]: built from steps, or from
+    /// sums the caller formed). On a device backend the host round trips are made once for
+    /// the batch. Any failure fails the batch.
+    ///
+    /// ```
+    /// use dfdx::prelude::*;
+    /// use sds_lora::kernels::{HostMat, HostOps, TallOps};
+    /// use sds_lora::stiefel::retractions::Sums;
+    /// use sds_lora::stiefel::{random_point, Retraction};
+    ///
+    /// let dev = Cpu::default();
+    /// let ops = HostOps::new(&dev);
+    /// let x = ops.load(&random_point::<f64, _, _, _>(&dev, (32, 4), 0).unwrap()).unwrap();
+    /// let xi = ops.lincomb(0.0, &x, 0.0, &x).unwrap(); // a zero step
+    /// let qr = Retraction::Qr.sum_form().unwrap();
+    /// let y = qr.apply_batch(&ops, Sums::of_steps(&ops, &[(&x, &xi)]).unwrap()).unwrap();
+    /// assert!((0..32).all(|i| (0..4).all(|j| (y[0].get(i, j) - x.get(i, j)).abs() < 1e-15)));
+    /// ```
+    pub fn apply_batch<E: Real, B: TallOps<E>>(
+        &self,
+        ops: &B,
+        sums: Sums<B::Mat>,
+    ) -> Result<Vec<B::Mat>, Error> {
+        match self.0 {
+            Retraction::Qr => retractions::qr(ops, sums),
+            Retraction::CholeskyQr2 => retractions::cholesky_qr2(ops, sums),
+            Retraction::Polar => retractions::polar(ops, sums),
+            Retraction::NewtonSchulz { iters } => retractions::newton_schulz(ops, sums, iters),
+            Retraction::Cayley | Retraction::Exp => {
+                unreachable!("Retraction::sum_form excludes Cayley and Exp")
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
-use super::{RuleState, TensorRuleState, WeightDecay};
-use crate::kernels::{Flat, Real};
+use super::{old_or_zeros, RuleState, TensorRuleState, WeightDecay};
+use crate::kernels::simd::{dispatch, Loop};
+use crate::kernels::{scratch, Flat, Real};
 use crate::Error;
 use dfdx::shapes::{HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
@@ -52,18 +53,19 @@ impl Default for AdamRule {
 
 impl AdamRule {
     /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
-    /// decay and may be empty without it).
+    /// decay and may be empty without it) and returns the new state; `state` is read
+    /// only.
     pub fn update<E: Real>(
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
         second_moment: SecondMoment,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         p: &[E],
         g: &mut [E],
-    ) {
-        state.step += 1;
-        let t = i32::try_from(state.step).unwrap_or(i32::MAX);
+    ) -> RuleState<E> {
+        let mut next = state.successor();
+        let t = i32::try_from(next.step).unwrap_or(i32::MAX);
         let [b1, b2] = self.betas.map(E::of_f64);
         let (eps, lr_e) = (E::of_f64(self.eps), E::of_f64(lr));
         let m_scale = (E::one() - b1.powi(t)).recip();
@@ -74,54 +76,71 @@ impl AdamRule {
             g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
         }
         let n = g.len();
-        let first = RuleState::sized(&mut state.first, n);
-        // Each case is its own loop over zipped slices, with no branch inside, so that the
-        // compiler vectorises it.
+        let m_old = old_or_zeros(&state.first, n);
+        next.first = scratch::overwritten(n);
+        let first = &mut next.first;
+        // Each case is its own loop over zipped slices, with no branch inside, so that it
+        // is vectorised (compiled for the widest vector unit: `dispatch`).
         match (second_moment, self.amsgrad) {
             (SecondMoment::Elementwise, false) => {
-                let second = RuleState::sized(&mut state.second, n);
-                for ((gi, m), v) in g.iter_mut().zip(first.iter_mut()).zip(second.iter_mut()) {
-                    *m = *m * b1 + *gi * keep1;
-                    *v = *v * b2 + gi.powi(2) * keep2;
-                    *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
-                }
+                let v_old = old_or_zeros(&state.second, n);
+                next.second = scratch::overwritten(n);
+                let moments = first.iter_mut().zip(next.second.iter_mut());
+                let old = m_old.iter().zip(v_old.iter());
+                dispatch(Loop(|| {
+                    for ((gi, (m, v)), (&m0, &v0)) in g.iter_mut().zip(moments).zip(old) {
+                        *m = m0 * b1 + *gi * keep1;
+                        *v = v0 * b2 + *gi * *gi * keep2;
+                        *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                    }
+                }));
             }
             (SecondMoment::Elementwise, true) => {
-                let second = RuleState::sized(&mut state.second, n);
-                let second_max = RuleState::sized(&mut state.second_max, n);
+                let v_old = old_or_zeros(&state.second, n);
+                let vm_old = old_or_zeros(&state.second_max, n);
+                next.second = scratch::overwritten(n);
+                next.second_max = scratch::overwritten(n);
                 let moments = first
                     .iter_mut()
-                    .zip(second.iter_mut())
-                    .zip(second_max.iter_mut());
-                for (gi, ((m, v), vm)) in g.iter_mut().zip(moments) {
-                    *m = *m * b1 + *gi * keep1;
-                    *v = *v * b2 + gi.powi(2) * keep2;
-                    *vm = if *v > *vm { *v } else { *vm };
-                    *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
-                }
+                    .zip(next.second.iter_mut())
+                    .zip(next.second_max.iter_mut());
+                let old = m_old.iter().zip(v_old.iter()).zip(vm_old.iter());
+                dispatch(Loop(|| {
+                    for ((gi, ((m, v), vm)), ((&m0, &v0), &vm0)) in
+                        g.iter_mut().zip(moments).zip(old)
+                    {
+                        *m = m0 * b1 + *gi * keep1;
+                        *v = v0 * b2 + *gi * *gi * keep2;
+                        *vm = if *v > vm0 { *v } else { vm0 };
+                        *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
+                    }
+                }));
             }
             (SecondMoment::Matrix, amsgrad) => {
                 // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix (in f64).
                 let sq: f64 = g.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
                 let b2f = self.betas[1];
-                state.second_scalar = b2f * state.second_scalar + (1.0 - b2f) * sq;
-                state.second_scalar_max = state.second_scalar_max.max(state.second_scalar);
+                next.second_scalar = b2f * state.second_scalar + (1.0 - b2f) * sq;
+                next.second_scalar_max = state.second_scalar_max.max(next.second_scalar);
                 let v = if amsgrad {
-                    state.second_scalar_max
+                    next.second_scalar_max
                 } else {
-                    state.second_scalar
+                    next.second_scalar
                 };
                 let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + self.eps);
-                for (gi, m) in g.iter_mut().zip(first.iter_mut()) {
-                    *m = *m * b1 + *gi * keep1;
-                    *gi = lr_e * (*m * m_scale) / denominator;
-                }
+                dispatch(Loop(|| {
+                    for ((gi, m), &m0) in g.iter_mut().zip(first.iter_mut()).zip(m_old.iter()) {
+                        *m = m0 * b1 + *gi * keep1;
+                        *gi = lr_e * (*m * m_scale) / denominator;
+                    }
+                }));
             }
         }
         if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
             let wd_lr = E::of_f64(wd * lr);
             g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
         }
+        next
     }
 
     /// [`AdamRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`

@@ -1,7 +1,10 @@
 //! Euclidean update rules: small per-tensor pieces with their own state, on plain slices.
 //!
 //! A rule turns a gradient `g` into the update `u` that is subtracted from the parameter
-//! (`p <- p - u`), learning rate and weight decay included. The Riemannian composition
+//! (`p <- p - u`), learning rate and weight decay included. On the host a rule reads the
+//! old state and returns the new one in fresh buffers (state in, state out): the stored
+//! state changes only when the caller keeps the result, so a step that fails later costs
+//! no copy to undo. The Riemannian composition
 //! ([`super::riemannian`]) calls the same rules on projected gradients. Each rule has two
 //! forms of the same formulas: `update` on host slices (the CPU path) and `update_tensor`
 //! in dfdx ops on device tensors (the composed path, used on CUDA).
@@ -14,7 +17,7 @@ pub use adam::{AdamRule, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
 pub use tensor_state::TensorRuleState;
 
-use crate::kernels::Real;
+use crate::kernels::{scratch, Real};
 use serde::{Deserialize, Serialize};
 
 /// Weight decay of a parameter group.
@@ -45,12 +48,32 @@ pub struct RuleState<E> {
 }
 
 impl<E: Real> RuleState<E> {
-    /// Sizes a buffer on first use.
-    pub(crate) fn sized(buf: &mut Vec<E>, len: usize) -> &mut Vec<E> {
-        if buf.len() != len {
-            buf.clear();
-            buf.resize(len, E::zero());
+    /// The state after this one, with no buffers yet and the step count advanced.
+    pub(crate) fn successor(&self) -> Self {
+        Self {
+            step: self.step + 1,
+            first: Vec::new(),
+            second: Vec::new(),
+            second_max: Vec::new(),
+            second_scalar: self.second_scalar,
+            second_scalar_max: self.second_scalar_max,
         }
-        buf
+    }
+
+    /// Gives the buffers back to the pool ([`scratch`]) when the state is replaced.
+    pub fn recycle(self) {
+        scratch::recycle(self.first);
+        scratch::recycle(self.second);
+        scratch::recycle(self.second_max);
+    }
+}
+
+/// An old buffer of `len` values: `buf`, or zeros for a buffer not used yet (empty).
+pub(crate) fn old_or_zeros<E: Real>(buf: &[E], len: usize) -> std::borrow::Cow<'_, [E]> {
+    if buf.is_empty() {
+        std::borrow::Cow::Owned(vec![E::zero(); len])
+    } else {
+        assert_eq!(buf.len(), len, "rule state: buffer length");
+        std::borrow::Cow::Borrowed(buf)
     }
 }

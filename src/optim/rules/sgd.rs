@@ -1,7 +1,8 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
-use super::{RuleState, TensorRuleState, WeightDecay};
-use crate::kernels::{Flat, Real};
+use super::{old_or_zeros, RuleState, TensorRuleState, WeightDecay};
+use crate::kernels::simd::{dispatch, Loop};
+use crate::kernels::{scratch, Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::{Device, TryMul};
 use serde::{Deserialize, Serialize};
@@ -42,52 +43,55 @@ impl Default for SgdRule {
 
 impl SgdRule {
     /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
-    /// decay and may be empty without it).
+    /// decay and may be empty without it) and returns the new state; `state` is read
+    /// only.
     pub fn update<E: Real>(
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
-        state: &mut RuleState<E>,
+        state: &RuleState<E>,
         p: &[E],
         g: &mut [E],
-    ) {
+    ) -> RuleState<E> {
+        let mut next = state.successor();
         let lr_e = E::of_f64(lr);
         let first_step = state.step == 0;
-        state.step += 1;
         let keep = E::one() - E::of_f64(self.dampening);
-        let (mu, nesterov) = match self.momentum {
-            Some(Momentum::Classic(mu)) => (Some(E::of_f64(mu)), false),
-            Some(Momentum::Nesterov(mu)) => (Some(E::of_f64(mu)), true),
-            None => (None, false),
-        };
-        let velocity = match mu {
-            Some(_) => RuleState::sized(&mut state.first, g.len()).as_mut_slice(),
-            None => &mut [],
-        };
-        for (i, gi) in g.iter_mut().enumerate() {
-            if let Some(WeightDecay::L2(wd)) = weight_decay {
-                *gi += E::of_f64(wd) * p[i];
-            }
-            *gi = match mu {
-                Some(mu) => {
-                    let v = &mut velocity[i];
-                    *v = if first_step {
-                        *gi
-                    } else {
-                        *gi * keep + mu * *v
-                    };
-                    if nesterov {
-                        (*gi + mu * *v) * lr_e
-                    } else {
-                        *v * lr_e
-                    }
-                }
-                None => *gi * lr_e,
-            };
-            if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-                *gi += E::of_f64(wd * lr) * p[i];
-            }
+        if let Some(WeightDecay::L2(wd)) = weight_decay {
+            let wd = E::of_f64(wd);
+            g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
         }
+        match self.momentum {
+            Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) => {
+                let (mu, nesterov) = (
+                    E::of_f64(mu),
+                    matches!(self.momentum, Some(Momentum::Nesterov(_))),
+                );
+                let v_old = old_or_zeros(&state.first, g.len());
+                next.first = scratch::overwritten(g.len());
+                let velocity = next.first.iter_mut().zip(v_old.iter());
+                dispatch(Loop(|| {
+                    for (gi, (v, &v0)) in g.iter_mut().zip(velocity) {
+                        *v = if first_step {
+                            *gi
+                        } else {
+                            *gi * keep + mu * v0
+                        };
+                        *gi = if nesterov {
+                            (*gi + mu * *v) * lr_e
+                        } else {
+                            *v * lr_e
+                        };
+                    }
+                }));
+            }
+            None => g.iter_mut().for_each(|gi| *gi *= lr_e),
+        }
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            let wd_lr = E::of_f64(wd * lr);
+            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
+        }
+        next
     }
 
     /// [`SgdRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`

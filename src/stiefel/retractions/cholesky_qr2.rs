@@ -1,6 +1,6 @@
 //! Cholesky-QR2 retraction.
 
-use super::{self_grams, sums_and_grams, Steps};
+use super::{self_grams, Sums};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -11,9 +11,9 @@ use crate::Error;
 /// `X + xi` is numerically rank deficient.
 pub fn cholesky_qr2<E: Real, B: TallOps<E>>(
     ops: &B,
-    steps: &Steps<B::Mat>,
+    sums: Sums<B::Mat>,
 ) -> Result<Vec<B::Mat>, Error> {
-    let (mut ys, mut grams) = sums_and_grams(ops, steps)?;
+    let Sums { mut ys, mut grams } = sums;
     for pass in 0..2 {
         if pass > 0 {
             grams = self_grams(ops, &ys)?;
@@ -22,7 +22,7 @@ pub fn cholesky_qr2<E: Real, B: TallOps<E>>(
             .iter()
             .map(|g| small::cholesky_upper_inverse(g, "Cholesky-QR2"))
             .collect::<Result<Vec<_>, _>>()?;
-        ys = ops.combine(ys.iter().zip(r_invs).map(|(y, m)| vec![(y, m)]).collect())?;
+        ys = ops.transform_each(ys.into_iter().zip(r_invs).collect())?;
     }
     Ok(ys)
 }

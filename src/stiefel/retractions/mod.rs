@@ -24,22 +24,53 @@ use nalgebra::DMatrix;
 /// A batch of steps: pairs `(X, xi)` of a point and a tangent step.
 pub type Steps<'a, M> = [(&'a M, &'a M)];
 
-/// The sums `Y_k = X_k + xi_k` of a batch and their Gram matrices `Y_k^T Y_k`.
-type SumsAndGrams<M> = (Vec<M>, Vec<DMatrix<f64>>);
+/// The sums `Y_k = X_k + xi_k` of a batch of steps with their Gram matrices `Y_k^T Y_k`:
+/// the input of the retractions that depend on the sum alone (`qr`, `cholesky_qr2`,
+/// `polar`, `newton_schulz`), which form their results in the sums' storage where the
+/// backend can.
+pub struct Sums<M> {
+    ys: Vec<M>,
+    grams: Vec<DMatrix<f64>>,
+}
 
-/// `Y_k = X_k + xi_k` and `Y_k^T Y_k` for every step, the Gram matrices
-/// [checked](check_finite) for non-finite inputs.
-fn sums_and_grams<E: Real, B: TallOps<E>>(
-    ops: &B,
-    steps: &Steps<B::Mat>,
-) -> Result<SumsAndGrams<B::Mat>, Error> {
-    let ys = steps
-        .iter()
-        .map(|(x, xi)| ops.lincomb(E::one(), x, E::one(), xi))
-        .collect::<Result<Vec<_>, _>>()?;
-    let grams = self_grams(ops, &ys)?;
-    check_finite(ops, steps, &grams)?;
-    Ok((ys, grams))
+impl<M> Sums<M> {
+    /// `X_k + xi_k` for every step, the Gram matrices [checked](check_finite) for
+    /// non-finite inputs (naming the point or the step that holds one).
+    pub fn of_steps<E: Real, B: TallOps<E, Mat = M>>(
+        ops: &B,
+        steps: &Steps<M>,
+    ) -> Result<Self, Error> {
+        let ys = steps
+            .iter()
+            .map(|(x, xi)| ops.lincomb(E::one(), x, E::one(), xi))
+            .collect::<Result<Vec<_>, _>>()?;
+        let grams = self_grams(ops, &ys)?;
+        check_finite(ops, steps, &grams)?;
+        Ok(Self { ys, grams })
+    }
+
+    /// Sums the caller formed itself (fused with the step's computation, say). A
+    /// non-finite Gram matrix fails with [`Error::NonFinite`]: a point or step held NaN
+    /// or an infinity, or the sum overflows.
+    pub fn new<E: Real, B: TallOps<E, Mat = M>>(ops: &B, ys: Vec<M>) -> Result<Self, Error> {
+        let grams = self_grams(ops, &ys)?;
+        if grams.iter().all(|g| g.iter().all(|v| v.is_finite())) {
+            return Ok(Self { ys, grams });
+        }
+        Err(Error::NonFinite {
+            what: "the sum X + xi of a point and its step (or its Gram matrix overflows)".into(),
+        })
+    }
+
+    /// How many sums.
+    pub fn len(&self) -> usize {
+        self.ys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ys.is_empty()
+    }
 }
 
 /// Fails with [`Error::NonFinite`] naming the first point or step that holds a NaN or an

@@ -1,6 +1,6 @@
 //! Newton-Schulz retraction.
 
-use super::{sums_and_grams, Steps};
+use super::Sums;
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -13,10 +13,10 @@ use crate::Error;
 /// per iteration.
 pub fn newton_schulz<E: Real, B: TallOps<E>>(
     ops: &B,
-    steps: &Steps<B::Mat>,
+    sums: Sums<B::Mat>,
     iters: usize,
 ) -> Result<Vec<B::Mat>, Error> {
-    let (mut ys, grams) = sums_and_grams(ops, steps)?;
+    let Sums { mut ys, grams } = sums;
     for g in &grams {
         small::within_unit_distance_of_identity(g)
             .map_err(|distance| Error::NotConvergent { distance })?;
@@ -25,7 +25,7 @@ pub fn newton_schulz<E: Real, B: TallOps<E>>(
         return Ok(ys);
     }
     let first = grams.iter().map(small::newton_schulz_factor);
-    ys = ops.combine(ys.iter().zip(first).map(|(y, m)| vec![(y, m)]).collect())?;
+    ys = ops.transform_each(ys.into_iter().zip(first).collect())?;
     for _ in 1..iters {
         ys = ys
             .iter()

@@ -1,6 +1,6 @@
 //! Polar retraction.
 
-use super::{sums_and_grams, Steps};
+use super::Sums;
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -10,8 +10,8 @@ use crate::Error;
 /// manifold to rounding even when `X` has drifted. The inverse square root of the `r x r`
 /// Gram matrix `G` comes from a coupled Newton-Schulz iteration on the host, then
 /// [polished](small::polish) against `G` so that the result is orthonormal to rounding.
-pub fn polar<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    let (ys, grams) = sums_and_grams(ops, steps)?;
+pub fn polar<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::Mat>, Error> {
+    let Sums { ys, grams } = sums;
     let factors = grams
         .iter()
         .map(|g| {
@@ -21,5 +21,5 @@ pub fn polar<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<V
             ))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    ops.combine(ys.iter().zip(factors).map(|(y, w)| vec![(y, w)]).collect())
+    ops.transform_each(ys.into_iter().zip(factors).collect())
 }

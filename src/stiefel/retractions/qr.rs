@@ -1,6 +1,6 @@
 //! QR retraction.
 
-use super::{sums_and_grams, Steps};
+use super::Sums;
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 
@@ -23,23 +23,21 @@ pub const CHOLESKY_MAX_CONDITION: f64 = 4.0;
 ///   bound is tight) takes this path;
 /// - otherwise ([`CHOLESKY_MAX_CONDITION`] exceeded, or `Y^T Y` numerically singular)
 ///   Householder QR, which is backward stable for any `Y`.
-pub fn qr<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    let (ys, grams) = sums_and_grams(ops, steps)?;
+pub fn qr<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::Mat>, Error> {
+    let Sums { ys, grams } = sums;
     let factors: Vec<_> = grams
         .iter()
         .map(|g| small::conditioned_cholesky_upper_inverse(g, CHOLESKY_MAX_CONDITION))
         .collect();
-    let by_cholesky: Vec<_> = ys
-        .iter()
-        .zip(&factors)
-        .filter_map(|(y, r_inv)| Some(vec![(y, r_inv.clone()?)]))
-        .collect();
-    let mut cholesky_qs = ops.combine(by_cholesky)?.into_iter();
-    let by_householder: Vec<_> = ys
-        .into_iter()
-        .zip(&factors)
-        .filter_map(|(y, r_inv)| r_inv.is_none().then_some(y))
-        .collect();
+    let mut by_cholesky = Vec::new();
+    let mut by_householder = Vec::new();
+    for (y, r_inv) in ys.into_iter().zip(&factors) {
+        match r_inv {
+            Some(r_inv) => by_cholesky.push((y, r_inv.clone())),
+            None => by_householder.push(y),
+        }
+    }
+    let mut cholesky_qs = ops.transform_each(by_cholesky)?.into_iter();
     let mut householder_qs = ops.qr_qs(by_householder)?.into_iter();
     Ok(factors
         .iter()
