@@ -34,8 +34,9 @@ pub struct Sums<M> {
 }
 
 impl<M> Sums<M> {
-    /// `X_k + xi_k` for every step, the Gram matrices [checked](check_finite) for
-    /// non-finite inputs (naming the point or the step that holds one).
+    /// `X_k + xi_k` for every step. A non-finite Gram matrix fails with
+    /// [`Error::NonFinite`] naming the point or the step that holds NaN or an infinity
+    /// (the inputs are scanned only then).
     pub fn of_steps<E: Real, B: TallOps<E, Mat = M>>(
         ops: &B,
         steps: &Steps<M>,
