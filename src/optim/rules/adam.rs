@@ -140,7 +140,7 @@ impl AdamRule {
             let wd_lr = E::of_f64(wd * lr);
             g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
         }
-        next
+        next.keep_unused(state)
     }
 
     /// [`AdamRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`

@@ -60,6 +60,22 @@ impl<E: Real> RuleState<E> {
         }
     }
 
+    /// Copies into this (new) state the buffers of `old` that this step did not use (a
+    /// rule option changed between steps, say), so that none is lost; in the usual case,
+    /// where every buffer is rewritten, there is nothing to copy.
+    pub(crate) fn keep_unused(mut self, old: &Self) -> Self {
+        for (new, old) in [
+            (&mut self.first, &old.first),
+            (&mut self.second, &old.second),
+            (&mut self.second_max, &old.second_max),
+        ] {
+            if new.is_empty() && !old.is_empty() {
+                *new = scratch::copied(old);
+            }
+        }
+        self
+    }
+
     /// Gives the buffers back to the pool ([`scratch`]) when the state is replaced.
     pub fn recycle(self) {
         scratch::recycle(self.first);
@@ -75,5 +91,42 @@ pub(crate) fn old_or_zeros<E: Real>(buf: &[E], len: usize) -> std::borrow::Cow<'
     } else {
         assert_eq!(buf.len(), len, "rule state: buffer length");
         std::borrow::Cow::Borrowed(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer the step does not use (AMSGrad switched off between steps) is carried
+    /// over unchanged; the used ones are new.
+    #[test]
+    fn unused_buffers_survive_a_step() {
+        let g0 = [0.5f64, -1.0, 2.0];
+        let on = AdamRule {
+            amsgrad: true,
+            ..AdamRule::default()
+        };
+        let s1 = on.update(
+            0.1,
+            None,
+            SecondMoment::Elementwise,
+            &RuleState::default(),
+            &[],
+            &mut g0.clone(),
+        );
+        assert_eq!(s1.second_max.len(), 3);
+        let off = AdamRule::default();
+        let s2 = off.update(
+            0.1,
+            None,
+            SecondMoment::Elementwise,
+            &s1,
+            &[],
+            &mut g0.clone(),
+        );
+        assert_eq!(s2.second_max, s1.second_max, "AMSGrad maximum kept");
+        assert_ne!(s2.second, s1.second, "second moment advanced");
+        assert_eq!(s2.step, 2);
     }
 }
