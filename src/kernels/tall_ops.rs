@@ -133,8 +133,8 @@ pub trait TallOps<E: Real> {
         &self,
         pairs: Vec<(Self::Mat, DMatrix<f64>)>,
     ) -> Result<Vec<Self::Mat>, Error> {
-        let outputs = pairs.iter().map(|(a, m)| vec![(a, m.clone())]).collect();
-        self.combine(outputs)
+        let (mats, smalls): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        self.combine(mats.iter().zip(smalls).map(|term| vec![term]).collect())
     }
 
     /// [`TallOps::qr_q`] of each matrix: a device backend moves the batch to the host and

@@ -115,15 +115,17 @@ pub fn mul_small_in_place<E: Real>(a: &mut [E], rows: usize, cols: usize, stride
     );
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() && avx512_kernels::fits_in_place::<E>(stride) {
+        // Reads and writes through one pointer, taken from the exclusive borrow.
+        let p = a.as_mut_ptr();
         let a_raw = avx512_kernels::RawStrided {
-            ptr: a.as_ptr(),
+            ptr: p.cast_const(),
             rows,
             cols,
             stride,
         };
         // SAFETY: the CPU has AVX-512F; sizes checked; `fits_in_place` makes the output
         // one column block, so every tile reads its rows of `A` before writing them.
-        unsafe { avx512_kernels::mul_small_add(a_raw, m, E::zero(), a.as_mut_ptr(), stride) };
+        unsafe { avx512_kernels::mul_small_add(a_raw, m, E::zero(), p, stride) };
         return;
     }
     let copy = super::scratch::copied(&a[..rows * stride]);

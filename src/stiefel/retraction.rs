@@ -94,10 +94,10 @@ impl Retraction {
         }
         // Each retraction checks its inputs for NaN and infinity through the first Gram
         // matrices it forms (`retractions::check_finite`): no separate pass.
-        match (self.sum_form(), *self) {
-            (Some(sum), _) => sum.apply_batch(ops, Sums::of_steps(ops, steps)?),
-            (None, Retraction::Exp) => retractions::exp(ops, steps),
-            (None, _) => retractions::cayley(ops, steps),
+        match *self {
+            Retraction::Cayley => retractions::cayley(ops, steps),
+            Retraction::Exp => retractions::exp(ops, steps),
+            _ => SumRetraction(*self).apply_batch(ops, Sums::of_steps(ops, steps)?),
         }
     }
 

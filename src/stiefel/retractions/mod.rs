@@ -55,23 +55,18 @@ impl<M> Sums<M> {
     /// or an infinity, or the sum overflows.
     pub fn new<E: Real, B: TallOps<E, Mat = M>>(ops: &B, ys: Vec<M>) -> Result<Self, Error> {
         let grams = self_grams(ops, &ys)?;
-        if grams.iter().all(|g| g.iter().all(|v| v.is_finite())) {
+        if all_finite(&grams) {
             return Ok(Self { ys, grams });
         }
         Err(Error::NonFinite {
             what: "the sum X + xi of a point and its step (or its Gram matrix overflows)".into(),
         })
     }
+}
 
-    /// How many sums.
-    pub fn len(&self) -> usize {
-        self.ys.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.ys.is_empty()
-    }
+/// Whether every entry of every Gram matrix is finite.
+fn all_finite(grams: &[DMatrix<f64>]) -> bool {
+    grams.iter().all(|g| g.iter().all(|v| v.is_finite()))
 }
 
 /// Fails with [`Error::NonFinite`] naming the first point or step that holds a NaN or an
@@ -85,7 +80,7 @@ fn check_finite<E: Real, B: TallOps<E>>(
     steps: &Steps<B::Mat>,
     grams: &[DMatrix<f64>],
 ) -> Result<(), Error> {
-    if grams.iter().all(|g| g.iter().all(|v| v.is_finite())) {
+    if all_finite(grams) {
         return Ok(());
     }
     let all: Vec<&B::Mat> = steps.iter().flat_map(|&(x, xi)| [x, xi]).collect();
