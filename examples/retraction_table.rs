@@ -1,15 +1,19 @@
 //! Times the six retractions on Cpu (f32) and prints a markdown table and JSON lines
 //! `{"retraction","n","r","median_ns"}`; then, at n = 4096, r = 16, `project_tangent`
 //! followed by `Qr` against one dfdx `Adam` update of a tensor of the same shape, measured
-//! in the same run (`{"baseline", ...}` lines and the ratio).
+//! in the same run, in alternating batches (`{"baseline", ...}` lines and the ratio).
 //!
 //! ```text
 //! cargo run --release --example retraction_table
 //! cargo run --release --example retraction_table -- --rows 1024,4096 --ranks 4,16 --samples 31
 //! ```
 
+#[path = "common/paired.rs"]
+mod paired;
+
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
+use paired::paired_median_ns;
 use sds_lora::stiefel::{project_tangent, random_point, retract, Retraction};
 use std::hint::black_box;
 use std::time::Instant;
@@ -95,10 +99,6 @@ fn main() {
     let x: Mat = random_point(&dev, (N, R), 2).unwrap();
     let g: Mat = dev.sample_normal_like(&(N, R));
     let xi = project_tangent(&x, &g).unwrap() * 1e-3;
-    let composite = median_ns(samples, || {
-        let p = project_tangent(&x, &xi).unwrap();
-        black_box(retract(&x, &p, Retraction::Qr).unwrap());
-    });
     let mut param: Tensor<Rank2<N, R>, f32, Cpu> = dev.sample_normal();
     let mut grads = param.alloc_grads();
     grads
@@ -106,7 +106,14 @@ fn main() {
         .unwrap()
         .copy_from_slice(&g.as_vec());
     let mut adam = Adam::new(&param, AdamConfig::default());
-    let adam_ns = median_ns(samples, || adam.update(&mut param, &grads).unwrap());
+    let (composite, adam_ns) = paired_median_ns(
+        samples,
+        || {
+            let p = project_tangent(&x, &xi).unwrap();
+            black_box(retract(&x, &p, Retraction::Qr).unwrap());
+        },
+        || adam.update(&mut param, &grads).unwrap(),
+    );
     println!(
         "n = {N}, r = {R}: project_tangent + Qr {:.1} us, dfdx Adam update {:.1} us, ratio {:.2}\n",
         composite / 1e3,

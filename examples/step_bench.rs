@@ -1,6 +1,7 @@
 //! Times one optimizer step on one n x r Stiefel tensor (Cpu, f32) and prints JSON lines
 //! `{"opt","retraction","n","r","threads","median_us"}`, with dfdx's own Adam step on the
-//! same tensor (`"opt":"dfdx_adam"`) measured in the same run.
+//! same tensor (`"opt":"dfdx_adam"`) measured in the same run, in alternating batches of
+//! about 2 ms ([`paired::paired_median_ns`]).
 //!
 //! ```text
 //! cargo run --release --example step_bench -- --rows 4096 --rank 16 --steps 200 \
@@ -13,16 +14,18 @@
 
 #[path = "common/basis.rs"]
 mod basis;
+#[path = "common/paired.rs"]
+mod paired;
 
 use basis::Basis;
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
+use paired::paired_median_ns;
 use sds_lora::optim::{
     Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig, SecondMoment,
     StiefelConfig,
 };
 use sds_lora::stiefel::{random_point, Retraction};
-use std::time::Instant;
 
 struct Args {
     rows: usize,
@@ -65,22 +68,6 @@ fn parse() -> Args {
     }
 }
 
-/// Median microseconds of `steps` calls of `f`, each timed on its own.
-fn median_us(steps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..steps.div_ceil(10) {
-        f();
-    }
-    let mut t: Vec<f64> = (0..steps.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
 fn run<const N: usize, const R: usize>(a: &Args) {
     let dev = Cpu::default();
     let x: Tensor<Rank2<N, R>, f32, Cpu> = random_point(&dev, (Const, Const), 1).unwrap();
@@ -97,7 +84,20 @@ fn run<const N: usize, const R: usize>(a: &Args) {
         retraction: a.retraction,
         reorthonormalize_every: None,
     };
-    let ours = match a.opt.as_str() {
+    // dfdx's Adam on a copy of the model with the same gradients (its own tensor ids).
+    let mut theirs_model = Basis {
+        basis_out: model.basis_out.clone() * 1.0,
+    };
+    let mut theirs_grads = theirs_model.alloc_grads();
+    theirs_grads
+        .get_or_alloc_mut(&theirs_model.basis_out)
+        .unwrap()
+        .copy_from_slice(&g_data);
+    let mut adam = Adam::new(&theirs_model, AdamConfig::default());
+    let dfdx_step = || adam.update(&mut theirs_model, &theirs_grads).unwrap();
+    // Batches of about 2 ms: `steps` steps make `samples` batches of about 10 steps.
+    let samples = a.steps.div_ceil(10);
+    let (ours, theirs) = match a.opt.as_str() {
         "adam" => {
             let cfg = SdsAdamConfig {
                 groups: ParamGroups::uniform(1e-3),
@@ -106,7 +106,11 @@ fn run<const N: usize, const R: usize>(a: &Args) {
                 ..Default::default()
             };
             let mut opt = SdsAdam::new(&model, cfg).unwrap();
-            median_us(a.steps, || opt.update(&mut model, &grads).unwrap())
+            paired_median_ns(
+                samples,
+                || opt.update(&mut model, &grads).unwrap(),
+                dfdx_step,
+            )
         }
         "sgd" => {
             let mut cfg = SdsSgdConfig {
@@ -116,12 +120,15 @@ fn run<const N: usize, const R: usize>(a: &Args) {
             };
             cfg.rule.momentum = Some(Momentum::Classic(0.9));
             let mut opt = SdsSgd::new(&model, cfg).unwrap();
-            median_us(a.steps, || opt.update(&mut model, &grads).unwrap())
+            paired_median_ns(
+                samples,
+                || opt.update(&mut model, &grads).unwrap(),
+                dfdx_step,
+            )
         }
         other => panic!("--opt: adam or sgd, not {other}"),
     };
-    let mut adam = Adam::new(&model, AdamConfig::default());
-    let theirs = median_us(a.steps, || adam.update(&mut model, &grads).unwrap());
+    let (ours, theirs) = (ours / 1e3, theirs / 1e3);
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
         std::thread::available_parallelism()
             .map(|n| n.to_string())

@@ -5,6 +5,7 @@ use super::slices;
 use super::tall_products::{self, Strided};
 use super::Real;
 use nalgebra::DMatrix;
+use std::ops::Range;
 
 /// Rows are padded to a multiple of this many elements (one AVX2 register of `f32`), so
 /// that row kernels run over whole vector registers.
@@ -195,7 +196,7 @@ impl<E: Real> HostMat<E> {
     /// `A^T B` (`cols_a x cols_b`, computed in `E`, returned in `f64`).
     pub fn gram(&self, b: &Self) -> DMatrix<f64> {
         let c = tall_products::gram(self.strided(), b.strided());
-        DMatrix::from_row_iterator(self.cols, b.cols, c.into_iter().map(Real::to_f64))
+        to_dmatrix(c, self.cols, b.cols)
     }
 
     /// `beta C + A M` for `c = Some((beta, C))`, computed in `C`'s storage, or `A M`
@@ -215,6 +216,75 @@ impl<E: Real> HostMat<E> {
         let m_e = Self::padded_small(m, stride);
         tall_products::mul_small_add(self.strided(), &m_e, beta, &mut out.data, stride);
         out
+    }
+
+    /// `beta C + A M` in `C`'s storage, then `then(extra, piece)` on each [`Piece`] of rows of
+    /// the result as soon as it is final, on the thread that formed it
+    /// ([`tall_products::mul_small_add_then`]; `extras` holds one value per piece of
+    /// [`HostMat::pieces`]).
+    pub fn mul_small_axpy_then<T: Send>(
+        &self,
+        m: &DMatrix<f64>,
+        beta: E,
+        mut c: Self,
+        extras: Vec<T>,
+        then: impl Fn(T, Piece<'_, E>) + Sync,
+    ) -> Self {
+        assert_eq!(
+            (self.cols, self.rows, c.rows, c.cols),
+            (m.nrows(), c.rows, self.rows, m.ncols()),
+            "HostMat::mul_small_add_then"
+        );
+        let (cols, stride) = (c.cols, c.stride);
+        let m_e = Self::padded_small(m, stride);
+        tall_products::mul_small_add_then(
+            self.strided(),
+            &m_e,
+            beta,
+            &mut c.data,
+            stride,
+            extras,
+            |extra, rows, data| {
+                let piece = Piece {
+                    rows,
+                    data,
+                    cols,
+                    stride,
+                };
+                then(extra, piece)
+            },
+        );
+        c
+    }
+
+    /// The pieces of rows that products with this matrix are split into
+    /// ([`tall_products::pieces`]).
+    pub fn pieces(&self) -> Vec<Range<usize>> {
+        tall_products::pieces(self.rows, self.stride)
+    }
+
+    /// This matrix cut into its [`HostMat::pieces`], for work on them that is not fused
+    /// with a product (run it with [`parallel::run`](super::parallel::run)).
+    pub fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
+        let (cols, stride) = (self.cols, self.stride);
+        let ranges = self.pieces();
+        let per_piece = ranges[0].len().max(1) * stride;
+        self.data[..self.rows * stride]
+            .chunks_mut(per_piece)
+            .zip(ranges)
+            .map(|(data, rows)| Piece {
+                rows,
+                data,
+                cols,
+                stride,
+            })
+            .collect()
+    }
+
+    /// The Gram matrix from the parts that a product's [`Piece`]s gave
+    /// ([`Piece::gram`]): the same bits as [`HostMat::gram`] of the whole matrices.
+    pub fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
+        to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
     }
 
     /// `A M` for a square small `M` (`cols x cols`), in `A`'s storage.
@@ -247,5 +317,55 @@ impl<E: Real> HostMat<E> {
         let mut out = Self::overwritten(a.rows, a.cols);
         slices::lincomb(alpha, &a.data, beta, &b.data, &mut out.data);
         out
+    }
+}
+
+/// A row-major `rows x cols` result in `E`, as an `f64` matrix.
+fn to_dmatrix<E: Real>(c: Vec<E>, rows: usize, cols: usize) -> DMatrix<f64> {
+    DMatrix::from_row_iterator(rows, cols, c.into_iter().map(Real::to_f64))
+}
+
+/// One piece of rows of a product ([`HostMat::mul_small_axpy_then`]) as the work fused with
+/// it sees it: which rows, and those rows of the product `P`, final.
+pub struct Piece<'a, E> {
+    /// The rows.
+    pub rows: Range<usize>,
+    /// The product's rows, in padded storage.
+    pub data: &'a mut [E],
+    cols: usize,
+    stride: usize,
+}
+
+impl<E: Real> Piece<'_, E> {
+    fn strided(&self) -> Strided<'_, E> {
+        Strided {
+            data: self.data,
+            rows: self.rows.len(),
+            cols: self.cols,
+            stride: self.stride,
+        }
+    }
+
+    /// `P^T B[rows]`: this piece's part of the Gram product of the product and `b` (a
+    /// matrix of as many rows), for [`HostMat::sum_grams`].
+    pub fn gram(&self, b: &HostMat<E>) -> Vec<E> {
+        tall_products::gram_piece(self.strided(), b.strided().rows(self.rows.clone()))
+    }
+
+    /// `A[rows]^T P`: this piece's part of the Gram product of `a` and the product.
+    pub fn gram_of(&self, a: &HostMat<E>) -> Vec<E> {
+        tall_products::gram_piece(a.strided().rows(self.rows.clone()), self.strided())
+    }
+
+    /// `P^T P`: this piece's part of the product's own Gram matrix.
+    pub fn self_gram(&self) -> Vec<E> {
+        tall_products::gram_piece(self.strided(), self.strided())
+    }
+
+    /// `C[rows] <- C[rows] + P M`, where `c_rows` holds those rows of a matrix `C` laid
+    /// out like the product.
+    pub fn mul_small_add_to(&self, m: &DMatrix<f64>, c_rows: &mut [E]) {
+        let m_e = HostMat::<E>::padded_small(m, self.stride);
+        tall_products::mul_small_add_piece(self.strided(), &m_e, E::one(), c_rows, self.stride);
     }
 }

@@ -13,6 +13,7 @@ mod grad_add;
 mod host_mat;
 mod host_ops;
 mod householder;
+pub mod parallel;
 mod real;
 pub mod scratch;
 pub mod simd;
@@ -24,7 +25,7 @@ pub mod tall_products;
 
 pub use composed_ops::{ComposedOps, Transfers};
 pub use grad_add::add_into_grad;
-pub use host_mat::{HostMat, ROW_ALIGN};
+pub use host_mat::{HostMat, Piece, ROW_ALIGN};
 pub use host_ops::HostOps;
 pub use householder::householder_q;
 pub use real::{HostSimd, Real};

@@ -16,7 +16,7 @@
 //! `(SUM_BLOCK + n / SUM_BLOCK) eps` relative error in the worst case, not `n eps`.
 
 use super::host_mat::ROW_ALIGN;
-use super::Real;
+use super::{parallel, Real};
 
 /// Rows per partial sum in the Gram product.
 pub const SUM_BLOCK: usize = 64;
@@ -55,11 +55,77 @@ impl<E> Strided<'_, E> {
     }
 }
 
+/// Elements of the widest operand below which a product runs in one piece.
+pub const SPLIT_MIN_ELEMENTS: usize = 32 << 10;
+
+/// Elements of the widest operand per piece of a split product.
+pub const PIECE_ELEMENTS: usize = 16 << 10;
+
+/// The row ranges a product over `rows` rows of `stride` elements is cut into: one piece
+/// below [`SPLIT_MIN_ELEMENTS`], else pieces of about [`PIECE_ELEMENTS`] (whole multiples
+/// of [`SUM_BLOCK`] rows). The pieces run on up to two threads ([`parallel::run`]); they
+/// depend on the shape alone, so results do not depend on the threads.
+pub fn pieces(rows: usize, stride: usize) -> Vec<std::ops::Range<usize>> {
+    if rows * stride < SPLIT_MIN_ELEMENTS {
+        return std::iter::once(0..rows).collect();
+    }
+    let per_piece = (PIECE_ELEMENTS / stride.max(1) / SUM_BLOCK).max(1) * SUM_BLOCK;
+    (0..rows)
+        .step_by(per_piece)
+        .map(|r0| r0..(r0 + per_piece).min(rows))
+        .collect()
+}
+
+impl<'a, E> Strided<'a, E> {
+    /// Rows `rows` of this matrix.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Strided<'a, E> {
+        Strided {
+            data: &self.data[rows.start * self.stride..rows.end * self.stride],
+            rows: rows.len(),
+            ..*self
+        }
+    }
+}
+
 /// `A^T B` as a row-major `a.cols x b.cols` vector. Panics if the row counts differ.
+///
+/// Large products are split by rows ([`pieces`]), and the pieces' products summed in
+/// order.
 pub fn gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>) -> Vec<E> {
     a.check();
     b.check();
     assert_eq!(a.rows, b.rows, "tall_products::gram: row counts differ");
+    let ranges = pieces(a.rows, a.stride.max(b.stride));
+    if ranges.len() == 1 {
+        return gram_piece(a, b);
+    }
+    let mut parts = vec![Vec::new(); ranges.len()];
+    let jobs: Vec<_> = ranges.into_iter().zip(parts.iter_mut()).collect();
+    parallel::run(jobs, |(rows, part)| {
+        *part = gram_piece(a.rows(rows.clone()), b.rows(rows));
+    });
+    sum_pieces(parts)
+}
+
+/// The Gram matrices of a product's [`pieces`] summed in order, as [`gram`] sums them:
+/// `gram_piece` of every piece, then this, gives `gram`'s result to the bit.
+pub fn sum_pieces<E: Real>(parts: Vec<Vec<E>>) -> Vec<E> {
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().expect("at least one piece");
+    for part in parts {
+        out.iter_mut().zip(part).for_each(|(o, p)| *o += p);
+    }
+    out
+}
+
+/// [`gram`] of one piece, on this thread. Panics if the row counts differ.
+pub fn gram_piece<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>) -> Vec<E> {
+    a.check();
+    b.check();
+    assert_eq!(
+        a.rows, b.rows,
+        "tall_products::gram_piece: row counts differ"
+    );
     let mut out = vec![E::zero(); a.cols * b.cols];
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
@@ -76,6 +142,24 @@ pub fn gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>) -> Vec<E> {
 /// zero), and `c` is `a.rows` rows of `c_stride` elements. With `beta = 0`, `C`'s old
 /// contents are not read. Panics on inconsistent sizes.
 pub fn mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E], c_stride: usize) {
+    let extras = vec![(); pieces(a.rows, a.stride.max(c_stride)).len()];
+    mul_small_add_then(a, m, beta, c, c_stride, extras, |(), _, _| ());
+}
+
+/// [`mul_small_add`], then `then(extra, rows, c_rows)` on each piece of rows of `C` as soon
+/// as it is final, on the thread that formed it (while it is in that core's cache): work
+/// on the same rows fused with the product. `extras` holds one value per piece
+/// ([`pieces`]`(a.rows, max(a.stride, c_stride))`), handed to `then` with its piece.
+/// Panics on inconsistent sizes.
+pub fn mul_small_add_then<E: Real, T: Send>(
+    a: Strided<'_, E>,
+    m: &[E],
+    beta: E,
+    c: &mut [E],
+    c_stride: usize,
+    extras: Vec<T>,
+    then: impl Fn(T, std::ops::Range<usize>, &mut [E]) + Sync,
+) {
     a.check();
     assert!(
         c_stride.is_multiple_of(ROW_ALIGN)
@@ -83,10 +167,42 @@ pub fn mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E], 
             && c.len() >= a.rows * c_stride,
         "tall_products::mul_small_add: sizes"
     );
+    let ranges = pieces(a.rows, a.stride.max(c_stride));
+    assert_eq!(
+        extras.len(),
+        ranges.len(),
+        "tall_products: one extra per piece"
+    );
+    let c = &mut c[..a.rows * c_stride];
+    let jobs: Vec<_> = c
+        .chunks_mut(ranges[0].len().max(1) * c_stride)
+        .zip(ranges)
+        .zip(extras)
+        .collect();
+    parallel::run(jobs, |((c, rows), extra)| {
+        mul_small_add_piece(a.rows(rows.clone()), m, beta, c, c_stride);
+        then(extra, rows, c);
+    });
+}
+
+/// [`mul_small_add`] of one piece, on this thread (`c` holds `a.rows` rows; sizes as
+/// [`mul_small_add`] checks them).
+pub fn mul_small_add_piece<E: Real>(
+    a: Strided<'_, E>,
+    m: &[E],
+    beta: E,
+    c: &mut [E],
+    c_stride: usize,
+) {
+    a.check();
+    assert!(
+        m.len() == a.cols * c_stride && c.len() >= a.rows * c_stride,
+        "tall_products::mul_small_add_piece: sizes"
+    );
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
-        // SAFETY: the CPU has AVX-512F; the sizes were checked above, and `c` is borrowed
-        // apart from `a`.
+        // SAFETY: the CPU has AVX-512F; the sizes were checked by the caller, and `c` is
+        // borrowed apart from `a`.
         unsafe {
             avx512_kernels::mul_small_add(a.raw(), m, beta, c.as_mut_ptr(), c_stride);
         }
@@ -113,6 +229,22 @@ pub fn mul_small_in_place<E: Real>(a: &mut [E], rows: usize, cols: usize, stride
         cols * stride,
         "tall_products::mul_small_in_place: sizes"
     );
+    let ranges = pieces(rows, stride);
+    let per_piece = ranges[0].len().max(1) * stride;
+    let jobs: Vec<_> = a[..rows * stride].chunks_mut(per_piece).collect();
+    parallel::run(jobs, |a| {
+        mul_small_in_place_piece(a, a.len() / stride, cols, stride, m)
+    });
+}
+
+/// [`mul_small_in_place`] in one piece (checked arguments).
+fn mul_small_in_place_piece<E: Real>(
+    a: &mut [E],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    m: &[E],
+) {
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() && avx512_kernels::fits_in_place::<E>(stride) {
         // Reads and writes through one pointer, taken from the exclusive borrow.
@@ -135,7 +267,7 @@ pub fn mul_small_in_place<E: Real>(a: &mut [E], rows: usize, cols: usize, stride
         cols,
         stride,
     };
-    mul_small_add(view, m, E::zero(), a, stride);
+    mul_small_add_piece(view, m, E::zero(), a, stride);
     super::scratch::recycle(copy);
 }
 

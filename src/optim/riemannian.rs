@@ -1,12 +1,17 @@
 //! The Riemannian composition: one optimizer step on a Stiefel point.
 
-use super::rules::{RuleState, TensorRuleState};
-use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps, TallTensor};
+use super::rules::{squared_norm, ElementwiseRule, RuleState, StateRange, TensorRuleState};
+use crate::kernels::{
+    parallel, small, ComposedOps, Flat, HostMat, Piece, Real, TallOps, TallTensor,
+};
 use crate::stiefel::retractions::Sums;
-use crate::stiefel::{descent_sum, project_mat, transport_mat, Retraction};
+#[cfg(doc)]
+use crate::stiefel::SumRetraction;
+use crate::stiefel::{transport_mat, Retraction};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo, TryMul};
+use nalgebra::DMatrix;
 
 /// How the step re-enters the manifold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,50 +26,123 @@ pub struct Geometry {
 /// One step on `X` in St(n, r) from the Euclidean gradient `E` (design.md, "One
 /// optimizer step"):
 ///
-/// 1. `g = P_X(E) = E - X sym(X^T E)` (Riemannian gradient, Euclidean metric);
-/// 2. `u = rule(g)`: the Euclidean rule on `g`, learning rate included, which returns
-///    the new moments;
-/// 3. `xi = -P_X(u)` (an elementwise rule such as Adam leaves the tangent space);
+/// 1. `g = P_X(E) = E - X S_1`, `S_1 = sym(X^T E)` (Riemannian gradient, Euclidean
+///    metric);
+/// 2. `u = rule(g)`: the Euclidean rule on `g`, learning rate included, which writes the
+///    new moments;
+/// 3. `xi = -P_X(u) = X S_2 - u`, `S_2 = sym(X^T u)` (an elementwise rule such as Adam
+///    leaves the tangent space);
 /// 4. `X+ = R_X(xi)`, then optionally `X+ <- qf(X+)`;
 /// 5. the first moment is carried to the new point: `m <- P_{X+}(m)`.
 ///
-/// For the retractions that depend on `X + xi` alone ([`Retraction::sum_form`]) steps 3
-/// and 4 never form `xi`: `X + xi = X - P_X(u)` is formed in `u`'s storage
-/// ([`descent_sum`]) and retracted there.
+/// All of it in `E`'s storage (which holds `g`, then `u`, then the sum or the step) and
+/// `X`'s (which receives `X+` where the retraction allows), with `r x r` work between the
+/// products. The rule runs on the same pieces of rows as the products, on up to two
+/// threads ([`HostMat::pieces`]). For the retractions that depend on
+/// `Y = X + xi = X (I + S_2) - u` alone ([`Retraction::sum_form`]), `Y` is formed with
+/// `Y^T Y`; where the retraction is `Y T` for a small `T` of `Y^T Y`
+/// ([`SumRetraction::gram_factor`]: `Qr` with well-conditioned `Y`, `Polar`), step 5
+/// needs no product with `X+`: `X+^T m = T^T Y^T m`, and
+/// `m <- m - X+ sym(T^T Y^T m)`. `Cayley` and `Exp` get `xi = X S_2 - u`.
 ///
-/// `rule` overwrites the slice it receives (the padded storage of `g`; padding is zero and
-/// must stay zero, which every rule does for a zero gradient) and returns the rule's new
-/// state, which is returned with `X+`.
-pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+/// Errors (a non-finite sum, a failed factorisation) come before anything is returned;
+/// `state` is read only, and the new state is returned with `X+`.
+pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule>(
     ops: &B,
-    x: &HostMat<E>,
+    x: HostMat<E>,
     egrad: HostMat<E>,
-    rule: impl FnOnce(&mut [E]) -> RuleState<E>,
+    rule: R,
+    lr: f64,
+    state: &RuleState<E>,
     geometry: Geometry,
 ) -> Result<(HostMat<E>, RuleState<E>), Error> {
     let (n, r) = (x.rows(), x.cols());
-    let mut u = project_mat(ops, x, egrad)?;
-    let mut state = rule(u.storage_mut());
+    Error::check_shape((n, r), (egrad.rows(), egrad.cols()))?;
+    // Each piece of rows gives its part of every Gram product ([`HostMat::sum_grams`]).
+    let lens: Vec<usize> = x.pieces().iter().map(|p| p.len() * x.stride()).collect();
+    let parts = || vec![Vec::new(); lens.len()];
+
+    // Steps 1 and 2, and X^T u: `E`'s storage ends holding `u`.
+    let minus_s1 = -small::sym(&x.gram(&egrad));
+    let mut xtu = parts();
+    let rule_then_gram = |(range, part): (StateRange<'_, E>, &mut Vec<E>), piece: Piece<'_, E>| {
+        rule.apply(lr, state, range, piece.data);
+        *part = piece.gram_of(&x);
+    };
+    let (u, mut next) = if rule.needs_grad_norm() {
+        // The rule's constants need ||g||_F^2: all of g first.
+        let mut g = x.mul_small_add(&minus_s1, Some((E::one(), egrad)));
+        let mut next = rule.next_state(state, g.storage().len(), squared_norm(g.storage()));
+        let extras = next.ranges(&lens).into_iter().zip(xtu.iter_mut());
+        let jobs: Vec<_> = extras.zip(g.pieces_mut()).collect();
+        parallel::run(jobs, |(extra, piece)| rule_then_gram(extra, piece));
+        (g, next)
+    } else {
+        let mut next = rule.next_state(state, egrad.storage().len(), 0.0);
+        let extras = next.ranges(&lens).into_iter().zip(xtu.iter_mut()).collect();
+        let u = x.mul_small_axpy_then(&minus_s1, E::one(), egrad, extras, rule_then_gram);
+        (u, next)
+    };
+    let s2 = small::sym(&HostMat::sum_grams(xtu, r, r));
+    let mut m = (!next.first.is_empty())
+        .then(|| HostMat::from_storage(n, r, std::mem::take(&mut next.first)));
+
+    // Steps 3 and 4 (and 5, where the retraction's factor allows).
+    let mut transported = false;
     let mut x_new = match geometry.retraction.sum_form() {
-        // X + xi = X - P_X(u), formed in u's storage.
         Some(sum) => {
-            let y = descent_sum(ops, x, u)?;
-            sum.apply_batch(ops, Sums::new(ops, vec![y])?)?.remove(0)
+            // Y = X (I + S_2) - u in u's storage, with Y^T Y and (for the transport by the
+            // factor) Y^T m.
+            let by_factor = sum.has_gram_factor() && !geometry.reorthonormalize;
+            let want_ytm = by_factor && m.is_some();
+            let k = &s2 + DMatrix::<f64>::identity(r, r);
+            let (mut yty, mut ytm) = (parts(), parts());
+            let extras = yty.iter_mut().zip(ytm.iter_mut()).collect();
+            let y = x.mul_small_axpy_then(&k, -E::one(), u, extras, |(yy, ym), piece| {
+                *yy = piece.self_gram();
+                if let (true, Some(m)) = (want_ytm, &m) {
+                    *ym = piece.gram(m);
+                }
+            });
+            let sums = Sums::with_grams(vec![y], vec![HostMat::sum_grams(yty, r, r)])?;
+            let factor = match by_factor {
+                true => sum.gram_factor(&sums.grams()[0])?,
+                false => None,
+            };
+            match (factor, m.as_mut()) {
+                (Some(t), Some(m)) => {
+                    // X+ = Y T in X's storage; m <- m - X+ sym(X+^T m), X+^T m = T^T Y^T m.
+                    let minus_sym = -small::sym(&(t.transpose() * HostMat::sum_grams(ytm, r, r)));
+                    let m_pieces = m.storage_mut().chunks_mut(lens[0].max(1)).collect();
+                    let y = sums.into_sums().remove(0);
+                    transported = true;
+                    y.mul_small_axpy_then(&t, E::zero(), x, m_pieces, |m_rows, piece| {
+                        piece.mul_small_add_to(&minus_sym, m_rows)
+                    })
+                }
+                (Some(t), None) => sums
+                    .into_sums()
+                    .remove(0)
+                    .mul_small_add(&t, Some((E::zero(), x))),
+                (None, _) => sum.apply_batch(ops, sums)?.remove(0),
+            }
         }
         None => {
-            let mut xi = project_mat(ops, x, u)?;
-            xi.storage_mut().iter_mut().for_each(|v| *v = -*v);
-            geometry.retraction.apply(ops, x, &xi)?
+            let xi = x.mul_small_add(&s2, Some((-E::one(), u)));
+            geometry.retraction.apply(ops, &x, &xi)?
         }
     };
     if geometry.reorthonormalize {
         x_new = ops.qr_q(x_new)?;
     }
-    if !state.first.is_empty() {
-        let m = HostMat::from_storage(n, r, std::mem::take(&mut state.first));
-        state.first = transport_mat(ops, &x_new, m)?.into_storage();
+    if let Some(m) = m {
+        next.first = match transported {
+            true => m,
+            false => transport_mat(ops, &x_new, m)?,
+        }
+        .into_storage();
     }
-    Ok((x_new, state))
+    Ok((x_new, next))
 }
 
 /// One Stiefel tensor of a composed (device) step: the point, its Euclidean gradient and

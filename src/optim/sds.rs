@@ -3,7 +3,7 @@
 
 use super::groups::{Classifier, Group, ParamGroups};
 use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geometry};
-use super::rules::{RuleState, TensorRuleState, WeightDecay};
+use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
 use super::state::OptimizerState;
 use super::walk::{self, Entry, TensorEntry, Value};
 use crate::kernels::{scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
@@ -33,9 +33,11 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         p: &[E],
         g: &mut [E],
     ) -> RuleState<E>;
-    /// The rule on the Riemannian gradient of a Stiefel tensor: overwrites `g` with `u`
-    /// and returns the new state.
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E>;
+    /// The rule on the Riemannian gradient of a Stiefel tensor (no weight decay), applied
+    /// block by block within the host step.
+    type StiefelRule: ElementwiseRule;
+    /// [`SdsConfig::StiefelRule`] with these settings.
+    fn stiefel_rule(&self) -> Self::StiefelRule;
     /// [`SdsConfig::euclidean_update`] in dfdx ops on a device: returns `u`.
     fn euclidean_update_tensor<E: Real, D: Device<E>>(
         &self,
@@ -45,7 +47,7 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         p: &Flat<E, D>,
         g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error>;
-    /// [`SdsConfig::stiefel_update`] in dfdx ops on a device: returns `u`.
+    /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
     fn stiefel_update_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
@@ -468,13 +470,13 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         let (n, r) = (entry.dims[0], entry.dims[1]);
         let x = HostMat::new(n, r, entry.param);
         let g = HostMat::new(n, r, entry.grad);
-        let lr = self.cfg.groups().bases_lr;
-        let cfg = &self.cfg;
         let (x_new, state) = stiefel_step(
             &self.ops,
-            &x,
+            x,
             g,
-            |g| cfg.stiefel_update(lr, state, g),
+            self.cfg.stiefel_rule(),
+            self.cfg.groups().bases_lr,
+            state,
             geometry,
         )?;
         Ok((x_new.into_compact(), state))

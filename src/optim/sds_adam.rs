@@ -1,7 +1,7 @@
 //! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
 
 use super::groups::ParamGroups;
-use super::rules::{AdamRule, RuleState, SecondMoment, TensorRuleState, WeightDecay};
+use super::rules::{AdamRule, AdamUpdate, RuleState, SecondMoment, TensorRuleState, WeightDecay};
 use super::sds::{Sds, SdsConfig, StiefelConfig};
 use crate::kernels::{Flat, Real};
 use crate::Error;
@@ -55,9 +55,13 @@ impl SdsConfig for SdsAdamConfig {
             .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g)
     }
 
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E> {
-        self.rule
-            .update(lr, None, self.second_moment, state, &[], g)
+    type StiefelRule = AdamUpdate;
+
+    fn stiefel_rule(&self) -> AdamUpdate {
+        AdamUpdate {
+            rule: self.rule,
+            second_moment: self.second_moment,
+        }
     }
 
     fn euclidean_update_tensor<E: Real, D: Device<E>>(

@@ -50,8 +50,10 @@ impl SdsConfig for SdsSgdConfig {
         self.rule.update(lr, weight_decay, state, p, g)
     }
 
-    fn stiefel_update<E: Real>(&self, lr: f64, state: &RuleState<E>, g: &mut [E]) -> RuleState<E> {
-        self.rule.update(lr, None, state, &[], g)
+    type StiefelRule = SgdRule;
+
+    fn stiefel_rule(&self) -> SgdRule {
+        self.rule
     }
 
     fn euclidean_update_tensor<E: Real, D: Device<E>>(

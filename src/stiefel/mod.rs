@@ -15,7 +15,7 @@ pub mod retractions;
 mod transport;
 
 pub use checks::{is_tangent, orthogonality_error};
-pub use projection::{descent_sum, project_mat, project_tangent};
+pub use projection::{project_mat, project_tangent};
 pub use random::random_point;
 pub use retraction::{retract, Retraction, SumRetraction};
 pub use transport::{transport, transport_mat};

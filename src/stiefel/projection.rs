@@ -1,6 +1,6 @@
 //! Orthogonal projection onto the tangent space of St(n, r) (Euclidean metric).
 
-use crate::kernels::{small, Real, StiefelDevice, TallOps};
+use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape};
 use dfdx::tensor::Tensor;
@@ -15,25 +15,6 @@ pub fn project_mat<E: Real, B: TallOps<E>>(
 ) -> Result<B::Mat, Error> {
     Error::check_shape(ops.dims(x), ops.dims(&g))?;
     ops.project(x, g)
-}
-
-/// `X - P_X(U)`: the sum `X + xi` for the step `xi = -P_X(U)` down a direction `U` (an
-/// optimizer's update), formed in `U`'s storage. With `S = sym(X^T U)`,
-/// `X - (U - X S) = X (I + S) - U`: one Gram product and one multiply-add, with no buffer
-/// and no pass for the step itself. Its input for the retractions that depend on the sum
-/// alone ([`Retraction::sum_form`](super::Retraction::sum_form)).
-pub fn descent_sum<E: Real, B: TallOps<E>>(
-    ops: &B,
-    x: &B::Mat,
-    u: B::Mat,
-) -> Result<B::Mat, Error> {
-    Error::check_shape(ops.dims(x), ops.dims(&u))?;
-    // I + S
-    let mut m = small::sym(&ops.gram(x, &u)?);
-    for i in 0..m.nrows() {
-        m[(i, i)] += 1.0;
-    }
-    ops.mul_small_axpy(x, &m, -E::one(), u)
 }
 
 /// Projects `g` onto the tangent space of the Stiefel manifold at `x`:

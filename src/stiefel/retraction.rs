@@ -5,6 +5,7 @@ use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape};
 use dfdx::tensor::Tensor;
+use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
 /// A retraction `R_X(xi)` of St(n, r): a map from a tangent step back onto the manifold
@@ -123,6 +124,26 @@ impl SumRetraction {
     /// The retraction this is.
     pub fn retraction(&self) -> Retraction {
         self.0
+    }
+
+    /// The right factor `T` with `R(Y) = Y T` computed from the Gram matrix `G = Y^T Y`
+    /// alone, for the sums whose retraction is one: `Qr` where `G` is well conditioned
+    /// (`T = R^{-1}`, `R = chol(G)`: [`retractions::cholesky_factor`]) and `Polar`
+    /// (`T = G^{-1/2}`: [`retractions::polar_factor`]). `Ok(None)` where the retraction
+    /// needs `Y` itself (`CholeskyQr2`, `NewtonSchulz`, or `Qr` by Householder). A caller
+    /// holding `G` can then form `Y T` fused with other work; it computes what
+    /// [`SumRetraction::apply_batch`] computes.
+    pub fn gram_factor(&self, gram: &DMatrix<f64>) -> Result<Option<DMatrix<f64>>, Error> {
+        match self.0 {
+            Retraction::Qr => Ok(retractions::cholesky_factor(gram)),
+            Retraction::Polar => retractions::polar_factor(gram).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether [`SumRetraction::gram_factor`] can answer with a factor.
+    pub fn has_gram_factor(&self) -> bool {
+        matches!(self.0, Retraction::Qr | Retraction::Polar)
     }
 
     /// Applies the retraction to a batch of sums ([`Sums`]: built from steps, or from

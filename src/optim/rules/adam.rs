@@ -1,6 +1,8 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
-use super::{old_or_zeros, RuleState, TensorRuleState, WeightDecay};
+use super::{
+    old_range, update_whole, ElementwiseRule, RuleState, StateRange, TensorRuleState, WeightDecay,
+};
 use crate::kernels::simd::{dispatch, Loop};
 use crate::kernels::{scratch, Flat, Real};
 use crate::Error;
@@ -64,83 +66,11 @@ impl AdamRule {
         p: &[E],
         g: &mut [E],
     ) -> RuleState<E> {
-        let mut next = state.successor();
-        let t = i32::try_from(next.step).unwrap_or(i32::MAX);
-        let [b1, b2] = self.betas.map(E::of_f64);
-        let (eps, lr_e) = (E::of_f64(self.eps), E::of_f64(lr));
-        let m_scale = (E::one() - b1.powi(t)).recip();
-        let v_scale = (E::one() - b2.powi(t)).recip();
-        let (keep1, keep2) = (E::one() - b1, E::one() - b2);
-        if let Some(WeightDecay::L2(wd)) = weight_decay {
-            let wd = E::of_f64(wd);
-            g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
-        }
-        let n = g.len();
-        let m_old = old_or_zeros(&state.first, n);
-        next.first = scratch::overwritten(n);
-        let first = &mut next.first;
-        // Each case is its own loop over zipped slices, with no branch inside, so that it
-        // is vectorised (compiled for the widest vector unit: `dispatch`).
-        match (second_moment, self.amsgrad) {
-            (SecondMoment::Elementwise, false) => {
-                let v_old = old_or_zeros(&state.second, n);
-                next.second = scratch::overwritten(n);
-                let moments = first.iter_mut().zip(next.second.iter_mut());
-                let old = m_old.iter().zip(v_old.iter());
-                dispatch(Loop(|| {
-                    for ((gi, (m, v)), (&m0, &v0)) in g.iter_mut().zip(moments).zip(old) {
-                        *m = m0 * b1 + *gi * keep1;
-                        *v = v0 * b2 + *gi * *gi * keep2;
-                        *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
-                    }
-                }));
-            }
-            (SecondMoment::Elementwise, true) => {
-                let v_old = old_or_zeros(&state.second, n);
-                let vm_old = old_or_zeros(&state.second_max, n);
-                next.second = scratch::overwritten(n);
-                next.second_max = scratch::overwritten(n);
-                let moments = first
-                    .iter_mut()
-                    .zip(next.second.iter_mut())
-                    .zip(next.second_max.iter_mut());
-                let old = m_old.iter().zip(v_old.iter()).zip(vm_old.iter());
-                dispatch(Loop(|| {
-                    for ((gi, ((m, v), vm)), ((&m0, &v0), &vm0)) in
-                        g.iter_mut().zip(moments).zip(old)
-                    {
-                        *m = m0 * b1 + *gi * keep1;
-                        *v = v0 * b2 + *gi * *gi * keep2;
-                        *vm = if *v > vm0 { *v } else { vm0 };
-                        *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
-                    }
-                }));
-            }
-            (SecondMoment::Matrix, amsgrad) => {
-                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix (in f64).
-                let sq: f64 = g.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
-                let b2f = self.betas[1];
-                next.second_scalar = b2f * state.second_scalar + (1.0 - b2f) * sq;
-                next.second_scalar_max = state.second_scalar_max.max(next.second_scalar);
-                let v = if amsgrad {
-                    next.second_scalar_max
-                } else {
-                    next.second_scalar
-                };
-                let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + self.eps);
-                dispatch(Loop(|| {
-                    for ((gi, m), &m0) in g.iter_mut().zip(first.iter_mut()).zip(m_old.iter()) {
-                        *m = m0 * b1 + *gi * keep1;
-                        *gi = lr_e * (*m * m_scale) / denominator;
-                    }
-                }));
-            }
-        }
-        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-            let wd_lr = E::of_f64(wd * lr);
-            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
-        }
-        next.keep_unused(state)
+        let rule = AdamUpdate {
+            rule: *self,
+            second_moment,
+        };
+        update_whole(rule, lr, weight_decay, state, p, g)
     }
 
     /// [`AdamRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
@@ -210,5 +140,104 @@ impl AdamRule {
         used.try_mul(E::of_f64(v_scale))?
             .try_sqrt()?
             .try_add(E::of_f64(self.eps))
+    }
+}
+
+/// Adam with its choice of second moment, as an [`ElementwiseRule`] (the per-matrix second
+/// moment is a step constant: it needs `||g||_F^2` before the first range).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamUpdate {
+    /// The rule's settings.
+    pub rule: AdamRule,
+    /// How the second moment is kept.
+    pub second_moment: SecondMoment,
+}
+
+impl ElementwiseRule for AdamUpdate {
+    fn needs_grad_norm(&self) -> bool {
+        self.second_moment == SecondMoment::Matrix
+    }
+
+    fn next_state<E: Real>(&self, old: &RuleState<E>, len: usize, grad_norm2: f64) -> RuleState<E> {
+        let mut next = old.successor();
+        next.first = scratch::overwritten(len);
+        match self.second_moment {
+            SecondMoment::Elementwise => {
+                next.second = scratch::overwritten(len);
+                if self.rule.amsgrad {
+                    next.second_max = scratch::overwritten(len);
+                }
+            }
+            SecondMoment::Matrix => {
+                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix (in f64).
+                let b2 = self.rule.betas[1];
+                next.second_scalar = b2 * old.second_scalar + (1.0 - b2) * grad_norm2;
+                next.second_scalar_max = old.second_scalar_max.max(next.second_scalar);
+            }
+        }
+        next.keep_unused(old)
+    }
+
+    fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]) {
+        let rule = &self.rule;
+        let t = i32::try_from(next.step).unwrap_or(i32::MAX);
+        let [b1, b2] = rule.betas.map(E::of_f64);
+        let (eps, lr_e) = (E::of_f64(rule.eps), E::of_f64(lr));
+        let m_scale = (E::one() - b1.powi(t)).recip();
+        let v_scale = (E::one() - b2.powi(t)).recip();
+        let (keep1, keep2) = (E::one() - b1, E::one() - b2);
+        let range = next.offset..next.offset + g.len();
+        let m_old = old_range(&old.first, range.clone());
+        let first = next.first;
+        // Each case is its own loop over zipped slices, with no branch inside, so that it
+        // is vectorised (compiled for the widest vector unit: `dispatch`).
+        match (self.second_moment, rule.amsgrad) {
+            (SecondMoment::Elementwise, false) => {
+                let v_old = old_range(&old.second, range.clone());
+                let moments = first.iter_mut().zip(next.second.iter_mut());
+                let old = m_old.iter().zip(v_old.iter());
+                dispatch(Loop(|| {
+                    for ((gi, (m, v)), (&m0, &v0)) in g.iter_mut().zip(moments).zip(old) {
+                        *m = m0 * b1 + *gi * keep1;
+                        *v = v0 * b2 + *gi * *gi * keep2;
+                        *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                    }
+                }));
+            }
+            (SecondMoment::Elementwise, true) => {
+                let v_old = old_range(&old.second, range.clone());
+                let vm_old = old_range(&old.second_max, range.clone());
+                let moments = first
+                    .iter_mut()
+                    .zip(next.second.iter_mut())
+                    .zip(next.second_max.iter_mut());
+                let old = m_old.iter().zip(v_old.iter()).zip(vm_old.iter());
+                dispatch(Loop(|| {
+                    for ((gi, ((m, v), vm)), ((&m0, &v0), &vm0)) in
+                        g.iter_mut().zip(moments).zip(old)
+                    {
+                        *m = m0 * b1 + *gi * keep1;
+                        *v = v0 * b2 + *gi * *gi * keep2;
+                        *vm = if *v > vm0 { *v } else { vm0 };
+                        *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
+                    }
+                }));
+            }
+            (SecondMoment::Matrix, amsgrad) => {
+                let v = if amsgrad {
+                    next.second_scalar_max
+                } else {
+                    next.second_scalar
+                };
+                let b2f = rule.betas[1];
+                let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + rule.eps);
+                dispatch(Loop(|| {
+                    for ((gi, m), &m0) in g.iter_mut().zip(first.iter_mut()).zip(m_old.iter()) {
+                        *m = m0 * b1 + *gi * keep1;
+                        *gi = lr_e * (*m * m_scale) / denominator;
+                    }
+                }));
+            }
+        }
     }
 }

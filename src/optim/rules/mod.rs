@@ -13,7 +13,7 @@ mod adam;
 mod sgd;
 mod tensor_state;
 
-pub use adam::{AdamRule, SecondMoment};
+pub use adam::{AdamRule, AdamUpdate, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
 pub use tensor_state::TensorRuleState;
 
@@ -76,6 +76,33 @@ impl<E: Real> RuleState<E> {
         self
     }
 
+    /// The state cut into consecutive ranges of `lens` elements (summing to the buffers'
+    /// length), for [`ElementwiseRule::apply`].
+    pub fn ranges(&mut self, lens: &[usize]) -> Vec<StateRange<'_, E>> {
+        let (step, second_scalar, second_scalar_max) =
+            (self.step, self.second_scalar, self.second_scalar_max);
+        let firsts = cut_into(&mut self.first, lens);
+        let seconds = cut_into(&mut self.second, lens);
+        let maxima = cut_into(&mut self.second_max, lens);
+        let offsets = lens.iter().scan(0, |at, &len| {
+            let offset = *at;
+            *at += len;
+            Some(offset)
+        });
+        offsets
+            .zip(firsts.into_iter().zip(seconds).zip(maxima))
+            .map(|(offset, ((first, second), second_max))| StateRange {
+                step,
+                second_scalar,
+                second_scalar_max,
+                offset,
+                first,
+                second,
+                second_max,
+            })
+            .collect()
+    }
+
     /// Gives the buffers back to the pool ([`scratch`]) when the state is replaced.
     pub fn recycle(self) {
         scratch::recycle(self.first);
@@ -84,13 +111,111 @@ impl<E: Real> RuleState<E> {
     }
 }
 
-/// An old buffer of `len` values: `buf`, or zeros for a buffer not used yet (empty).
-pub(crate) fn old_or_zeros<E: Real>(buf: &[E], len: usize) -> std::borrow::Cow<'_, [E]> {
-    if buf.is_empty() {
-        std::borrow::Cow::Owned(vec![E::zero(); len])
+/// A rule whose update of an element depends on that element's gradient and state alone
+/// (and on constants of the step), so that it can be applied to a tensor range by range:
+/// the host Stiefel step ([`super::riemannian::stiefel_step`]) runs it on blocks of rows
+/// between the products of the projection, while they are in cache.
+///
+/// A step is [`ElementwiseRule::next_state`] once, then [`ElementwiseRule::apply`] on
+/// ranges that cover the tensor once each, in any order.
+pub trait ElementwiseRule: Copy + Send + Sync {
+    /// Whether [`ElementwiseRule::next_state`] needs `||g||_F^2` of the whole gradient
+    /// (Adam's per-matrix second moment); otherwise it is passed `0`.
+    fn needs_grad_norm(&self) -> bool {
+        false
+    }
+
+    /// The state after `old` for a tensor of `len` elements: step count and scalars
+    /// advanced (`grad_norm2 = ||g||_F^2` where [`ElementwiseRule::needs_grad_norm`]),
+    /// the buffers this rule writes allocated with unspecified contents (every range's
+    /// [`ElementwiseRule::apply`] overwrites its part), the others carried over from `old`.
+    fn next_state<E: Real>(&self, old: &RuleState<E>, len: usize, grad_norm2: f64) -> RuleState<E>;
+
+    /// Overwrites `g`, the gradient of the elements of `next`'s range, with the update `u`
+    /// (`p <- p - u`, learning rate `lr` included), reading `old`'s buffers over that range
+    /// and writing `next`'s. Ranges of one step can be applied on several threads at once.
+    fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]);
+}
+
+/// A range of elements of a new state ([`RuleState::ranges`]): its buffers' parts (empty
+/// for a buffer the state does not have) and the state's scalars.
+#[derive(Debug)]
+pub struct StateRange<'a, E> {
+    /// The state's step count.
+    pub step: u64,
+    /// [`RuleState::second_scalar`].
+    pub second_scalar: f64,
+    /// [`RuleState::second_scalar_max`].
+    pub second_scalar_max: f64,
+    /// The first element of the range.
+    pub offset: usize,
+    /// [`RuleState::first`] over the range.
+    pub first: &'a mut [E],
+    /// [`RuleState::second`] over the range.
+    pub second: &'a mut [E],
+    /// [`RuleState::second_max`] over the range.
+    pub second_max: &'a mut [E],
+}
+
+/// `buf` cut into consecutive parts of `lens` elements; an empty `buf` into empty parts.
+fn cut_into<'a, E>(buf: &'a mut [E], lens: &[usize]) -> Vec<&'a mut [E]> {
+    let mut rest = buf;
+    lens.iter()
+        .map(|&len| {
+            let at = if rest.is_empty() { 0 } else { len };
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(at);
+            rest = tail;
+            part
+        })
+        .collect()
+}
+
+/// A whole-tensor update by an [`ElementwiseRule`], with weight decay: `g <- g + wd p`
+/// before the rule for [`WeightDecay::L2`], `u <- u + lr wd p` after it for
+/// [`WeightDecay::Decoupled`]. Overwrites `g` with `u`, returns the new state.
+pub(crate) fn update_whole<E: Real, R: ElementwiseRule>(
+    rule: R,
+    lr: f64,
+    weight_decay: Option<WeightDecay>,
+    state: &RuleState<E>,
+    p: &[E],
+    g: &mut [E],
+) -> RuleState<E> {
+    if let Some(WeightDecay::L2(wd)) = weight_decay {
+        let wd = E::of_f64(wd);
+        g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
+    }
+    let norm2 = if rule.needs_grad_norm() {
+        squared_norm(g)
     } else {
-        assert_eq!(buf.len(), len, "rule state: buffer length");
-        std::borrow::Cow::Borrowed(buf)
+        0.0
+    };
+    let mut next = rule.next_state(state, g.len(), norm2);
+    let whole = next.ranges(&[g.len()]).remove(0);
+    rule.apply(lr, state, whole, g);
+    if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+        let wd_lr = E::of_f64(wd * lr);
+        g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
+    }
+    next
+}
+
+/// `sum g_i^2`, accumulated in `f64`.
+pub(crate) fn squared_norm<E: Real>(g: &[E]) -> f64 {
+    g.iter().map(|&x| x.to_f64() * x.to_f64()).sum()
+}
+
+/// Elements `range` of an old buffer: `buf[range]`, or zeros for a buffer not used yet
+/// (empty).
+pub(crate) fn old_range<E: Real>(
+    buf: &[E],
+    range: std::ops::Range<usize>,
+) -> std::borrow::Cow<'_, [E]> {
+    if buf.is_empty() {
+        std::borrow::Cow::Owned(vec![E::zero(); range.len()])
+    } else {
+        assert!(buf.len() >= range.end, "rule state: buffer length");
+        std::borrow::Cow::Borrowed(&buf[range])
     }
 }
 

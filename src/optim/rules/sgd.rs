@@ -1,6 +1,8 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
-use super::{old_or_zeros, RuleState, TensorRuleState, WeightDecay};
+use super::{
+    old_range, update_whole, ElementwiseRule, RuleState, StateRange, TensorRuleState, WeightDecay,
+};
 use crate::kernels::simd::{dispatch, Loop};
 use crate::kernels::{scratch, Flat, Real};
 use crate::Error;
@@ -53,45 +55,7 @@ impl SgdRule {
         p: &[E],
         g: &mut [E],
     ) -> RuleState<E> {
-        let mut next = state.successor();
-        let lr_e = E::of_f64(lr);
-        let first_step = state.step == 0;
-        let keep = E::one() - E::of_f64(self.dampening);
-        if let Some(WeightDecay::L2(wd)) = weight_decay {
-            let wd = E::of_f64(wd);
-            g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
-        }
-        match self.momentum {
-            Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) => {
-                let (mu, nesterov) = (
-                    E::of_f64(mu),
-                    matches!(self.momentum, Some(Momentum::Nesterov(_))),
-                );
-                let v_old = old_or_zeros(&state.first, g.len());
-                next.first = scratch::overwritten(g.len());
-                let velocity = next.first.iter_mut().zip(v_old.iter());
-                dispatch(Loop(|| {
-                    for (gi, (v, &v0)) in g.iter_mut().zip(velocity) {
-                        *v = if first_step {
-                            *gi
-                        } else {
-                            *gi * keep + mu * v0
-                        };
-                        *gi = if nesterov {
-                            (*gi + mu * *v) * lr_e
-                        } else {
-                            *v * lr_e
-                        };
-                    }
-                }));
-            }
-            None => g.iter_mut().for_each(|gi| *gi *= lr_e),
-        }
-        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-            let wd_lr = E::of_f64(wd * lr);
-            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
-        }
-        next.keep_unused(state)
+        update_whole(*self, lr, weight_decay, state, p, g)
     }
 
     /// [`SgdRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
@@ -135,5 +99,44 @@ impl SgdRule {
             u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
         }
         Ok(u)
+    }
+}
+
+impl ElementwiseRule for SgdRule {
+    fn next_state<E: Real>(&self, old: &RuleState<E>, len: usize, _: f64) -> RuleState<E> {
+        let mut next = old.successor();
+        if self.momentum.is_some() {
+            next.first = scratch::overwritten(len);
+        }
+        next.keep_unused(old)
+    }
+
+    fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]) {
+        let lr_e = E::of_f64(lr);
+        let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = self.momentum else {
+            g.iter_mut().for_each(|gi| *gi *= lr_e);
+            return;
+        };
+        let first_step = old.step == 0;
+        let keep = E::one() - E::of_f64(self.dampening);
+        let nesterov = matches!(self.momentum, Some(Momentum::Nesterov(_)));
+        let mu = E::of_f64(mu);
+        let range = next.offset..next.offset + g.len();
+        let v_old = old_range(&old.first, range);
+        let velocity = next.first.iter_mut().zip(v_old.iter());
+        dispatch(Loop(|| {
+            for (gi, (v, &v0)) in g.iter_mut().zip(velocity) {
+                *v = if first_step {
+                    *gi
+                } else {
+                    *gi * keep + mu * v0
+                };
+                *gi = if nesterov {
+                    (*gi + mu * *v) * lr_e
+                } else {
+                    *v * lr_e
+                };
+            }
+        }));
     }
 }

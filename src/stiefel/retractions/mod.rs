@@ -14,8 +14,8 @@ pub use cayley::cayley;
 pub use cholesky_qr2::cholesky_qr2;
 pub use exp::exp;
 pub use newton_schulz::newton_schulz;
-pub use polar::polar;
-pub use qr::{qr, CHOLESKY_MAX_CONDITION};
+pub use polar::{polar, polar_factor};
+pub use qr::{cholesky_factor, qr, CHOLESKY_MAX_CONDITION};
 
 use crate::kernels::{Real, TallOps};
 use crate::Error;
@@ -55,12 +55,33 @@ impl<M> Sums<M> {
     /// or an infinity, or the sum overflows.
     pub fn new<E: Real, B: TallOps<E, Mat = M>>(ops: &B, ys: Vec<M>) -> Result<Self, Error> {
         let grams = self_grams(ops, &ys)?;
+        Self::with_grams(ys, grams)
+    }
+
+    /// Sums the caller formed together with their Gram matrices `Y_k^T Y_k` (in the same
+    /// pass, say), checked like [`Sums::new`]. Panics if the counts differ.
+    pub fn with_grams(ys: Vec<M>, grams: Vec<DMatrix<f64>>) -> Result<Self, Error> {
+        assert_eq!(
+            ys.len(),
+            grams.len(),
+            "Sums::with_grams: one Gram matrix per sum"
+        );
         if all_finite(&grams) {
             return Ok(Self { ys, grams });
         }
         Err(Error::NonFinite {
             what: "the sum X + xi of a point and its step (or its Gram matrix overflows)".into(),
         })
+    }
+
+    /// The Gram matrices `Y_k^T Y_k`.
+    pub fn grams(&self) -> &[DMatrix<f64>] {
+        &self.grams
+    }
+
+    /// The sums `Y_k`, moved out.
+    pub fn into_sums(self) -> Vec<M> {
+        self.ys
     }
 }
 

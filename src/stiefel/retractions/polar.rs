@@ -3,6 +3,7 @@
 use super::Sums;
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
+use nalgebra::DMatrix;
 
 /// `R_X(xi) = (X + xi)(I + xi^T xi)^{-1/2}`, the orthogonal polar factor of `Y = X + xi`
 /// (the closest point of the manifold to `Y`). It is computed as `Y (Y^T Y)^{-1/2}`,
@@ -14,12 +15,16 @@ pub fn polar<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<
     let Sums { ys, grams } = sums;
     let factors = grams
         .iter()
-        .map(|g| {
-            Ok(small::polish(
-                &small::inv_sqrt_spd(g, "polar retraction")?,
-                g,
-            ))
-        })
+        .map(polar_factor)
         .collect::<Result<Vec<_>, Error>>()?;
     ops.transform_each(ys.into_iter().zip(factors).collect())
+}
+
+/// The right factor of [`polar`] from the Gram matrix `G = Y^T Y` alone: `G^{-1/2}`,
+/// polished against `G`, so that the polar factor is `Y G^{-1/2}`.
+pub fn polar_factor(gram: &DMatrix<f64>) -> Result<DMatrix<f64>, Error> {
+    Ok(small::polish(
+        &small::inv_sqrt_spd(gram, "polar retraction")?,
+        gram,
+    ))
 }

@@ -3,6 +3,7 @@
 use super::Sums;
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
+use nalgebra::DMatrix;
 
 /// The largest bound on the condition number of `Y^T Y` (computed by
 /// [`small::conditioned_cholesky_upper_inverse`], at least `kappa_2(Y)^2`) for which the
@@ -25,10 +26,7 @@ pub const CHOLESKY_MAX_CONDITION: f64 = 4.0;
 ///   Householder QR, which is backward stable for any `Y`.
 pub fn qr<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::Mat>, Error> {
     let Sums { ys, grams } = sums;
-    let factors: Vec<_> = grams
-        .iter()
-        .map(|g| small::conditioned_cholesky_upper_inverse(g, CHOLESKY_MAX_CONDITION))
-        .collect();
+    let factors: Vec<_> = grams.iter().map(cholesky_factor).collect();
     let mut by_cholesky = Vec::new();
     let mut by_householder = Vec::new();
     for (y, r_inv) in ys.into_iter().zip(&factors) {
@@ -49,4 +47,11 @@ pub fn qr<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::
             next.expect("one Q factor per step")
         })
         .collect())
+}
+
+/// The right factor of [`qr`]'s Cholesky path from the Gram matrix `G = Y^T Y` alone:
+/// `R^{-1}` with `R = chol(G)`, so that `qf(Y) = Y R^{-1}`; `None` where `G` is not
+/// conditioned for it ([`CHOLESKY_MAX_CONDITION`]) and `Y` needs Householder QR.
+pub fn cholesky_factor(gram: &DMatrix<f64>) -> Option<DMatrix<f64>> {
+    small::conditioned_cholesky_upper_inverse(gram, CHOLESKY_MAX_CONDITION)
 }
