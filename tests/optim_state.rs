@@ -106,6 +106,20 @@ macro_rules! checkpoint_case {
             assert_eq!(b.weight.as_vec(), w0);
             assert_eq!(b.bias.as_vec(), b0);
             assert_eq!(opt.state(), state0);
+            // The same for the Stiefel tensor's gradient (found through X^T E, not a scan).
+            for bad_value in [<$e>::NAN, <$e>::INFINITY, <$e>::NEG_INFINITY] {
+                let mut bad = grads_at(&b, 99);
+                bad.get_or_alloc_mut(&b.weight).unwrap()[5] = bad_value;
+                assert!(opt.update(&mut b, &bad).is_err());
+                assert!(
+                    matches!(opt.last_error(), Some(Error::NonFinite { what }) if what == "the gradient of weight"),
+                    "{:?}",
+                    opt.last_error()
+                );
+                assert_eq!(b.weight.as_vec(), w0);
+                assert_eq!(b.bias.as_vec(), b0);
+                assert_eq!(opt.state(), state0);
+            }
             // ... and the next good step works.
             let g = grads_at(&b, 100);
                 opt.update(&mut b, &g).unwrap();

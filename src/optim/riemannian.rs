@@ -45,7 +45,8 @@ pub struct Geometry {
 /// needs no product with `X+`: `X+^T m = T^T Y^T m`, and
 /// `m <- m - X+ sym(T^T Y^T m)`. `Cayley` and `Exp` get `xi = X S_2 - u`.
 ///
-/// Errors (a non-finite sum, a failed factorisation) come before anything is returned;
+/// Errors (a non-finite gradient, value or sum, a failed factorisation) come before
+/// anything is returned;
 /// `state` is read only, and the new state is returned with `X+`.
 pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule>(
     ops: &B,
@@ -63,7 +64,9 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
     let parts = || vec![Vec::new(); lens.len()];
 
     // Steps 1 and 2, and X^T u: `E`'s storage ends holding `u`.
-    let minus_s1 = -small::sym(&x.gram(&egrad));
+    let xte = x.gram(&egrad);
+    check_finite(ops, &x, &egrad, &xte)?;
+    let minus_s1 = -small::sym(&xte);
     let mut xtu = parts();
     let rule_then_gram = |(range, part): (StateRange<'_, E>, &mut Vec<E>), piece: Piece<'_, E>| {
         rule.apply(lr, state, range, piece.data);
@@ -143,6 +146,28 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
         .into_storage();
     }
     Ok((x_new, next))
+}
+
+/// Fails with [`Error::NonFinite`] where `X^T E` is not finite, naming what is not: a NaN
+/// or an infinity in `E` (or `X`) makes a whole column (or row) of `X^T E` non-finite, so
+/// the inputs themselves are scanned only then.
+fn check_finite<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+    ops: &B,
+    x: &HostMat<E>,
+    egrad: &HostMat<E>,
+    xte: &DMatrix<f64>,
+) -> Result<(), Error> {
+    if xte.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let what = if !ops.all_finite(egrad)? {
+        "the gradient"
+    } else if !ops.all_finite(x)? {
+        "the value"
+    } else {
+        "X^T E, the product of value and gradient (finite entries too large: it overflows)"
+    };
+    Err(Error::NonFinite { what: what.into() })
 }
 
 /// One Stiefel tensor of a composed (device) step: the point, its Euclidean gradient and

@@ -34,7 +34,7 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         g: &mut [E],
     ) -> RuleState<E>;
     /// The rule on the Riemannian gradient of a Stiefel tensor (no weight decay), applied
-    /// block by block within the host step.
+    /// piece by piece within the host step.
     type StiefelRule: ElementwiseRule;
     /// [`SdsConfig::StiefelRule`] with these settings.
     fn stiefel_rule(&self) -> Self::StiefelRule;
@@ -340,11 +340,14 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     > {
         // Host copies; the device views are dropped here so that the in-place writes of
         // the commit do not copy the parameters first.
-        let entries: Vec<(Group, String, Entry<E>)> = entries
-            .into_iter()
-            .map(|(g, p, e)| (g, p, e.to_host()))
-            .collect();
-        let bad = walk::non_finite(entries.iter().map(|(_, p, e)| (p, e)));
+        let entries: Vec<(Group, String, Entry<E>)> =
+            walk::to_host(entries.into_iter().map(|(g, p, e)| ((g, p), e)).collect())
+                .into_iter()
+                .map(|((g, p), e)| (g, p, e))
+                .collect();
+        // Stiefel gradients are checked within their step, through `X^T E`.
+        let scanned = entries.iter().filter(|(g, _, _)| *g != Group::Stiefel);
+        let bad = walk::non_finite(scanned.map(|(_, p, e)| (p, e)));
         if !bad.is_empty() {
             return Err(Refusal::non_finite(bad));
         }
@@ -360,7 +363,12 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 Group::Stiefel => self
                     .stiefel(entry, old, geometry)
                     .map_err(|error| Refusal {
-                        error,
+                        error: match error {
+                            Error::NonFinite { what } => Error::NonFinite {
+                                what: format!("{what} of {path}"),
+                            },
+                            error => error,
+                        },
                         tensors: vec![path.clone()],
                     })?,
                 Group::Scales | Group::Euclidean => {

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{scratch, slices, Flat, Real};
+use crate::kernels::{scratch, slices, Flat, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
@@ -107,20 +107,33 @@ pub struct Entry<E> {
     pub grad: Vec<E>,
 }
 
-impl<E: Real, D: Device<E>> TensorEntry<E, D> {
-    /// Copies parameter and gradient to the host, in pooled buffers.
-    pub fn to_host(&self) -> Entry<E> {
-        let copy = |t: &Flat<E, D>| {
-            let mut v = scratch::overwritten(t.shape().0);
-            t.copy_into(&mut v);
-            v
-        };
-        Entry {
-            dims: self.dims.clone(),
-            param: copy(&self.param),
-            grad: copy(&self.grad),
-        }
-    }
+/// Copies every entry's parameter and gradient to the host, in pooled buffers (on `Cpu`,
+/// the copies shared between up to two threads: [`StiefelDevice::copy_to_host`]). `T`
+/// is whatever the caller tags entries with.
+pub fn to_host<T, E: Real, D: StiefelDevice<E>>(
+    entries: Vec<(T, TensorEntry<E, D>)>,
+) -> Vec<(T, Entry<E>)> {
+    let mut bufs: Vec<(Vec<E>, Vec<E>)> = entries
+        .iter()
+        .map(|(_, e)| {
+            let len = e.param.shape().0;
+            (scratch::overwritten(len), scratch::overwritten(len))
+        })
+        .collect();
+    let copies = entries
+        .iter()
+        .zip(bufs.iter_mut())
+        .flat_map(|((_, e), (p, g))| [(&e.param, &mut p[..]), (&e.grad, &mut g[..])])
+        .collect();
+    D::copy_to_host(copies);
+    entries
+        .into_iter()
+        .zip(bufs)
+        .map(|((tag, e), (param, grad))| {
+            let dims = e.dims;
+            (tag, Entry { dims, param, grad })
+        })
+        .collect()
 }
 
 /// What a read pass found.
