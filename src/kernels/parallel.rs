@@ -37,12 +37,30 @@ pub fn threads() -> usize {
     })
 }
 
-/// Runs `f` on every job, on this thread and, where [`threads`] allows and there are two
-/// or more jobs, on the helper thread too; returns when every job is done. A job's result
-/// must not depend on the thread that runs it. Called from inside a job, or while another
-/// thread's jobs hold the helper, it runs the jobs here, in order.
+/// Runs `f` while [`run`] may use the helper thread on this thread's behalf. Splitting
+/// pays where several passes go over the same pieces of rows, each core keeping its
+/// pieces in its own cache (an optimizer step); a single product on data that has just
+/// been copied in on this thread, and is copied out again right after, gains less than
+/// the traffic between the cores costs, so outside this scope [`run`] stays on this
+/// thread.
+pub fn splitting<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SPLITTING.set(self.0);
+        }
+    }
+    let _restore = Restore(SPLITTING.replace(true));
+    f()
+}
+
+/// Runs `f` on every job, on this thread and, inside [`splitting`] where [`threads`]
+/// allows and there are two or more jobs, on the helper thread too; returns when every
+/// job is done. A job's result must not depend on the thread that runs it. Called from
+/// inside a job, or while another thread's jobs hold the helper, it runs the jobs here,
+/// in order.
 pub fn run<T: Send>(jobs: Vec<T>, f: impl Fn(T) + Sync) {
-    if jobs.len() < 2 || threads() < 2 || INSIDE_JOB.get() {
+    if jobs.len() < 2 || threads() < 2 || INSIDE_JOB.get() || !SPLITTING.get() {
         return jobs.into_iter().for_each(f);
     }
     // Jobs not yet claimed: the caller takes them from the front, the helper from the
@@ -73,6 +91,8 @@ pub fn run<T: Send>(jobs: Vec<T>, f: impl Fn(T) + Sync) {
 thread_local! {
     /// Whether this thread is running a job (nested calls run inline).
     static INSIDE_JOB: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread is inside [`splitting`].
+    static SPLITTING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks this thread as inside a job until dropped (also on unwinding).
@@ -232,6 +252,11 @@ mod tests {
     /// Every job runs once, whatever the threads, nested calls included.
     #[test]
     fn every_job_runs_once() {
+        splitting(every_job_runs_once_inside);
+        every_job_runs_once_inside();
+    }
+
+    fn every_job_runs_once_inside() {
         for round in 0..50usize {
             let counts: Vec<AtomicUsize> = (0..37).map(|_| AtomicUsize::new(0)).collect();
             run((0..37).collect(), |i: usize| {
@@ -256,11 +281,47 @@ mod tests {
     fn disjoint_writes() {
         let mut data = vec![0u64; 1000];
         let jobs: Vec<(usize, &mut [u64])> = data.chunks_mut(64).enumerate().collect();
-        run(jobs, |(k, chunk)| {
-            for (i, v) in chunk.iter_mut().enumerate() {
-                *v = (k * 64 + i) as u64;
-            }
+        splitting(|| {
+            run(jobs, |(k, chunk)| {
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    *v = (k * 64 + i) as u64;
+                }
+            })
         });
         assert!(data.iter().enumerate().all(|(i, &v)| v == i as u64));
+    }
+
+    /// Outside [`splitting`] every job runs on the calling thread; inside, the helper takes
+    /// some (where there are two threads), from the back.
+    #[test]
+    fn the_helper_works_only_inside_splitting() {
+        let busy = || {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_micros(100) {
+                std::hint::spin_loop();
+            }
+            std::thread::current().id()
+        };
+        let on = |split: bool| {
+            let ids = Mutex::new(vec![None; 64]);
+            let jobs: Vec<usize> = (0..64).collect();
+            let go = || run(jobs, |i| ids.lock().unwrap()[i] = Some(busy()));
+            if split {
+                splitting(go)
+            } else {
+                go()
+            }
+            ids.into_inner().unwrap()
+        };
+        let me = Some(std::thread::current().id());
+        assert!(on(false).iter().all(|id| *id == me));
+        // A helper that the machine's load keeps from waking leaves every job to the
+        // caller; it gets a few tries.
+        let helped = (0..10).any(|_| {
+            let split = on(true);
+            assert!(split.iter().all(|id| id.is_some()));
+            split[63] != me
+        });
+        assert_eq!(helped, threads() > 1, "the helper takes jobs from the back");
     }
 }

@@ -602,6 +602,9 @@ mod tests {
             (40, 8, 8),
             (50, 20, 10),
             (37, 16, 7),
+            // Cut into pieces (SPLIT_MIN_ELEMENTS and more).
+            (3000, 16, 16),
+            (2500, 13, 24),
         ] {
             let (a, sa) = padded::<E>(n, ra, 1);
             let (b, sb) = padded::<E>(n, rb, 2);
@@ -676,6 +679,7 @@ mod tests {
             (50, 20),
             (65, 64),
             (29, 48),
+            (3000, 16),
         ] {
             let (a, stride) = padded::<E>(n, r, 4);
             let (mut m, _) = padded::<E>(r, stride, 5);
@@ -710,5 +714,14 @@ mod tests {
     #[test]
     fn products_match_a_plain_loop_f32() {
         check_products::<f32>(1e-6);
+    }
+
+    /// The same with the pieces shared between two threads.
+    #[test]
+    fn products_split_between_threads() {
+        parallel::splitting(|| {
+            check_products::<f64>(1e-15);
+            check_in_place::<f32>();
+        });
     }
 }

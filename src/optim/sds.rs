@@ -6,7 +6,7 @@ use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geo
 use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
 use super::state::OptimizerState;
 use super::walk::{self, Entry, TensorEntry, Value};
-use crate::kernels::{scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
+use crate::kernels::{parallel, scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -306,7 +306,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 values
             }
             None => {
-                let (values, states) = self.host_step(entries, geometry)?;
+                // The step's passes go over the same pieces of rows: worth two threads.
+                let (values, states) = parallel::splitting(|| self.host_step(entries, geometry))?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 for (path, state) in states {
                     if let Some(old) = self.state.tensors.insert(path, state) {
