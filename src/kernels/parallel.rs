@@ -5,8 +5,10 @@
 //! `rayon::join` from outside the pool measured 60 us here, for 2 x 20 us of work). So
 //! there is one helper thread, started on first use, which spins for a while after each
 //! piece of work ([`SPIN`]) and then parks; work is cut into jobs that both threads claim
-//! one at a time, and the caller never waits for the helper to wake up: a sleeping helper
-//! just leaves the caller all the jobs.
+//! one at a time (the caller from the front, the helper from the back), and the caller
+//! never waits for the helper to wake up: a sleeping helper just leaves the caller all
+//! the jobs. Work is shared only inside [`splitting`], which the optimizer's host step
+//! opens.
 //!
 //! Jobs are fixed by the caller, not by the number of threads, and each job's result does
 //! not depend on which thread runs it: results are the same bits with one thread or two.
@@ -21,7 +23,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// How long the helper spins for new work before it parks.
-pub const SPIN: Duration = Duration::from_micros(300);
+pub const SPIN: Duration = Duration::from_micros(100);
 
 /// Threads the host kernels use: 2, or 1 where `RAYON_NUM_THREADS` is `1` or the
 /// machine has one core (read once).
