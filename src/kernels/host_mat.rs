@@ -233,7 +233,7 @@ impl<E: Real> HostMat<E> {
         assert_eq!(
             (self.cols, self.rows, c.rows, c.cols),
             (m.nrows(), c.rows, self.rows, m.ncols()),
-            "HostMat::mul_small_add_then"
+            "HostMat::mul_small_axpy_then"
         );
         let (cols, stride) = (c.cols, c.stride);
         let m_e = Self::padded_small(m, stride);

@@ -1,6 +1,6 @@
 //! Which [`TallOps`] backend each dfdx device uses.
 
-use super::{parallel, ComposedOps, Flat, HostOps, Real, TallOps};
+use super::{ComposedOps, HostOps, Real, TallOps};
 use dfdx::tensor::Cpu;
 use dfdx::tensor_ops::Device;
 
@@ -17,12 +17,6 @@ pub trait StiefelDevice<E: Real>: Device<E> {
     /// The composed backend where whole optimizer steps should run as dfdx ops on this
     /// device (`Cuda`), or `None` where copying to the host is faster (`Cpu`).
     fn composed_steps(&self) -> Option<ComposedOps<Self>>;
-
-    /// Copies each tensor into its host buffer (as long as the tensor). On `Cpu` the
-    /// copies are shared between up to two threads ([`parallel::run`]).
-    fn copy_to_host(copies: Vec<(&Flat<E, Self>, &mut [E])>) {
-        copies.into_iter().for_each(|(t, dst)| t.copy_into(dst));
-    }
 }
 
 impl<E: Real> StiefelDevice<E> for Cpu
@@ -37,10 +31,6 @@ where
 
     fn composed_steps(&self) -> Option<ComposedOps<Self>> {
         None
-    }
-
-    fn copy_to_host(copies: Vec<(&Flat<E, Self>, &mut [E])>) {
-        parallel::run(copies, |(t, dst)| t.copy_into(dst));
     }
 }
 

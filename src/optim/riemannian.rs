@@ -116,7 +116,7 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
                 (Some(t), Some(m)) => {
                     // X+ = Y T in X's storage; m <- m - X+ sym(X+^T m), X+^T m = T^T Y^T m.
                     let minus_sym = -small::sym(&(t.transpose() * HostMat::sum_grams(ytm, r, r)));
-                    let m_pieces = m.storage_mut().chunks_mut(lens[0].max(1)).collect();
+                    let m_pieces = m.pieces_mut().into_iter().map(|p| p.data).collect();
                     let y = sums.into_sums().remove(0);
                     transported = true;
                     y.mul_small_axpy_then(&t, E::zero(), x, m_pieces, |m_rows, piece| {

@@ -341,11 +341,12 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     > {
         // Host copies; the device views are dropped here so that the in-place writes of
         // the commit do not copy the parameters first.
-        let entries: Vec<(Group, String, Entry<E>)> =
-            walk::to_host(entries.into_iter().map(|(g, p, e)| ((g, p), e)).collect())
-                .into_iter()
-                .map(|((g, p), e)| (g, p, e))
-                .collect();
+        let hosted = walk::to_host(entries.iter().map(|(_, _, e)| e));
+        let entries: Vec<(Group, String, Entry<E>)> = entries
+            .into_iter()
+            .zip(hosted)
+            .map(|((g, p, _), e)| (g, p, e))
+            .collect();
         // Stiefel gradients are checked within their step, through `X^T E`.
         let scanned = entries.iter().filter(|(g, _, _)| *g != Group::Stiefel);
         let bad = walk::non_finite(scanned.map(|(_, p, e)| (p, e)));

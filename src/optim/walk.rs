@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{scratch, slices, Flat, Real, StiefelDevice};
+use crate::kernels::{scratch, slices, Flat, Real};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
@@ -107,31 +107,21 @@ pub struct Entry<E> {
     pub grad: Vec<E>,
 }
 
-/// Copies every entry's parameter and gradient to the host, in pooled buffers (on `Cpu`,
-/// the copies shared between up to two threads: [`StiefelDevice::copy_to_host`]). `T`
-/// is whatever the caller tags entries with.
-pub fn to_host<T, E: Real, D: StiefelDevice<E>>(
-    entries: Vec<(T, TensorEntry<E, D>)>,
-) -> Vec<(T, Entry<E>)> {
-    let mut bufs: Vec<(Vec<E>, Vec<E>)> = entries
-        .iter()
-        .map(|(_, e)| {
-            let len = e.param.shape().0;
-            (scratch::overwritten(len), scratch::overwritten(len))
-        })
-        .collect();
-    let copies = entries
-        .iter()
-        .zip(bufs.iter_mut())
-        .flat_map(|((_, e), (p, g))| [(&e.param, &mut p[..]), (&e.grad, &mut g[..])])
-        .collect();
-    D::copy_to_host(copies);
+/// Copies each entry's parameter and gradient to the host, in pooled buffers.
+pub fn to_host<'a, E: Real, D: Device<E>>(
+    entries: impl IntoIterator<Item = &'a TensorEntry<E, D>>,
+) -> Vec<Entry<E>> {
+    let copy = |t: &Flat<E, D>| {
+        let mut v = scratch::overwritten(t.shape().0);
+        t.copy_into(&mut v);
+        v
+    };
     entries
         .into_iter()
-        .zip(bufs)
-        .map(|((tag, e), (param, grad))| {
-            let dims = e.dims;
-            (tag, Entry { dims, param, grad })
+        .map(|e| Entry {
+            dims: e.dims.clone(),
+            param: copy(&e.param),
+            grad: copy(&e.grad),
         })
         .collect()
 }

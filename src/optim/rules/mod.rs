@@ -113,8 +113,8 @@ impl<E: Real> RuleState<E> {
 
 /// A rule whose update of an element depends on that element's gradient and state alone
 /// (and on constants of the step), so that it can be applied to a tensor range by range:
-/// the host Stiefel step ([`super::riemannian::stiefel_step`]) runs it on blocks of rows
-/// between the products of the projection, while they are in cache.
+/// the host Stiefel step ([`super::riemannian::stiefel_step`]) runs it on each piece of
+/// rows right after the product that forms the piece's gradient, while it is in cache.
 ///
 /// A step is [`ElementwiseRule::next_state`] once, then [`ElementwiseRule::apply`] on
 /// ranges that cover the tensor once each, in any order.
@@ -222,6 +222,64 @@ pub(crate) fn old_range<E: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applied over uneven ranges (in reverse order), a rule gives the whole-tensor
+    /// update's bits, and so does the following step.
+    #[test]
+    fn ranges_give_the_whole_update() {
+        fn check<R: ElementwiseRule>(rule: R) {
+            let g0: Vec<f64> = (0..103)
+                .map(|i| ((i * 37) % 19) as f64 / 7.0 - 1.2)
+                .collect();
+            let (mut whole, mut split) = (RuleState::default(), RuleState::default());
+            for step in 0..2 {
+                let mut gw = g0
+                    .iter()
+                    .map(|g| g * (1.0 + step as f64))
+                    .collect::<Vec<_>>();
+                let mut gs = gw.clone();
+                let norm2 = squared_norm(&gw);
+                let mut next = rule.next_state(&whole, gw.len(), norm2);
+                let part = next.ranges(&[gw.len()]).remove(0);
+                rule.apply(0.1, &whole, part, &mut gw);
+                whole = next;
+
+                let lens = [40, 1, 0, 62];
+                let mut next = rule.next_state(&split, gs.len(), norm2);
+                let mut gs_parts: Vec<&mut [f64]> = Vec::new();
+                let mut rest = &mut gs[..];
+                for len in lens {
+                    let (part, tail) = rest.split_at_mut(len);
+                    gs_parts.push(part);
+                    rest = tail;
+                }
+                for (range, g) in next.ranges(&lens).into_iter().zip(gs_parts).rev() {
+                    rule.apply(0.1, &split, range, g);
+                }
+                split = next;
+                assert_eq!(gw, gs, "update, step {step}");
+                assert_eq!(whole, split, "state, step {step}");
+            }
+        }
+        for second_moment in [SecondMoment::Elementwise, SecondMoment::Matrix] {
+            for amsgrad in [false, true] {
+                let rule = AdamRule {
+                    amsgrad,
+                    ..AdamRule::default()
+                };
+                check(AdamUpdate {
+                    rule,
+                    second_moment,
+                });
+            }
+        }
+        for momentum in [None, Some(Momentum::Nesterov(0.9))] {
+            check(SgdRule {
+                momentum,
+                dampening: 0.2,
+            });
+        }
+    }
 
     /// A buffer the step does not use (AMSGrad switched off between steps) is carried
     /// over unchanged; the used ones are new.
