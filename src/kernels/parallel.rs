@@ -319,7 +319,7 @@ mod tests {
         assert!(on(false).iter().all(|id| *id == me));
         // A helper that the machine's load keeps from waking leaves every job to the
         // caller; it gets a few tries.
-        let helped = (0..10).any(|_| {
+        let helped = (0..50).any(|_| {
             let split = on(true);
             assert!(split.iter().all(|id| id.is_some()));
             split[63] != me
