@@ -276,14 +276,6 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     }
 
     fn try_step(&mut self, module: &mut M, grads: &Gradients<E, D>) -> Result<(), Refusal> {
-        let gathered = walk::gather(module, grads);
-        if !gathered.unused.is_empty() {
-            let tensors = gathered.unused.clone();
-            return Err(Refusal {
-                error: Error::UnusedParams(tensors.clone()),
-                tensors,
-            });
-        }
         let steps = self.state.steps + 1;
         let reorthonormalize = self
             .cfg
@@ -294,12 +286,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             retraction: self.cfg.stiefel().retraction,
             reorthonormalize,
         };
-        let mut entries = Vec::with_capacity(gathered.entries.len());
-        for (path, entry) in gathered.entries {
-            entries.push((self.group(&path)?, path, entry));
-        }
         let values = match self.composed.clone() {
             Some(ops) => {
+                let entries = self.grouped(walk::gather(module, grads))?;
                 let (values, states) = self.composed_step(&ops, entries, geometry)?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 self.device_state.extend(states);
@@ -307,7 +296,10 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             }
             None => {
                 // The step's passes go over the same pieces of rows: worth two threads.
-                let (values, states) = parallel::splitting(|| self.host_step(entries, geometry))?;
+                let (values, states) = parallel::splitting(|| {
+                    let entries = self.grouped(walk::gather_to_host(module, grads))?;
+                    self.host_step(entries, geometry)
+                })?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 for (path, state) in states {
                     if let Some(old) = self.state.tensors.insert(path, state) {
@@ -326,11 +318,27 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         Ok(())
     }
 
+    /// The gathered tensors with their groups; refused where a gradient is missing.
+    fn grouped<T>(&self, gathered: walk::Gathered<T>) -> Result<Vec<(Group, String, T)>, Refusal> {
+        if !gathered.unused.is_empty() {
+            let tensors = gathered.unused;
+            return Err(Refusal {
+                error: Error::UnusedParams(tensors.clone()),
+                tensors,
+            });
+        }
+        gathered
+            .entries
+            .into_iter()
+            .map(|(path, entry)| Ok((self.group(&path)?, path, entry)))
+            .collect()
+    }
+
     /// New values and rule states of every tensor, computed on the host.
     #[allow(clippy::type_complexity)]
     fn host_step(
         &self,
-        entries: Vec<(Group, String, TensorEntry<E, D>)>,
+        entries: Vec<(Group, String, Entry<E>)>,
         geometry: Geometry,
     ) -> Result<
         (
@@ -339,14 +347,6 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         ),
         Refusal,
     > {
-        // Host copies; the device views are dropped here so that the in-place writes of
-        // the commit do not copy the parameters first.
-        let hosted = walk::to_host(entries.iter().map(|(_, _, e)| e));
-        let entries: Vec<(Group, String, Entry<E>)> = entries
-            .into_iter()
-            .zip(hosted)
-            .map(|((g, p, _), e)| (g, p, e))
-            .collect();
         // Stiefel gradients are checked within their step, through `X^T E`.
         let scanned = entries.iter().filter(|(g, _, _)| *g != Group::Stiefel);
         let bad = walk::non_finite(scanned.map(|(_, p, e)| (p, e)));

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{scratch, slices, Flat, Real};
+use crate::kernels::{gradient_of, scratch, slices, Flat, Read, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
@@ -11,7 +11,6 @@ use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Gradients, Tensor, UniqueId};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 use std::collections::BTreeMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Runs `v` over `module`'s tensors, each with its dotted path.
 pub(crate) fn walk_ref<M, E, D, V>(module: &M, v: &mut V)
@@ -107,25 +106,6 @@ pub struct Entry<E> {
     pub grad: Vec<E>,
 }
 
-/// Copies each entry's parameter and gradient to the host, in pooled buffers.
-pub fn to_host<'a, E: Real, D: Device<E>>(
-    entries: impl IntoIterator<Item = &'a TensorEntry<E, D>>,
-) -> Vec<Entry<E>> {
-    let copy = |t: &Flat<E, D>| {
-        let mut v = scratch::overwritten(t.shape().0);
-        t.copy_into(&mut v);
-        v
-    };
-    entries
-        .into_iter()
-        .map(|e| Entry {
-            dims: e.dims.clone(),
-            param: copy(&e.param),
-            grad: copy(&e.grad),
-        })
-        .collect()
-}
-
 /// What a read pass found.
 #[derive(Debug)]
 pub struct Gathered<T> {
@@ -135,22 +115,13 @@ pub struct Gathered<T> {
     pub unused: Vec<String>,
 }
 
-/// Every trainable tensor and its gradient as flat views (contiguous tensors: no copy). A
-/// missing gradient is recorded, not fatal.
-///
-/// dfdx 0.13 offers no non-panicking gradient lookup outside the crate
-/// (`Gradients::get` unwraps), so a missing gradient is detected by catching that
-/// lookup's panic; its message still reaches stderr. Gradients from
-/// `model.alloc_grads()` are never missing.
-pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+/// Every trainable tensor as a flat view (contiguous tensors: no copy), with its path and
+/// dimensions.
+fn views<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     module: &M,
-    grads: &Gradients<E, D>,
-) -> Gathered<TensorEntry<E, D>> {
-    struct Gather<'a, E: Real, D: Device<E>> {
-        grads: &'a Gradients<E, D>,
-        out: Gathered<TensorEntry<E, D>>,
-    }
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Gather<'_, E, D> {
+) -> Vec<(String, Vec<usize>, Flat<E, D>)> {
+    struct Views<E: Real, D: Device<E>>(Vec<(String, Vec<usize>, Flat<E, D>)>);
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Views<E, D> {
         type Viewer = (ViewTensorRef, ViewTensorName);
         type Err = D::Err;
         type E2 = E;
@@ -160,34 +131,79 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             opts: TensorOptions<S, E, D>,
             (t, path): (&Tensor<S, E, D>, String),
         ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if !opts.do_gradient_update {
-                return Ok(None);
-            }
-            let grads = self.grads;
-            match catch_unwind(AssertUnwindSafe(|| grads.get(t))) {
-                Err(_) => self.out.unused.push(path),
-                Ok(g) => {
-                    let flat = (t.shape().num_elements(),);
-                    let entry = TensorEntry {
-                        dims: t.shape().concrete().into_iter().collect(),
-                        param: t.clone().try_reshape_like(&flat)?,
-                        grad: g.try_reshape_like(&flat)?,
-                    };
-                    self.out.entries.insert(path, entry);
-                }
+            if opts.do_gradient_update {
+                let dims = t.shape().concrete().into_iter().collect();
+                let flat = t.clone().try_reshape_like(&(t.shape().num_elements(),))?;
+                self.0.push((path, dims, flat));
             }
             Ok(None)
         }
     }
-    let mut v = Gather {
-        grads,
-        out: Gathered {
-            entries: BTreeMap::new(),
-            unused: Vec::new(),
-        },
-    };
+    let mut v = Views(Vec::new());
     walk_ref(module, &mut v);
-    v.out
+    v.0
+}
+
+/// Every trainable tensor and its gradient as flat views (contiguous tensors: no copy;
+/// the gradient is the clone `Gradients::get` makes). A missing gradient is recorded, not
+/// fatal ([`gradient_of`]).
+pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+    module: &M,
+    grads: &Gradients<E, D>,
+) -> Gathered<TensorEntry<E, D>> {
+    let mut out = Gathered {
+        entries: BTreeMap::new(),
+        unused: Vec::new(),
+    };
+    for (path, dims, param) in views(module) {
+        match gradient_of(grads, &param) {
+            Some(grad) => {
+                out.entries.insert(path, TensorEntry { dims, param, grad });
+            }
+            None => out.unused.push(path),
+        }
+    }
+    out
+}
+
+/// Every trainable tensor and its gradient copied to the host, in pooled buffers (a
+/// missing gradient is recorded, not fatal). The copies run as separate jobs
+/// ([`StiefelDevice::read_to_host`]: on `Cpu`, on two threads).
+pub fn gather_to_host<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
+    module: &M,
+    grads: &Gradients<E, D>,
+) -> Gathered<Entry<E>> {
+    let views = views(module);
+    // Buffers from this thread's pool, filled on either thread.
+    let mut bufs: Vec<(Vec<E>, Vec<E>, bool)> = views
+        .iter()
+        .map(|(_, _, t)| {
+            let len = t.shape().0;
+            (scratch::overwritten(len), scratch::overwritten(len), false)
+        })
+        .collect();
+    let reads = views
+        .iter()
+        .zip(bufs.iter_mut())
+        .flat_map(|((_, _, t), (param, grad, found))| {
+            [Read::Tensor(t, param), Read::Gradient(t, grad, found)]
+        })
+        .collect();
+    D::read_to_host(reads, grads);
+    let mut out = Gathered {
+        entries: BTreeMap::new(),
+        unused: Vec::new(),
+    };
+    for ((path, dims, _), (param, grad, found)) in views.into_iter().zip(bufs) {
+        if found {
+            out.entries.insert(path, Entry { dims, param, grad });
+        } else {
+            scratch::recycle(param);
+            scratch::recycle(grad);
+            out.unused.push(path);
+        }
+    }
+    out
 }
 
 /// Paths whose gradient holds NaN or an infinity.
