@@ -194,6 +194,8 @@ pub fn gather_to_host<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
         entries: BTreeMap::new(),
         unused: Vec::new(),
     };
+    // The views go here: a view still alive at the commit would make its in-place write
+    // copy the tensor first.
     for ((path, dims, _), (param, grad, found)) in views.into_iter().zip(bufs) {
         if found {
             out.entries.insert(path, Entry { dims, param, grad });
