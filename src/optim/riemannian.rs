@@ -4,9 +4,7 @@ use super::rules::{squared_norm, ElementwiseRule, RuleState, StateRange, TensorR
 use crate::kernels::{
     parallel, small, ComposedOps, Flat, HostMat, Piece, Real, TallOps, TallTensor,
 };
-use crate::stiefel::retractions::Sums;
-#[cfg(doc)]
-use crate::stiefel::SumRetraction;
+use crate::stiefel::retractions::{non_finite_input, Sums};
 use crate::stiefel::{transport_mat, Retraction};
 use crate::Error;
 use dfdx::shapes::HasShape;
@@ -41,7 +39,8 @@ pub struct Geometry {
 /// threads ([`HostMat::pieces`]). For the retractions that depend on
 /// `Y = X + xi = X (I + S_2) - u` alone ([`Retraction::sum_form`]), `Y` is formed with
 /// `Y^T Y`; where the retraction is `Y T` for a small `T` of `Y^T Y`
-/// ([`SumRetraction::gram_factor`]: `Qr` with well-conditioned `Y`, `Polar`), step 5
+/// ([`SumRetraction::gram_factor`](crate::stiefel::SumRetraction::gram_factor): `Qr` with
+/// well-conditioned `Y`, `Polar`), step 5
 /// needs no product with `X+`: `X+^T m = T^T Y^T m`, and
 /// `m <- m - X+ sym(T^T Y^T m)`. `Cayley` and `Exp` get `xi = X S_2 - u`.
 ///
@@ -160,14 +159,10 @@ fn check_finite<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     if xte.iter().all(|v| v.is_finite()) {
         return Ok(());
     }
-    let what = if !ops.all_finite(egrad)? {
-        "the gradient"
-    } else if !ops.all_finite(x)? {
-        "the value"
-    } else {
-        "X^T E, the product of value and gradient (finite entries too large: it overflows)"
-    };
-    Err(Error::NonFinite { what: what.into() })
+    let named = [(egrad, "the gradient"), (x, "the value")];
+    let overflow =
+        "X^T E, the product of value and gradient (finite entries too large: it overflows)";
+    Err(non_finite_input(ops, &named, overflow)?)
 }
 
 /// One Stiefel tensor of a composed (device) step: the point, its Euclidean gradient and

@@ -104,14 +104,29 @@ fn check_finite<E: Real, B: TallOps<E>>(
     if all_finite(grams) {
         return Ok(());
     }
-    let all: Vec<&B::Mat> = steps.iter().flat_map(|&(x, xi)| [x, xi]).collect();
-    let finite = ops.all_finite_each(&all)?;
+    let named: Vec<_> = steps
+        .iter()
+        .flat_map(|&(x, xi)| [(x, "point"), (xi, "tangent step")])
+        .collect();
+    let overflow = "the Gram matrix of the step (finite entries too large: it overflows)";
+    Err(non_finite_input(ops, &named, overflow)?)
+}
+
+/// The [`Error::NonFinite`] for inputs whose products came out non-finite: it names the
+/// first input that holds a NaN or an infinity (the inputs are scanned now, in one batch),
+/// or, where all are finite, says `overflow`. Errors only on a device failure.
+pub(crate) fn non_finite_input<E: Real, B: TallOps<E>>(
+    ops: &B,
+    named: &[(&B::Mat, &'static str)],
+    overflow: &'static str,
+) -> Result<Error, Error> {
+    let mats: Vec<&B::Mat> = named.iter().map(|&(m, _)| m).collect();
+    let finite = ops.all_finite_each(&mats)?;
     let what = match finite.iter().position(|ok| !ok) {
-        Some(i) if i % 2 == 0 => "point",
-        Some(_) => "tangent step",
-        None => "the Gram matrix of the step (finite entries too large: it overflows)",
+        Some(i) => named[i].1,
+        None => overflow,
     };
-    Err(Error::NonFinite { what: what.into() })
+    Ok(Error::NonFinite { what: what.into() })
 }
 
 /// `Y_k^T Y_k` for every matrix, in one batch.
