@@ -8,37 +8,16 @@
 //! cargo run --release --example retraction_table -- --rows 1024,4096 --ranks 4,16 --samples 31
 //! ```
 
-#[path = "common/paired.rs"]
-mod paired;
+#[path = "common/timing.rs"]
+mod timing;
 
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
-use paired::paired_median_ns;
 use sds_lora::stiefel::{project_tangent, random_point, retract, Retraction};
 use std::hint::black_box;
-use std::time::Instant;
+use timing::{median_ns, paired_median_ns};
 
 type Mat = Tensor<(usize, usize), f32, Cpu>;
-
-/// Median nanoseconds per call over `samples` batches, each batch long enough
-/// (about 2 ms) for the clock's resolution not to matter.
-fn median_ns(samples: usize, mut f: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    f();
-    let once = start.elapsed().as_secs_f64().max(1e-7);
-    let per_batch = ((2e-3 / once).ceil() as usize).clamp(1, 10_000);
-    let mut times: Vec<f64> = (0..samples)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..per_batch {
-                f();
-            }
-            t.elapsed().as_secs_f64() * 1e9 / per_batch as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
 
 fn list(args: &[String], flag: &str, default: &[usize]) -> Vec<usize> {
     match args.iter().position(|a| a == flag) {

@@ -1,7 +1,7 @@
 //! Times one optimizer step on one n x r Stiefel tensor (Cpu, f32) and prints JSON lines
 //! `{"opt","retraction","n","r","threads","median_us"}`, with dfdx's own Adam step on the
 //! same tensor (`"opt":"dfdx_adam"`) measured in the same run, in alternating batches of
-//! about 2 ms ([`paired::paired_median_ns`]).
+//! about 2 ms ([`timing::paired_median_ns`]).
 //!
 //! ```text
 //! cargo run --release --example step_bench -- --rows 4096 --rank 16 --steps 200 \
@@ -14,18 +14,18 @@
 
 #[path = "common/basis.rs"]
 mod basis;
-#[path = "common/paired.rs"]
-mod paired;
+#[path = "common/timing.rs"]
+mod timing;
 
 use basis::Basis;
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
-use paired::paired_median_ns;
 use sds_lora::optim::{
     Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig, SecondMoment,
     StiefelConfig,
 };
 use sds_lora::stiefel::{random_point, Retraction};
+use timing::paired_median_ns;
 
 struct Args {
     rows: usize,
