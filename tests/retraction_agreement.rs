@@ -207,3 +207,27 @@ fn exp_agrees_with_dense_geodesic() {
         );
     }
 }
+
+/// With the device's allocation cache on, results are allocated through the device
+/// (`kernels::device_cache`) and hold the same bits as without it, padded shapes included.
+#[test]
+fn results_are_the_same_with_the_device_cache_on() {
+    let plain = Cpu::default();
+    let cached = Cpu::default();
+    cached.enable_cache();
+    for (k, &(n, r)) in SHAPES.iter().enumerate() {
+        let (x, xi) = case(&plain, n, r, k as u64, 0.5);
+        let (xc, xic) = (x.to_device(&cached), xi.to_device(&cached));
+        for kind in Retraction::all(5) {
+            let a = retract(&x, &xi, kind).unwrap().as_vec();
+            let b = retract(&xc, &xic, kind).unwrap().as_vec();
+            assert_eq!(a, b, "{} ({n}, {r})", kind.name());
+        }
+        let p = project_tangent(&x, &xi).unwrap().as_vec();
+        assert_eq!(
+            p,
+            project_tangent(&xc, &xic).unwrap().as_vec(),
+            "({n}, {r})"
+        );
+    }
+}

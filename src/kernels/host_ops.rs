@@ -1,15 +1,16 @@
 //! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
 
-use super::{householder_q, slices, HostMat, Real, TallOps};
+use super::{device_cache, householder_q, slices, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
-use dfdx::tensor::{Cpu, Tensor, TensorFromVec};
+use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 use nalgebra::DMatrix;
 
 /// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
-/// loops and the [`tall_products`](super::tall_products) on its slice, and the result is
-/// copied back once.
+/// loops and the [`tall_products`](super::tall_products) on its slice, and the result
+/// becomes a tensor: its storage itself, or, where the device caches allocations
+/// ([`device_cache`](super::device_cache)), a copy in a buffer from the device.
 #[derive(Debug, Clone, Default)]
 pub struct HostOps {
     dev: Cpu,
@@ -47,6 +48,12 @@ where
     ) -> Result<Tensor<(N, R), E, Cpu>, Error> {
         let [n, r] = shape.concrete();
         Error::check_shape(TallOps::<E>::dims(self, &a), (n, r))?;
+        if device_cache::caching(&self.dev) {
+            // A buffer of ours would enter the cache when the tensor drops, and stay there.
+            let mut t = self.dev.try_zeros_like(&shape).map_err(Error::device)?;
+            a.with_compact(|data| t.copy_from(data));
+            return Ok(t);
+        }
         self.dev
             .try_tensor_from_vec(a.into_compact(), shape)
             .map_err(Error::device)

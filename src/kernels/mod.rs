@@ -9,6 +9,7 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 mod composed_ops;
+pub mod device_cache;
 mod grad_add;
 mod host_mat;
 mod host_ops;
