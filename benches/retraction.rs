@@ -1,5 +1,6 @@
 //! Retraction costs on Cpu, f32, and `project_tangent` + `Qr` against one dfdx `Adam`
-//! update of a tensor of the same shape, in the same run.
+//! update of a tensor of the same shape, in the same run (also with dfdx's allocation
+//! cache on, where the returned tensors' buffers come from the cache, not the allocator).
 //!
 //! `cargo bench --bench retraction` (all), `cargo bench --bench retraction -- vs_adam`
 //! (the comparison only).
@@ -57,6 +58,15 @@ fn vs_adam(c: &mut Criterion) {
         b.iter(|| {
             let p = project_tangent(&x, &xi).unwrap();
             black_box(retract(&x, &p, Retraction::Qr).unwrap())
+        })
+    });
+    let cached = Cpu::default();
+    cached.enable_cache();
+    let (xc, xic) = (x.to_device(&cached), xi.to_device(&cached));
+    group.bench_function("project_tangent+qr_device_cache/n4096_r16", |b| {
+        b.iter(|| {
+            let p = project_tangent(&xc, &xic).unwrap();
+            black_box(retract(&xc, &p, Retraction::Qr).unwrap())
         })
     });
 

@@ -6,7 +6,12 @@
 //! ```text
 //! cargo run --release --example retraction_table
 //! cargo run --release --example retraction_table -- --rows 1024,4096 --ranks 4,16 --samples 31
+//! cargo run --release --example retraction_table -- --device-cache
 //! ```
+//!
+//! `--device-cache` turns on dfdx's allocation cache (`Cpu::enable_cache`): the returned
+//! tensors' buffers are then reused from the cache instead of coming from the allocator,
+//! which on some heap layouts page-faults each one in.
 
 #[path = "common/timing.rs"]
 mod timing;
@@ -40,6 +45,10 @@ fn main() {
     let ranks = list(&args, "--ranks", &[4, 16, 64]);
     let samples = list(&args, "--samples", &[21])[0];
     let dev = Cpu::default();
+    let device_cache = args.iter().any(|a| a == "--device-cache");
+    if device_cache {
+        dev.enable_cache();
+    }
     let kinds = Retraction::all(5);
 
     let mut table = Vec::new();
@@ -94,14 +103,17 @@ fn main() {
         || adam.update(&mut param, &grads).unwrap(),
     );
     println!(
-        "n = {N}, r = {R}: project_tangent + Qr {:.1} us, dfdx Adam update {:.1} us, ratio {:.2}\n",
+        "n = {N}, r = {R}: project_tangent + Qr {:.1} us, dfdx Adam update {:.1} us, ratio {:.2} (device cache {})\n",
         composite / 1e3,
         adam_ns / 1e3,
-        composite / adam_ns
+        composite / adam_ns,
+        if device_cache { "on" } else { "off" }
     );
     for line in &json {
         println!("{line}");
     }
-    println!(r#"{{"baseline":"project_tangent+qr","n":{N},"r":{R},"median_ns":{composite:.0}}}"#);
+    println!(
+        r#"{{"baseline":"project_tangent+qr","n":{N},"r":{R},"device_cache":{device_cache},"median_ns":{composite:.0}}}"#
+    );
     println!(r#"{{"baseline":"dfdx_adam","n":{N},"r":{R},"median_ns":{adam_ns:.0}}}"#);
 }
