@@ -209,7 +209,9 @@ fn exp_agrees_with_dense_geodesic() {
 }
 
 /// With the device's allocation cache on, results are allocated through the device
-/// (`kernels::device_cache`) and hold the same bits as without it, padded shapes included.
+/// (`kernels::device_cache`) and hold the same bits as without it, padded shapes included;
+/// a dropped result's buffer is the next result's (it went back to the cache and came out
+/// again, where a buffer of the crate's own would have stayed in the cache for good).
 #[test]
 fn results_are_the_same_with_the_device_cache_on() {
     let plain = Cpu::default();
@@ -228,6 +230,14 @@ fn results_are_the_same_with_the_device_cache_on() {
             p,
             project_tangent(&xc, &xic).unwrap().as_vec(),
             "({n}, {r})"
+        );
+        let first_element = |t: &Mat<f64>| &t[[0, 0]] as *const f64;
+        let at = first_element(&retract(&xc, &xic, Retraction::Qr).unwrap());
+        let again = retract(&xc, &xic, Retraction::Qr).unwrap();
+        assert_eq!(
+            first_element(&again),
+            at,
+            "({n}, {r}): reused from the cache"
         );
     }
 }

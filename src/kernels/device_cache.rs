@@ -21,6 +21,16 @@ const PROBE_LEN: usize = 3;
 /// in the cache and the second tensor gets it back. An allocator that does not reuse the
 /// freed buffer at once answers `true` (the safe answer: results then go through the
 /// device, correct either way).
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::kernels::device_cache::caching;
+///
+/// let dev = Cpu::default();
+/// assert!(!caching(&dev));
+/// dev.enable_cache();
+/// assert!(caching(&dev));
+/// ```
 pub fn caching(dev: &Cpu) -> bool {
     let first_element = |t: &Tensor<(usize,), f32, Cpu>| &t[[0]] as *const f32 as usize;
     let Ok(probe) = dev.try_zeros_like(&(PROBE_LEN,)) else {
