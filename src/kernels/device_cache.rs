@@ -10,17 +10,19 @@
 //! [`caching`] finds out by a probe.
 
 use dfdx::tensor::{Cpu, Tensor, ZerosTensor};
+use std::hint::black_box;
 
 /// Elements of the probe's tensors (a size few tensors have).
 const PROBE_LEN: usize = 3;
 
 /// Whether `dev` caches allocations: a probe tensor is allocated through the device and
-/// dropped, a plain allocation of the same size is held, and a second probe tensor is
-/// allocated. With the cache off, the allocator hands the freed buffer to the plain
-/// allocation and the second tensor gets another one; with it on, the freed buffer waits
-/// in the cache and the second tensor gets it back. An allocator that does not reuse the
-/// freed buffer at once answers `true` (the safe answer: results then go through the
-/// device, correct either way).
+/// dropped, two plain allocations of the same size are held (one uninitialised, one
+/// zeroed: glibc serves them from different bins, and the freed buffer sits in one of
+/// them), and a second probe tensor is allocated. With the cache off, the allocator hands
+/// the freed buffer to one of the held allocations and the second tensor gets another one;
+/// with it on, the freed buffer waits in the cache and the second tensor gets it back. An
+/// allocator that does not reuse the freed buffer at once makes the second tensor's buffer
+/// a new one too, and the answer is `false`, as it should be.
 ///
 /// ```
 /// use dfdx::prelude::*;
@@ -38,7 +40,8 @@ pub fn caching(dev: &Cpu) -> bool {
     };
     let freed = first_element(&probe);
     drop(probe);
-    let held: Vec<f32> = Vec::with_capacity(PROBE_LEN);
+    // `black_box`: an allocation nothing reads may be optimised away.
+    let held: [Vec<f32>; 2] = black_box([Vec::with_capacity(PROBE_LEN), vec![0.0; PROBE_LEN]]);
     let again = dev.try_zeros_like(&(PROBE_LEN,)).map(|t| first_element(&t));
     drop(held);
     again.map_or(true, |at| at == freed)
@@ -61,5 +64,26 @@ mod tests {
         );
         dev.disable_cache();
         assert!(!caching(&dev));
+    }
+
+    /// With the allocator's per-thread bin for the probe's size full (glibc's tcache holds
+    /// seven chunks per size), a freed probe buffer goes to another bin, which `calloc`
+    /// (dfdx's zeroed allocation) reads and `malloc` does not: a probe that held only a
+    /// `malloc`ed buffer saw the freed buffer come back and answered "on".
+    #[test]
+    fn the_probe_sees_the_cache_off_with_the_allocator_bins_full() {
+        let dev = Cpu::default();
+        for filled in 0..24 {
+            let held: Vec<Vec<f32>> = (0..filled)
+                .map(|_| std::hint::black_box(Vec::with_capacity(PROBE_LEN)))
+                .collect();
+            drop(held);
+            assert!(
+                !caching(&dev),
+                "off, after {filled} small buffers were freed"
+            );
+        }
+        dev.enable_cache();
+        assert!(caching(&dev));
     }
 }

@@ -9,8 +9,9 @@ use nalgebra::DMatrix;
 
 /// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
 /// loops and the [`tall_products`](super::tall_products) on its slice, and the result
-/// becomes a tensor: its storage itself, or, where the device caches allocations
-/// ([`device_cache`](super::device_cache)), a copy in a buffer from the device.
+/// becomes a tensor: its storage itself ([`HostMat::into_exported`]), or, where the device
+/// caches allocations ([`device_cache`](super::device_cache)), a copy in a buffer from the
+/// device.
 #[derive(Debug, Clone, Default)]
 pub struct HostOps {
     dev: Cpu,
@@ -55,7 +56,7 @@ where
             return Ok(t);
         }
         self.dev
-            .try_tensor_from_vec(a.into_compact(), shape)
+            .try_tensor_from_vec(a.into_exported(), shape)
             .map_err(Error::device)
     }
 
@@ -114,5 +115,46 @@ where
 
     fn qr_q(&self, a: HostMat<E>) -> Result<HostMat<E>, Error> {
         Ok(householder_q(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::scratch;
+    use dfdx::tensor::SampleTensor;
+
+    /// A result takes its storage out of the pool, and the pool keeps as many buffers,
+    /// call after call. (Without the replacement it loses one buffer each call.)
+    #[test]
+    fn results_leave_the_pool_as_many_buffers() {
+        let dev = Cpu::default();
+        let ops = HostOps::new(&dev);
+        let shape = (300usize, 32usize);
+        let t: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&shape);
+        // Spare buffers in the pool, which a result that takes a pool buffer uses up.
+        let spares: Vec<Vec<f32>> = (0..4).map(|_| scratch::zeroed(300 * 32)).collect();
+        spares.into_iter().for_each(scratch::recycle);
+        let mut pools = Vec::new();
+        for _ in 0..4 {
+            let a = ops.load(&t).unwrap();
+            let twice = ops.lincomb(1.0, &a, 1.0, &a).unwrap();
+            drop(a);
+            let out = ops.store(twice, shape).unwrap();
+            let storage = &out[[0, 0]] as *const f32 as usize;
+            let pool = scratch::pooled::<f32>();
+            assert!(
+                !pool.contains(&storage),
+                "a result's storage is a pool buffer"
+            );
+            let expected: Vec<f32> = t.as_vec().iter().map(|v| 2.0 * v).collect();
+            assert_eq!(out.as_vec(), expected);
+            pools.push(pool.len());
+        }
+        assert!(pools[0] > 0);
+        assert!(
+            pools.windows(2).all(|w| w[0] == w[1]),
+            "buffers in the pool after each call: {pools:?}"
+        );
     }
 }

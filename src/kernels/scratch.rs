@@ -97,6 +97,12 @@ pub fn recycle<E: Real>(buf: Vec<E>) {
     });
 }
 
+/// Where this thread's pooled buffers of `E` start, in the pool's order (for tests).
+#[cfg(test)]
+pub fn pooled<E: Real>() -> Vec<usize> {
+    E::with_pool(|p| p.0.borrow().iter().map(|b| b.as_ptr() as usize).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
