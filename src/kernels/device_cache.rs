@@ -75,7 +75,7 @@ mod tests {
         let dev = Cpu::default();
         for filled in 0..24 {
             let held: Vec<Vec<f32>> = (0..filled)
-                .map(|_| std::hint::black_box(Vec::with_capacity(PROBE_LEN)))
+                .map(|_| black_box(Vec::with_capacity(PROBE_LEN)))
                 .collect();
             drop(held);
             assert!(

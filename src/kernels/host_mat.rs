@@ -185,7 +185,7 @@ impl<E: Real> HostMat<E> {
 
     /// The compact row-major data, to leave the pool for good (as a tensor's storage).
     /// Compact storage itself is handed over, and a zeroed buffer as long takes its place
-    /// in the [`scratch`] pool at once; padded storage is copied out.
+    /// in the [`scratch`] pool at once ([`scratch::replace`]); padded storage is copied out.
     ///
     /// The replacement is allocated while the handed-over buffer is still alive. Allocated
     /// later (when the pool next runs short, after the caller has freed the results), it
@@ -200,7 +200,7 @@ impl<E: Real> HostMat<E> {
             return self.to_compact();
         }
         let data = self.into_compact();
-        scratch::recycle(vec![E::zero(); data.len()]);
+        scratch::replace::<E>(data.len());
         data
     }
 

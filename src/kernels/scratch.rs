@@ -80,9 +80,12 @@ pub fn copied<E: Real>(src: &[E]) -> Vec<E> {
     b
 }
 
+/// The smallest buffer the pool keeps, in bytes: smaller ones are cheap to allocate.
+const MIN_KEPT_BYTES: usize = 32 * 1024;
+
 /// Returns a buffer to the pool (small buffers are freed; a full pool drops its oldest).
 pub fn recycle<E: Real>(buf: Vec<E>) {
-    if buf.capacity() * std::mem::size_of::<E>() < 32 * 1024 {
+    if buf.capacity() * std::mem::size_of::<E>() < MIN_KEPT_BYTES {
         return;
     }
     E::with_pool(|p| {
@@ -97,6 +100,14 @@ pub fn recycle<E: Real>(buf: Vec<E>) {
     });
 }
 
+/// Puts a zeroed buffer of `len` elements into the pool in the place of one that left it
+/// for good (as a tensor's storage), where the pool keeps buffers that long.
+pub fn replace<E: Real>(len: usize) {
+    if len * std::mem::size_of::<E>() >= MIN_KEPT_BYTES {
+        recycle(vec![E::zero(); len]);
+    }
+}
+
 /// Where this thread's pooled buffers of `E` start, in the pool's order (for tests).
 #[cfg(test)]
 pub fn pooled<E: Real>() -> Vec<usize> {
@@ -106,6 +117,16 @@ pub fn pooled<E: Real>() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_joins_the_pool_where_it_keeps_buffers_that_long() {
+        let before = pooled::<f64>().len();
+        replace::<f64>(100);
+        assert_eq!(pooled::<f64>().len(), before, "800 bytes: not kept");
+        replace::<f64>(5000);
+        assert_eq!(pooled::<f64>().len(), before + 1);
+        assert!(zeroed::<f64>(5000).iter().all(|&v| v == 0.0));
+    }
 
     #[test]
     fn recycled_buffers_come_back_zeroed() {
