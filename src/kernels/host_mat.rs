@@ -196,11 +196,11 @@ impl<E: Real> HostMat<E> {
     /// business, and some heap states still fault (16 per pair seen); dfdx's allocation
     /// cache (`Cpu::enable_cache`) avoids the question.
     pub fn into_exported(self) -> Vec<E> {
-        if self.stride != self.cols {
-            return self.to_compact();
-        }
+        let handed_over = self.stride == self.cols;
         let data = self.into_compact();
-        scratch::replace::<E>(data.len());
+        if handed_over {
+            scratch::replace::<E>(data.len());
+        }
         data
     }
 
