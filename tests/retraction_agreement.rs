@@ -241,3 +241,33 @@ fn results_are_the_same_with_the_device_cache_on() {
         );
     }
 }
+
+/// `retract` forms `X + xi` in the step's host copy ([`Retraction::apply`] in a third
+/// buffer): the same bits for every retraction, f32 and f64, both of Qr's algorithms.
+#[test]
+fn retract_on_tensors_gives_the_bits_of_apply() {
+    use sds_lora::kernels::{HostOps, TallOps};
+    let dev = Cpu::default();
+    let ops = HostOps::new(&dev);
+    for (k, &(n, r)) in SHAPES.iter().enumerate() {
+        for size in [0.3, 3.0] {
+            let (x, xi) = case(&dev, n, r, 40 + k as u64, size);
+            let (x32, xi32): (Mat<f32>, Mat<f32>) = (x.clone().to_dtype(), xi.clone().to_dtype());
+            for kind in Retraction::all(5) {
+                let tensors = retract(&x, &xi, kind);
+                let mats = kind.apply(&ops, &ops.load(&x).unwrap(), &ops.load(&xi).unwrap());
+                match (tensors, mats) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(a.as_vec(), ops.store(b, (n, r)).unwrap().as_vec())
+                    }
+                    (a, b) => assert_eq!(a.err(), b.err(), "{kind:?} ({n}, {r})"),
+                }
+                let a = retract(&x32, &xi32, kind).map(|t| t.as_vec());
+                let b = kind
+                    .apply(&ops, &ops.load(&x32).unwrap(), &ops.load(&xi32).unwrap())
+                    .map(|m| ops.store(m, (n, r)).unwrap().as_vec());
+                assert_eq!(a, b, "{kind:?} ({n}, {r}) f32");
+            }
+        }
+    }
+}

@@ -134,6 +134,24 @@ where
         );
         assert!(dist(&a, &b) < tol, "{kind:?}: {:e}", dist(&a, &b));
     }
+    // `B + alpha A` in B's storage, on both backends and against `lincomb`.
+    let alpha = E::of_f64(-0.75);
+    let axpy_h = host_ops.axpy(alpha, &xh, gh.clone()).unwrap();
+    let lincomb_h = host_ops.lincomb(alpha, &xh, E::one(), &gh).unwrap();
+    let axpy_c = composed.axpy(alpha, &xc, gc.clone()).unwrap();
+    let axpy_h = host_ops.store(axpy_h, (50, 6)).unwrap();
+    assert_eq!(
+        axpy_h.as_vec(),
+        host_ops.store(lincomb_h, (50, 6)).unwrap().as_vec()
+    );
+    assert!(dist(&axpy_h, &composed.store(axpy_c, (50, 6)).unwrap()) < tol);
+    let expected: Vec<E> = x
+        .as_vec()
+        .iter()
+        .zip(g.as_vec())
+        .map(|(&a, b)| b + alpha * a)
+        .collect();
+    assert_eq!(axpy_h.as_vec(), expected);
     // In-place stores keep the tensor id and write the data.
     let mut dst = x.clone() * E::of_f64(1.0);
     composed.store_into(&gc, &mut dst).unwrap();

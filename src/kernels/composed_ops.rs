@@ -216,10 +216,11 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
     }
 
     fn lincomb(&self, alpha: E, a: &Mat<E, D>, beta: E, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
-        let mut out = b.clone();
-        out.try_axpy(beta.to_f64(), a, alpha.to_f64())
-            .map_err(Error::device)?;
-        Ok(out)
+        axpby(alpha, a, beta, b.clone())
+    }
+
+    fn axpy(&self, alpha: E, a: &Mat<E, D>, b: Mat<E, D>) -> Result<Mat<E, D>, Error> {
+        axpby(alpha, a, E::one(), b)
     }
 
     fn all_finite(&self, a: &Mat<E, D>) -> Result<bool, Error> {
@@ -315,4 +316,16 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         let sums = self.to_host(&sums.try_stack().map_err(Error::device)?);
         Ok(sums.into_iter().map(|s| s == E::zero()).collect())
     }
+}
+
+/// `alpha A + beta B` in `B`'s storage (dfdx copies it first where it is shared).
+fn axpby<E: Real, D: Device<E>>(
+    alpha: E,
+    a: &Mat<E, D>,
+    beta: E,
+    mut b: Mat<E, D>,
+) -> Result<Mat<E, D>, Error> {
+    b.try_axpy(beta.to_f64(), a, alpha.to_f64())
+        .map_err(Error::device)?;
+    Ok(b)
 }

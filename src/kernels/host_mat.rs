@@ -331,6 +331,18 @@ impl<E: Real> HostMat<E> {
         m_e
     }
 
+    /// `self + alpha A`, in this matrix's storage.
+    pub fn plus_scaled(mut self, alpha: E, a: &Self) -> Self {
+        assert_eq!(
+            (a.rows, a.cols),
+            (self.rows, self.cols),
+            "HostMat::plus_scaled"
+        );
+        // Padding: 0 + alpha 0 = 0.
+        slices::axpy(alpha, &a.data, &mut self.data);
+        self
+    }
+
     /// `alpha A + beta B`.
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");

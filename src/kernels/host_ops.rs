@@ -109,6 +109,10 @@ where
         Ok(HostMat::lincomb(alpha, a, beta, b))
     }
 
+    fn axpy(&self, alpha: E, a: &HostMat<E>, b: HostMat<E>) -> Result<HostMat<E>, Error> {
+        Ok(b.plus_scaled(alpha, a))
+    }
+
     fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {
         Ok(slices::all_finite(a.storage()))
     }

@@ -32,18 +32,25 @@ impl<E> Default for Pool<E> {
 }
 
 /// The smallest pooled allocation of `len` to `2 len` elements, if there is one (a much
-/// larger one stays for the requests it fits); of equal ones, the one given back last,
-/// whose memory is most likely still in cache. (Handing out the oldest would cycle a step
-/// through every pooled buffer, and its working set would outgrow the cache.)
+/// larger one stays for the requests it fits); of equal ones, the one at the lowest
+/// address.
+///
+/// The lowest address, not the one given back last: a computation then works in the same
+/// few buffers call after call (they stay in cache), and the buffers it hands out for
+/// good, as tensors' storage ([`replace`]), come from the bottom of the heap. glibc's
+/// heap grows upwards and gives memory at its top back to the system when a free leaves
+/// enough of it unused: a result taken from the top and freed by the caller was given
+/// back that way and page-faulted in again by the next allocation (48 page faults per
+/// `project_tangent` + `retract` pair where the sum `X + xi` was formed in the step's
+/// storage, 0.1 with this order).
 fn take<E: Real>(len: usize) -> Option<Vec<E>> {
     E::with_pool(|p| {
         let mut pool = p.0.borrow_mut();
         let (i, _) = pool
             .iter()
             .enumerate()
-            .rev()
             .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len.max(1))
-            .min_by_key(|(_, b)| b.capacity())?;
+            .min_by_key(|(_, b)| (b.capacity(), b.as_ptr() as usize))?;
         Some(pool.remove(i))
     })
 }
@@ -126,6 +133,30 @@ mod tests {
         replace::<f64>(5000);
         assert_eq!(pooled::<f64>().len(), before + 1);
         assert!(zeroed::<f64>(5000).iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn of_equal_buffers_the_lowest_is_handed_out() {
+        let bufs: Vec<Vec<f32>> = (0..4).map(|_| zeroed(20_000)).collect();
+        let mut starts: Vec<usize> = bufs.iter().map(|b| b.as_ptr() as usize).collect();
+        // Given back in an order unrelated to their addresses.
+        let mut order: Vec<usize> = (0..4).collect();
+        order.sort_by_key(|&i| (starts[i] * 7919) % 1013);
+        let mut bufs: Vec<Option<Vec<f32>>> = bufs.into_iter().map(Some).collect();
+        for i in order {
+            recycle(bufs[i].take().unwrap());
+        }
+        starts.sort_unstable();
+        let taken: Vec<Vec<f32>> = (0..4).map(|_| overwritten(20_000)).collect();
+        let got: Vec<usize> = taken.iter().map(|b| b.as_ptr() as usize).collect();
+        assert_eq!(got, starts, "lowest address first");
+        // A smaller buffer that fits still goes before a larger one lower down.
+        let small = zeroed::<f32>(15_000);
+        let small_at = small.as_ptr() as usize;
+        taken.into_iter().for_each(recycle);
+        recycle(small);
+        let again = overwritten::<f32>(15_000);
+        assert_eq!(again.as_ptr() as usize, small_at);
     }
 
     #[test]

@@ -51,6 +51,29 @@ impl<E: Real> Kernel for Lincomb<'_, E> {
     }
 }
 
+/// `y_i <- y_i + alpha x_i`, in `y`'s storage.
+pub fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths");
+    dispatch(Axpy { alpha, x, y })
+}
+
+struct Axpy<'a, E> {
+    alpha: E,
+    x: &'a [E],
+    y: &'a mut [E],
+}
+
+impl<E: Real> Kernel for Axpy<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<F: Fma>(self) {
+        let Axpy { alpha, x, y } = self;
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o += alpha * v;
+        }
+    }
+}
+
 /// Whether every element is finite (no NaN, no infinity).
 pub fn all_finite<E: Real>(a: &[E]) -> bool {
     dispatch(AllFinite(a))
@@ -86,6 +109,18 @@ fn all_finite_loop<E: Real>(a: &[E]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axpy_adds_in_place_as_lincomb_does() {
+        let x: Vec<f32> = (0..203).map(|i| (i as f32).sin()).collect();
+        let y0: Vec<f32> = (0..203).map(|i| (i as f32 * 0.37).cos()).collect();
+        let mut by_lincomb = vec![0.0; 203];
+        lincomb(-0.5, &x, 1.0, &y0, &mut by_lincomb);
+        let mut y = y0.clone();
+        axpy(-0.5, &x, &mut y);
+        assert_eq!(y, by_lincomb);
+        assert_eq!(y[10], y0[10] - 0.5 * x[10]);
+    }
 
     #[test]
     fn all_finite_finds_nan_and_inf_anywhere() {

@@ -79,6 +79,12 @@ pub trait TallOps<E: Real> {
     /// `alpha A + beta B`.
     fn lincomb(&self, alpha: E, a: &Self::Mat, beta: E, b: &Self::Mat) -> Result<Self::Mat, Error>;
 
+    /// `B + alpha A`, computed in `B`'s storage where the backend can (the caller gives
+    /// `B` up: one matrix fewer in flight than [`TallOps::lincomb`]).
+    fn axpy(&self, alpha: E, a: &Self::Mat, b: Self::Mat) -> Result<Self::Mat, Error> {
+        self.lincomb(alpha, a, E::one(), &b)
+    }
+
     /// Whether every element of `a` is finite.
     fn all_finite(&self, a: &Self::Mat) -> Result<bool, Error>;
 

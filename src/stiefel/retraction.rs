@@ -86,13 +86,9 @@ impl Retraction {
         ops: &B,
         steps: &[(&B::Mat, &B::Mat)],
     ) -> Result<Vec<B::Mat>, Error> {
-        for (x, xi) in steps {
-            Error::check_shape(ops.dims(x), ops.dims(xi))?;
-            let (rows, cols) = ops.dims(x);
-            if cols > rows {
-                return Err(Error::NotTall { rows, cols });
-            }
-        }
+        steps
+            .iter()
+            .try_for_each(|(x, xi)| check_step(ops, x, xi))?;
         // Each retraction checks its inputs for NaN and infinity through the first Gram
         // matrices it forms (`retractions::check_finite`): no separate pass.
         match *self {
@@ -100,6 +96,26 @@ impl Retraction {
             Retraction::Exp => retractions::exp(ops, steps),
             _ => SumRetraction(*self).apply_batch(ops, Sums::of_steps(ops, steps)?),
         }
+    }
+
+    /// [`Retraction::apply`] on inputs the caller gives up: a sum retraction
+    /// ([`Retraction::sum_form`]) forms `X + xi` in the step's storage and lets the point's
+    /// go before its products, one matrix fewer in flight. A NaN or an infinity in either
+    /// input is then reported as one in the sum ([`Error::NonFinite`]): the step that held
+    /// it is overwritten.
+    pub(crate) fn apply_owned<E: Real, B: TallOps<E>>(
+        &self,
+        ops: &B,
+        x: B::Mat,
+        xi: B::Mat,
+    ) -> Result<B::Mat, Error> {
+        let Some(sum) = self.sum_form() else {
+            return self.apply(ops, &x, &xi);
+        };
+        check_step(ops, &x, &xi)?;
+        let y = ops.axpy(E::one(), &x, xi)?;
+        drop(x);
+        Ok(sum.apply_batch(ops, Sums::new(ops, vec![y])?)?.remove(0))
     }
 
     /// This retraction as a function of the sum `X + xi`, if it is one (all but `Cayley`
@@ -206,6 +222,22 @@ pub fn retract<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     kind: Retraction,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
     let ops = x.device().tall_ops();
-    let y = kind.apply(&ops, &ops.load(x)?, &ops.load(xi)?)?;
+    let y = match kind.apply_owned(&ops, ops.load(x)?, ops.load(xi)?) {
+        // The sum overwrote the step: read both again to name the input at fault.
+        Err(Error::NonFinite { .. }) if kind.sum_form().is_some() => {
+            kind.apply(&ops, &ops.load(x)?, &ops.load(xi)?)
+        }
+        y => y,
+    }?;
     ops.store(y, *x.shape())
+}
+
+/// Fails unless the point and the step have one tall shape.
+fn check_step<E: Real, B: TallOps<E>>(ops: &B, x: &B::Mat, xi: &B::Mat) -> Result<(), Error> {
+    Error::check_shape(ops.dims(x), ops.dims(xi))?;
+    let (rows, cols) = ops.dims(x);
+    if cols > rows {
+        return Err(Error::NotTall { rows, cols });
+    }
+    Ok(())
 }
