@@ -5,7 +5,7 @@
 //! them without reassociating floating-point additions itself, over several registers so
 //! that the additions' latency does not serialise the loop.
 
-use super::simd::{dispatch, Fma, Kernel};
+use super::simd::{dispatch, Fma, Kernel, Loop};
 use super::Real;
 
 /// Partial sums of a reduction: four AVX-512 registers of `f32`.
@@ -17,61 +17,21 @@ pub fn lincomb<E: Real>(alpha: E, a: &[E], beta: E, b: &[E], out: &mut [E]) {
         a.len() == b.len() && a.len() == out.len(),
         "lincomb: lengths"
     );
-    dispatch(Lincomb {
-        alpha,
-        a,
-        beta,
-        b,
-        out,
-    })
-}
-
-struct Lincomb<'a, E> {
-    alpha: E,
-    a: &'a [E],
-    beta: E,
-    b: &'a [E],
-    out: &'a mut [E],
-}
-
-impl<E: Real> Kernel for Lincomb<'_, E> {
-    type Output = ();
-    #[inline(always)]
-    fn run<F: Fma>(self) {
-        let Lincomb {
-            alpha,
-            a,
-            beta,
-            b,
-            out,
-        } = self;
+    dispatch(Loop(|| {
         for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
             *o = alpha * x + beta * y;
         }
-    }
+    }))
 }
 
 /// `y_i <- y_i + alpha x_i`, in `y`'s storage.
 pub fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     assert_eq!(x.len(), y.len(), "axpy: lengths");
-    dispatch(Axpy { alpha, x, y })
-}
-
-struct Axpy<'a, E> {
-    alpha: E,
-    x: &'a [E],
-    y: &'a mut [E],
-}
-
-impl<E: Real> Kernel for Axpy<'_, E> {
-    type Output = ();
-    #[inline(always)]
-    fn run<F: Fma>(self) {
-        let Axpy { alpha, x, y } = self;
+    dispatch(Loop(|| {
         for (o, &v) in y.iter_mut().zip(x) {
             *o += alpha * v;
         }
-    }
+    }))
 }
 
 /// Whether every element is finite (no NaN, no infinity).
