@@ -99,10 +99,10 @@ impl Retraction {
     }
 
     /// [`Retraction::apply`] on inputs the caller gives up: a sum retraction
-    /// ([`Retraction::sum_form`]) forms `X + xi` in the step's storage and lets the point's
-    /// go before its products, one matrix fewer in flight. A NaN or an infinity in either
-    /// input is then reported as one in the sum ([`Error::NonFinite`]): the step that held
-    /// it is overwritten.
+    /// ([`Retraction::sum_form`]) forms `X + xi` in the step's storage and frees the
+    /// point's before its products, one matrix fewer in flight. A NaN or an infinity in
+    /// either input is then reported as one in the sum ([`Error::NonFinite`]): the step
+    /// that held it is overwritten.
     pub(crate) fn apply_owned<E: Real, B: TallOps<E>>(
         &self,
         ops: &B,
