@@ -184,8 +184,9 @@ impl<E: Real> HostMat<E> {
     }
 
     /// The compact row-major data, to leave the pool for good (as a tensor's storage).
-    /// Compact storage itself is handed over, and a zeroed buffer as long takes its place
-    /// in the [`scratch`] pool at once ([`scratch::replace`]); padded storage is copied out.
+    /// Compact storage itself is handed over, and an allocation as long takes its place
+    /// in the [`scratch`] pool at once, with nothing written to it
+    /// ([`scratch::replace`]); padded storage is copied out.
     ///
     /// The replacement is allocated while the handed-over buffer is still alive. Allocated
     /// later (when the pool next runs short, after the caller has freed the results), it
@@ -221,22 +222,49 @@ impl<E: Real> HostMat<E> {
     }
 
     /// `beta C + A M` for `c = Some((beta, C))`, computed in `C`'s storage, or `A M`
-    /// for `None`; `M` is a small host matrix (`cols x m.ncols()`).
+    /// for `None` ([`HostMat::product`]); `M` is a small host matrix
+    /// (`cols x m.ncols()`).
     pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<(E, Self)>) -> Self {
+        let Some((beta, mut out)) = c else {
+            return self.product(m, None);
+        };
         assert_eq!(self.cols, m.nrows(), "HostMat::mul_small: inner dimensions");
         let k = m.ncols();
-        let (mut out, beta) = match c {
-            Some((beta, c)) => {
-                assert_eq!((c.rows, c.cols), (self.rows, k), "HostMat::mul_small_add");
-                (c, beta)
-            }
-            // The product writes every element, padding included.
-            None => (Self::overwritten(self.rows, k), E::zero()),
-        };
+        assert_eq!(
+            (out.rows, out.cols),
+            (self.rows, k),
+            "HostMat::mul_small_add"
+        );
         let stride = out.stride;
         let m_e = Self::padded_small(m, stride);
         tall_products::mul_small_add(self.strided(), &m_e, beta, &mut out.data, stride);
         out
+    }
+
+    /// `beta C + A M` in a new matrix, `C` only read ([`HostMat::product`]).
+    pub fn mul_small_add_new(&self, m: &DMatrix<f64>, beta: E, c: &Self) -> Self {
+        self.product(m, Some((beta, c)))
+    }
+
+    /// `beta C + A M` (or `A M` for `None`) written into a [spare](scratch::spare)
+    /// buffer: no zero-filling before the product writes it
+    /// ([`tall_products::mul_small_add_into`]).
+    fn product(&self, m: &DMatrix<f64>, c: Option<(E, &Self)>) -> Self {
+        assert_eq!(self.cols, m.nrows(), "HostMat::mul_small: inner dimensions");
+        let (rows, cols, stride) = (self.rows, m.ncols(), Self::stride_for(m.ncols()));
+        if let Some((_, c)) = c {
+            assert_eq!((c.rows, c.cols), (rows, cols), "HostMat::mul_small_add_new");
+        }
+        let m_e = Self::padded_small(m, stride);
+        let mut data = scratch::spare(rows * stride);
+        let src = c.map(|(beta, c)| (beta, &c.data[..]));
+        tall_products::mul_small_add_into(self.strided(), &m_e, src, &mut data, stride);
+        Self {
+            rows,
+            cols,
+            stride,
+            data,
+        }
     }
 
     /// `beta C + A M` in `C`'s storage, then `then(extra, piece)` on each [`Piece`] of rows of
@@ -306,18 +334,6 @@ impl<E: Real> HostMat<E> {
     /// ([`Piece::gram`]): the same bits as [`HostMat::gram`] of the whole matrices.
     pub fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
         to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
-    }
-
-    /// `A M` for a square small `M` (`cols x cols`), in `A`'s storage.
-    pub fn mul_small_in_place(mut self, m: &DMatrix<f64>) -> Self {
-        assert_eq!(
-            (m.nrows(), m.ncols()),
-            (self.cols, self.cols),
-            "HostMat::mul_small_in_place"
-        );
-        let m_e = Self::padded_small(m, self.stride);
-        tall_products::mul_small_in_place(&mut self.data, self.rows, self.cols, self.stride, &m_e);
-        self
     }
 
     /// `M` in `E`, rows padded with zeros to `stride` (an output's row length).

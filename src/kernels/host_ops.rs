@@ -1,6 +1,6 @@
 //! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
 
-use super::{device_cache, householder_q, slices, HostMat, Real, TallOps};
+use super::{device_cache, householder_q, slices, small, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
@@ -89,14 +89,25 @@ where
         Ok(a.mul_small_add(m, Some((beta, c))))
     }
 
+    /// Each product is written into a [spare](crate::kernels::scratch::spare) buffer, and
+    /// its input goes back to the pool at once, values kept, for the next load to copy
+    /// into: a product handed out as a tensor's storage then leaves an empty allocation in
+    /// the pool, not one to zero-fill ([`HostMat::into_exported`]).
     fn transform_each(
         &self,
         pairs: Vec<(HostMat<E>, DMatrix<f64>)>,
     ) -> Result<Vec<HostMat<E>>, Error> {
         Ok(pairs
             .into_iter()
-            .map(|(a, m)| a.mul_small_in_place(&m))
+            .map(|(a, m)| a.mul_small_add(&m, None))
             .collect())
+    }
+
+    /// In a new buffer, as [`HostOps::transform_each`] forms its products: `G`'s goes
+    /// back to the pool with its values.
+    fn project(&self, x: &HostMat<E>, g: HostMat<E>) -> Result<HostMat<E>, Error> {
+        let s = small::sym(&x.gram(&g));
+        Ok(x.mul_small_add_new(&(-s), E::one(), &g))
     }
 
     fn lincomb(

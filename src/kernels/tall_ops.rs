@@ -92,9 +92,9 @@ pub trait TallOps<E: Real> {
     /// `a`'s storage where the backend can.
     fn qr_q(&self, a: Self::Mat) -> Result<Self::Mat, Error>;
 
-    /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`: the tangent projection, in
-    /// `G`'s storage where the backend can. A device backend keeps the `r x r` product on
-    /// the device (no host round trip).
+    /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`: the tangent projection
+    /// (by default in `G`'s storage, where the backend can). A device backend keeps the
+    /// `r x r` product on the device (no host round trip).
     fn project(&self, x: &Self::Mat, g: Self::Mat) -> Result<Self::Mat, Error> {
         let s = super::small::sym(&self.gram(x, &g)?);
         self.mul_small_add(x, &(-s), g)
@@ -132,9 +132,8 @@ pub trait TallOps<E: Real> {
             .collect()
     }
 
-    /// `A_k M_k` for every pair, with square small host matrices `M_k`, computed in
-    /// `A_k`'s storage where the backend can; a device backend sends all the small
-    /// matrices in one transfer.
+    /// `A_k M_k` for every pair, with square small host matrices `M_k`; the caller gives
+    /// the `A_k` up. A device backend sends all the small matrices in one transfer.
     fn transform_each(
         &self,
         pairs: Vec<(Self::Mat, DMatrix<f64>)>,

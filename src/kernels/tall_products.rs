@@ -204,71 +204,75 @@ pub fn mul_small_add_piece<E: Real>(
         // SAFETY: the CPU has AVX-512F; the sizes were checked by the caller, and `c` is
         // borrowed apart from `a`.
         unsafe {
-            avx512_kernels::mul_small_add(a.raw(), m, beta, c.as_mut_ptr(), c_stride);
+            let c = c.as_mut_ptr();
+            avx512_kernels::mul_small_add(a.raw(), m, beta, c.cast_const(), c, c_stride);
         }
         return;
     }
     gemm_mul_small_add(a, m, beta, c, c_stride);
 }
 
-/// `A <- A M` in `A`'s storage, for a square `M` (`a.cols x a.cols`, stored like `A`'s
-/// rows: `stride` apart, zeros beyond column `cols`). Each tile of rows is read whole
-/// before it is written, so the product needs no second buffer where its output is one
-/// block of registers wide (`stride <= 3` registers: up to 48 columns of `f32`, 24 of
-/// `f64`); otherwise, and without AVX-512F, it goes through a pooled copy of `A`.
-pub fn mul_small_in_place<E: Real>(a: &mut [E], rows: usize, cols: usize, stride: usize, m: &[E]) {
-    Strided {
-        data: &*a,
-        rows,
-        cols,
-        stride,
-    }
-    .check();
-    assert_eq!(
-        m.len(),
-        cols * stride,
-        "tall_products::mul_small_in_place: sizes"
-    );
-    let ranges = pieces(rows, stride);
-    let per_piece = ranges[0].len().max(1) * stride;
-    let jobs: Vec<_> = a[..rows * stride].chunks_mut(per_piece).collect();
-    parallel::run(jobs, |a| {
-        mul_small_in_place_piece(a, a.len() / stride, cols, stride, m)
-    });
-}
-
-/// [`mul_small_in_place`] in one piece (checked arguments).
-fn mul_small_in_place_piece<E: Real>(
-    a: &mut [E],
-    rows: usize,
-    cols: usize,
-    stride: usize,
+/// `D = beta C + A M` (operands as [`mul_small_add`]; `c = Some((beta, C))`, or `None`
+/// for `A M`) written into the spare capacity of `out`, which must be empty with room
+/// for `a.rows * c_stride` elements; sets `out`'s length. `C` is only read, and `out`
+/// needs no zero-filling first: with AVX-512F the kernel writes every element of its
+/// rows (padding included) straight into the unwritten memory. Elsewhere `out` is
+/// filled (with `C`, or zeros) and the product runs in place. Panics on inconsistent
+/// sizes.
+pub fn mul_small_add_into<E: Real>(
+    a: Strided<'_, E>,
     m: &[E],
+    c: Option<(E, &[E])>,
+    out: &mut Vec<E>,
+    c_stride: usize,
 ) {
+    a.check();
+    let len = a.rows * c_stride;
+    assert!(
+        c_stride.is_multiple_of(ROW_ALIGN)
+            && m.len() == a.cols * c_stride
+            && out.is_empty()
+            && out.capacity() >= len
+            && c.is_none_or(|(_, c)| c.len() >= len),
+        "tall_products::mul_small_add_into: sizes"
+    );
+    let beta = c.map_or(E::zero(), |(beta, _)| beta);
     #[cfg(target_arch = "x86_64")]
-    if super::avx512::available() && avx512_kernels::fits_in_place::<E>(stride) {
-        // Reads and writes through one pointer, taken from the exclusive borrow.
-        let p = a.as_mut_ptr();
-        let a_raw = avx512_kernels::RawStrided {
-            ptr: p.cast_const(),
-            rows,
-            cols,
-            stride,
-        };
-        // SAFETY: the CPU has AVX-512F; sizes checked; `fits_in_place` makes the output
-        // one column block, so every tile reads its rows of `A` before writing them.
-        unsafe { avx512_kernels::mul_small_add(a_raw, m, E::zero(), p, stride) };
+    if super::avx512::available() {
+        let ranges = pieces(a.rows, a.stride.max(c_stride));
+        let per_piece = ranges[0].len().max(1) * c_stride;
+        let jobs: Vec<_> = out.spare_capacity_mut()[..len]
+            .chunks_mut(per_piece)
+            .zip(ranges)
+            .collect();
+        parallel::run(jobs, |(dst, rows)| {
+            let src = c.map_or(std::ptr::null(), |(_, c)| {
+                c[rows.start * c_stride..].as_ptr()
+            });
+            // SAFETY: the CPU has AVX-512F; sizes checked above. `dst` is this piece's
+            // rows of `out`'s spare capacity, apart from every input; the kernel writes
+            // each of its elements and reads `beta C` from `src` (not read for
+            // `beta = 0`).
+            unsafe {
+                avx512_kernels::mul_small_add(
+                    a.rows(rows).raw(),
+                    m,
+                    beta,
+                    src,
+                    dst.as_mut_ptr().cast::<E>(),
+                    c_stride,
+                )
+            };
+        });
+        // SAFETY: the pieces cover the first `len` elements, and each was written.
+        unsafe { out.set_len(len) };
         return;
     }
-    let copy = super::scratch::copied(&a[..rows * stride]);
-    let view = Strided {
-        data: &copy,
-        rows,
-        cols,
-        stride,
-    };
-    mul_small_add_piece(view, m, E::zero(), a, stride);
-    super::scratch::recycle(copy);
+    match c {
+        Some((_, c)) => out.extend_from_slice(&c[..len]),
+        None => out.resize(len, E::zero()),
+    }
+    mul_small_add(a, m, beta, out, c_stride);
 }
 
 /// [`gram`] by the `gemm` crate (checked arguments).
@@ -414,18 +418,14 @@ mod avx512_kernels {
         pub stride: usize,
     }
 
-    /// Whether an output of `stride` elements per row is one column block, which
-    /// [`mul_small_add`] writes after reading each tile's rows of `A` whole.
-    pub fn fits_in_place<E: Real>(stride: usize) -> bool {
-        stride <= MAX_CHUNKS * E::WIDTH
-    }
-
-    /// `C <- beta C + A M`. `C` may be `A` itself if [`fits_in_place`] (then `beta = 0`).
+    /// `C <- beta S + A M`, `S` at `src` laid out like `C` (`C` itself for an update in
+    /// place; not read for `beta = 0`). Every element of `C`'s rows is written, none read.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn mul_small_add<E: Real>(
         a: RawStrided<E>,
         m: &[E],
         beta: E,
+        src: *const E,
         c: *mut E,
         c_stride: usize,
     ) {
@@ -433,6 +433,7 @@ mod avx512_kernels {
             a,
             m,
             beta,
+            src,
             c,
             c_stride,
         };
@@ -461,12 +462,13 @@ mod avx512_kernels {
         }
     }
 
-    /// The operands of `C <- beta C + A M` (`M` rows `c_stride` apart, as `C`'s).
+    /// The operands of `C <- beta S + A M` (`M` and `S` rows `c_stride` apart, as `C`'s).
     #[derive(Clone, Copy)]
     struct Mul<'a, E> {
         a: RawStrided<E>,
         m: &'a [E],
         beta: E,
+        src: *const E,
         c: *mut E,
         c_stride: usize,
     }
@@ -532,7 +534,7 @@ mod avx512_kernels {
             r0
         }
 
-        /// `C[r0..r0+T, off..] <- beta C + acc`, `lanes[j]` lanes of register `j`.
+        /// `C[r0..r0+T, off..] <- beta S + acc`, `lanes[j]` lanes of register `j`.
         #[inline(always)]
         unsafe fn store<const T: usize, const J: usize>(
             self,
@@ -542,18 +544,22 @@ mod avx512_kernels {
             acc: &[[E::V; J]; T],
         ) {
             let Mul {
-                beta, c, c_stride, ..
+                beta,
+                src,
+                c,
+                c_stride,
+                ..
             } = self;
-            let pc = c.add(r0 * c_stride + off);
+            let at = r0 * c_stride + off;
             for (t, acc_t) in acc.iter().enumerate() {
                 for j in 0..J {
-                    let p = pc.add(t * c_stride + j * E::WIDTH);
+                    let k = at + t * c_stride + j * E::WIDTH;
                     let v = if beta == E::zero() {
                         acc_t[j]
                     } else {
-                        E::vfma(E::vsplat(&beta), E::vload(p, lanes[j]), acc_t[j])
+                        E::vfma(E::vsplat(&beta), E::vload(src.add(k), lanes[j]), acc_t[j])
                     };
-                    E::vstore(p, v, lanes[j]);
+                    E::vstore(c.add(k), v, lanes[j]);
                 }
             }
         }
@@ -668,42 +674,45 @@ mod tests {
         }
     }
 
-    /// `A <- A M` in place equals the product into a separate buffer, bit for bit, for
-    /// outputs of one register block (in-place kernel) and wider (through a copy).
-    fn check_in_place<E: Real>() {
-        for &(n, r) in &[
-            (1, 1),
-            (37, 7),
-            (70, 16),
-            (131, 13),
-            (50, 20),
-            (65, 64),
-            (29, 48),
-            (3000, 16),
+    /// The product written into spare capacity equals [`mul_small_add`] into a written
+    /// buffer, bit for bit, with and without `beta C` (`C` unchanged), for outputs of one
+    /// register block and wider, in one piece and in several.
+    fn check_into<E: Real>() {
+        for &(n, r, k) in &[
+            (1, 1, 1),
+            (37, 7, 7),
+            (70, 16, 16),
+            (131, 13, 5),
+            (50, 20, 33),
+            (65, 64, 64),
+            (3000, 16, 16),
         ] {
-            let (a, stride) = padded::<E>(n, r, 4);
-            let (mut m, _) = padded::<E>(r, stride, 5);
-            for row in m.chunks_exact_mut(stride) {
-                row[r..].fill(E::zero());
+            let (a, sa) = padded::<E>(n, r, 4);
+            let (c, sc) = padded::<E>(n, k, 6);
+            let (mut m, _) = padded::<E>(r, sc, 5);
+            for row in m.chunks_exact_mut(sc) {
+                row[k..].fill(E::zero());
             }
-            let mut expect = vec![E::zero(); n * stride];
-            mul_small_add(view(&a, n, r, stride), &m, E::zero(), &mut expect, stride);
-            let mut in_place = a.clone();
-            mul_small_in_place(&mut in_place, n, r, stride, &m);
-            assert!(
-                in_place
-                    .iter()
-                    .zip(&expect)
-                    .all(|(x, y)| x.to_f64() == y.to_f64()),
-                "{n} x {r}"
-            );
+            for beta in [None, Some(E::of_f64(-0.5))] {
+                let mut expect = c.clone();
+                let b = beta.unwrap_or(E::zero());
+                mul_small_add(view(&a, n, r, sa), &m, b, &mut expect, sc);
+                let mut out = Vec::with_capacity(n * sc);
+                let src = beta.map(|b| (b, &c[..]));
+                mul_small_add_into(view(&a, n, r, sa), &m, src, &mut out, sc);
+                let same = |x: &[E], y: &[E]| {
+                    x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_f64() == q.to_f64())
+                };
+                assert!(same(&out, &expect), "{n} x {r} x {k}, beta {beta:?}");
+                assert!(same(&c, &padded::<E>(n, k, 6).0), "C unchanged");
+            }
         }
     }
 
     #[test]
-    fn in_place_product_matches_the_separate_one() {
-        check_in_place::<f32>();
-        check_in_place::<f64>();
+    fn product_into_spare_capacity_matches_the_one_in_place() {
+        check_into::<f32>();
+        check_into::<f64>();
     }
 
     #[test]
@@ -721,7 +730,7 @@ mod tests {
     fn products_split_between_threads() {
         parallel::splitting(|| {
             check_products::<f64>(1e-15);
-            check_in_place::<f32>();
+            check_into::<f32>();
         });
     }
 }
