@@ -385,6 +385,8 @@ mod avx512_kernels {
             let mut acc = [[E::vzero(); J]; T];
             for i in row..end {
                 let (ra, rb) = (pa.add(i * a.stride), pb.add(i * b.stride));
+                prefetch(ra.wrapping_add(PREFETCH_ROWS * a.stride));
+                prefetch(rb.wrapping_add(PREFETCH_ROWS * b.stride));
                 let bv: [E::V; J] =
                     std::array::from_fn(|j| E::vload(rb.add(j * E::WIDTH), lanes[j]));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
@@ -407,6 +409,16 @@ mod avx512_kernels {
             let i = i0 + t;
             out[i * b.cols + off..i * b.cols + off + cols].copy_from_slice(&total_t[..cols]);
         }
+    }
+
+    /// Rows ahead of the one in use that the row loops ask the cache for.
+    const PREFETCH_ROWS: usize = 12;
+
+    /// Asks for the cache line at `p` in L1 (a hint: no fault, whatever `p` is).
+    #[inline(always)]
+    unsafe fn prefetch<E>(p: *const E) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
     }
 
     /// A padded row-major matrix by its first element (see [`Strided`]).
@@ -523,11 +535,20 @@ mod avx512_kernels {
             while r0 + T <= self.a.rows {
                 let pa = self.a.ptr.add(r0 * K);
                 let mut acc = [[E::vzero(); 1]; T];
-                for (k, &mk) in mv.iter().enumerate() {
-                    for (t, acc_t) in acc.iter_mut().enumerate() {
-                        acc_t[0] = E::vfma(E::vsplat(pa.add(t * K + k)), mk, acc_t[0]);
-                    }
+                // Unrolled by hand: written as a loop over `k`, the loop stayed rolled and
+                // `M` was read from the stack at every step.
+                const { assert!(K <= 16) };
+                macro_rules! each_k {
+                    ($($k:literal)*) => {$(
+                        if $k < K {
+                            let mk = mv[$k];
+                            for (t, acc_t) in acc.iter_mut().enumerate() {
+                                acc_t[0] = E::vfma(E::vsplat(pa.add(t * K + $k)), mk, acc_t[0]);
+                            }
+                        }
+                    )*};
                 }
+                each_k!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
                 self.store(r0, off, [width], &acc);
                 r0 += T;
             }
