@@ -222,8 +222,8 @@ impl<E: Real> HostMat<E> {
     }
 
     /// `beta C + A M` for `c = Some((beta, C))`, computed in `C`'s storage, or `A M`
-    /// for `None` ([`HostMat::product`]); `M` is a small host matrix
-    /// (`cols x m.ncols()`).
+    /// for `None`, written into a [spare](scratch::spare) buffer; `M` is a small host
+    /// matrix (`cols x m.ncols()`).
     pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<(E, Self)>) -> Self {
         let Some((beta, mut out)) = c else {
             return self.product(m, None);
@@ -241,7 +241,9 @@ impl<E: Real> HostMat<E> {
         out
     }
 
-    /// `beta C + A M` in a new matrix, `C` only read ([`HostMat::product`]).
+    /// `beta C + A M` in a new matrix, `C` only read: written into a
+    /// [spare](scratch::spare) buffer, with no zero-filling before
+    /// ([`tall_products::mul_small_add_into`]).
     pub fn mul_small_add_new(&self, m: &DMatrix<f64>, beta: E, c: &Self) -> Self {
         self.product(m, Some((beta, c)))
     }
