@@ -604,6 +604,16 @@ mod tests {
         (data, stride)
     }
 
+    /// A small `rows x cols` matrix `M` stored as the products take it: rows `stride`
+    /// apart, zeros beyond column `cols`.
+    fn small_matrix<E: Real>(rows: usize, cols: usize, stride: usize, seed: usize) -> Vec<E> {
+        let (mut m, _) = padded::<E>(rows, stride, seed);
+        for row in m.chunks_exact_mut(stride) {
+            row[cols..].fill(E::zero());
+        }
+        m
+    }
+
     fn view<E>(data: &[E], rows: usize, cols: usize, stride: usize) -> Strided<'_, E> {
         Strided {
             data,
@@ -659,11 +669,7 @@ mod tests {
                 }
             }
             // C <- beta C + A M with M: ra x rb, for beta 0 (C garbage) and -0.5.
-            let (m, _) = padded::<E>(ra, sb, 3);
-            let mut m_pad = m.clone();
-            for row in m_pad.chunks_exact_mut(sb) {
-                row[rb..].fill(E::zero());
-            }
+            let m_pad = small_matrix::<E>(ra, rb, sb, 3);
             for beta in [0.0, -0.5] {
                 let mut c_fast = vec![E::of_f64(if beta == 0.0 { f64::NAN } else { 0.25 }); n * sb];
                 for row in c_fast.chunks_exact_mut(sb) {
@@ -710,10 +716,7 @@ mod tests {
         ] {
             let (a, sa) = padded::<E>(n, r, 4);
             let (c, sc) = padded::<E>(n, k, 6);
-            let (mut m, _) = padded::<E>(r, sc, 5);
-            for row in m.chunks_exact_mut(sc) {
-                row[k..].fill(E::zero());
-            }
+            let m = small_matrix::<E>(r, k, sc, 5);
             for beta in [None, Some(E::of_f64(-0.5))] {
                 let mut expect = c.clone();
                 let b = beta.unwrap_or(E::zero());
