@@ -319,10 +319,8 @@ impl<E: Real> HostMat<E> {
     pub fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
         let (cols, stride) = (self.cols, self.stride);
         let ranges = self.pieces();
-        let per_piece = ranges[0].len().max(1) * stride;
-        self.data[..self.rows * stride]
-            .chunks_mut(per_piece)
-            .zip(ranges)
+        tall_products::cut_at_pieces(&mut self.data, ranges, stride)
+            .into_iter()
             .map(|(data, rows)| Piece {
                 rows,
                 data,

@@ -76,6 +76,22 @@ pub fn pieces(rows: usize, stride: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// `buf`, rows `stride` apart, cut at the row ranges of [`pieces`] (`ranges`), each part
+/// with its rows; `buf` must hold at least the rows the ranges cover.
+pub fn cut_at_pieces<T>(
+    buf: &mut [T],
+    ranges: Vec<std::ops::Range<usize>>,
+    stride: usize,
+) -> Vec<(&mut [T], std::ops::Range<usize>)> {
+    let rows = ranges.last().map_or(0, |r| r.end);
+    // Every piece but the last is as long as the first.
+    let per_piece = ranges.first().map_or(1, |r| r.len().max(1)) * stride;
+    buf[..rows * stride]
+        .chunks_mut(per_piece)
+        .zip(ranges)
+        .collect()
+}
+
 impl<'a, E> Strided<'a, E> {
     /// Rows `rows` of this matrix.
     pub fn rows(&self, rows: std::ops::Range<usize>) -> Strided<'a, E> {
@@ -173,10 +189,8 @@ pub fn mul_small_add_then<E: Real, T: Send>(
         ranges.len(),
         "tall_products: one extra per piece"
     );
-    let c = &mut c[..a.rows * c_stride];
-    let jobs: Vec<_> = c
-        .chunks_mut(ranges[0].len().max(1) * c_stride)
-        .zip(ranges)
+    let jobs: Vec<_> = cut_at_pieces(c, ranges, c_stride)
+        .into_iter()
         .zip(extras)
         .collect();
     parallel::run(jobs, |((c, rows), extra)| {
@@ -240,11 +254,7 @@ pub fn mul_small_add_into<E: Real>(
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
         let ranges = pieces(a.rows, a.stride.max(c_stride));
-        let per_piece = ranges[0].len().max(1) * c_stride;
-        let jobs: Vec<_> = out.spare_capacity_mut()[..len]
-            .chunks_mut(per_piece)
-            .zip(ranges)
-            .collect();
+        let jobs = cut_at_pieces(out.spare_capacity_mut(), ranges, c_stride);
         parallel::run(jobs, |(dst, rows)| {
             let src = c.map_or(std::ptr::null(), |(_, c)| {
                 c[rows.start * c_stride..].as_ptr()
