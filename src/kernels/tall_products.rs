@@ -336,6 +336,7 @@ fn gemm_mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E],
 #[cfg(target_arch = "x86_64")]
 mod avx512_kernels {
     use super::{Strided, ROW_ALIGN, SUM_BLOCK};
+    use crate::kernels::avx512::base_register;
     use crate::kernels::Real;
 
     /// Columns of `A` (rows of `C`) per tile: one padded block, so never past a row.
@@ -394,7 +395,8 @@ mod avx512_kernels {
             let end = (row + SUM_BLOCK).min(a.rows);
             let mut acc = [[E::vzero(); J]; T];
             for i in row..end {
-                let (ra, rb) = (pa.add(i * a.stride), pb.add(i * b.stride));
+                let ra = base_register(pa.add(i * a.stride));
+                let rb = base_register(pb.add(i * b.stride));
                 prefetch(ra.wrapping_add(PREFETCH_ROWS * a.stride));
                 prefetch(rb.wrapping_add(PREFETCH_ROWS * b.stride));
                 let bv: [E::V; J] =
@@ -513,10 +515,10 @@ mod avx512_kernels {
             let Mul { a, m, c_stride, .. } = self;
             let lanes: [usize; J] = std::array::from_fn(|j| width.saturating_sub(j * E::WIDTH));
             let mut acc = [[E::vzero(); J]; T];
-            let pa = a.ptr.add(r0 * a.stride);
+            let pa = base_register(a.ptr.add(r0 * a.stride));
             let pm = m.as_ptr().add(off);
             for kk in 0..a.cols {
-                let mrow = pm.add(kk * c_stride);
+                let mrow = base_register(pm.add(kk * c_stride));
                 let mv: [E::V; J] =
                     std::array::from_fn(|j| E::vload(mrow.add(j * E::WIDTH), lanes[j]));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
@@ -543,7 +545,7 @@ mod avx512_kernels {
             let mv: [E::V; K] = std::array::from_fn(|k| E::vload(pm.add(k * self.c_stride), width));
             let mut r0 = 0;
             while r0 + T <= self.a.rows {
-                let pa = self.a.ptr.add(r0 * K);
+                let pa = base_register(self.a.ptr.add(r0 * K));
                 let mut acc = [[E::vzero(); 1]; T];
                 // Unrolled by hand: written as a loop over `k`, the loop stayed rolled and
                 // `M` was read from the stack at every step.
@@ -582,9 +584,13 @@ mod avx512_kernels {
                 ..
             } = self;
             let at = r0 * c_stride + off;
+            let (src, c) = (
+                base_register(src.add(at)),
+                base_register(c.add(at)).cast_mut(),
+            );
             for (t, acc_t) in acc.iter().enumerate() {
                 for j in 0..J {
-                    let k = at + t * c_stride + j * E::WIDTH;
+                    let k = t * c_stride + j * E::WIDTH;
                     let v = if beta == E::zero() {
                         acc_t[j]
                     } else {
