@@ -584,8 +584,9 @@ mod avx512_kernels {
                 ..
             } = self;
             let at = r0 * c_stride + off;
+            // `src` may be null for `beta = 0` (then never read): no `add` on it.
             let (src, c) = (
-                base_register(src.add(at)),
+                base_register(src.wrapping_add(at)),
                 base_register(c.add(at)).cast_mut(),
             );
             for (t, acc_t) in acc.iter().enumerate() {
