@@ -1,9 +1,9 @@
 //! A dense row-major `n x r` matrix on the host: the CPU fast path's working type.
 
 use super::scratch;
-use super::slices;
 use super::tall_products::{self, Strided};
 use super::Real;
+use super::{padding, slices};
 use nalgebra::DMatrix;
 use std::ops::Range;
 
@@ -74,20 +74,18 @@ impl<E: Real> HostMat<E> {
             fill(&mut m.data);
             return m;
         }
-        let mut m = Self::zeros(rows, cols);
-        {
-            let mut compact = scratch::overwritten(rows * cols);
-            fill(&mut compact);
-            for (dst, src) in m
-                .data
-                .chunks_exact_mut(m.stride)
-                .zip(compact.chunks_exact(cols))
-            {
-                dst[..cols].copy_from_slice(src);
-            }
-            scratch::recycle(compact);
+        let mut compact = scratch::overwritten(rows * cols);
+        fill(&mut compact);
+        let stride = Self::stride_for(cols);
+        let mut data = scratch::spare(rows * stride);
+        padding::pad_rows(&compact, rows, cols, stride, &mut data);
+        scratch::recycle(compact);
+        Self {
+            rows,
+            cols,
+            stride,
+            data,
         }
-        m
     }
 
     /// A matrix holding compact row-major `data`. Panics if the length is not `rows * cols`.
@@ -167,10 +165,8 @@ impl<E: Real> HostMat<E> {
 
     /// The compact row-major data, copied.
     pub fn to_compact(&self) -> Vec<E> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for row in self.data.chunks_exact(self.stride) {
-            out.extend_from_slice(&row[..self.cols]);
-        }
+        let mut out = Vec::new();
+        padding::compact_rows(&self.data, self.rows, self.stride, self.cols, &mut out);
         out
     }
 

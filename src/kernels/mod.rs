@@ -15,6 +15,7 @@ mod host_mat;
 mod host_ops;
 mod host_read;
 mod householder;
+mod padding;
 pub mod parallel;
 mod real;
 pub mod scratch;

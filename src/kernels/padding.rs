@@ -1,0 +1,192 @@
+//! Copies between compact row-major storage (rows `cols` apart) and the padded storage of
+//! [`HostMat`](super::HostMat) (rows `stride` apart, `stride >= cols`, padding zero).
+//!
+//! A copy of one short row is a call to `memmove` when written as `copy_from_slice`
+//! (LLVM turns a loop over a run-time number of elements into one too): at `r = 4`, a
+//! 4096-row matrix took 4096 calls each way, and the retraction `Qr` at 4096 x 4 spent
+//! about 60% of its time padding and compacting, more than at 4096 x 16, whose rows need
+//! neither. On CPUs with AVX-512F each row is one masked load and one masked store per
+//! register instead, and the padding is written with the row, so nothing is zero-filled
+//! first.
+
+use super::Real;
+
+/// Appends `src` (`rows` rows of `cols` elements, compact) to the empty `dst` with rows
+/// `stride` apart, each followed by `stride - cols` zeros. Panics unless
+/// `src.len() == rows * cols`, `stride >= cols` and `dst` is empty.
+pub fn pad_rows<E: Real>(src: &[E], rows: usize, cols: usize, stride: usize, dst: &mut Vec<E>) {
+    assert!(
+        src.len() == rows * cols && stride >= cols && dst.is_empty(),
+        "padding::pad_rows: shapes"
+    );
+    dst.reserve_exact(rows * stride);
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        // SAFETY: the CPU has AVX-512F; `dst` has room for `rows * stride` elements, every
+        // one of which the kernel writes, and `src` holds `rows * cols`.
+        unsafe {
+            avx512_rows::copy(src.as_ptr(), cols, dst.as_mut_ptr(), stride, rows, cols);
+            dst.set_len(rows * stride);
+        }
+        return;
+    }
+    pad_rows_plain(src, rows, cols, stride, dst);
+}
+
+/// [`pad_rows`] without vector registers.
+fn pad_rows_plain<E: Real>(src: &[E], rows: usize, cols: usize, stride: usize, dst: &mut Vec<E>) {
+    for i in 0..rows {
+        dst.extend_from_slice(&src[i * cols..(i + 1) * cols]);
+        dst.resize(dst.len() + stride - cols, E::zero());
+    }
+}
+
+/// Appends the first `cols` elements of each of the `rows` rows of `src` (`stride` long)
+/// to the empty `dst`, compact. Panics unless `src.len() == rows * stride`,
+/// `stride >= cols` and `dst` is empty.
+pub fn compact_rows<E: Real>(src: &[E], rows: usize, stride: usize, cols: usize, dst: &mut Vec<E>) {
+    assert!(
+        src.len() == rows * stride && stride >= cols && dst.is_empty(),
+        "padding::compact_rows: shapes"
+    );
+    dst.reserve_exact(rows * cols);
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        // SAFETY: the CPU has AVX-512F; `dst` has room for the `rows * cols` elements the
+        // kernel writes, and `src` holds `rows * stride`.
+        unsafe {
+            avx512_rows::copy(src.as_ptr(), stride, dst.as_mut_ptr(), cols, rows, cols);
+            dst.set_len(rows * cols);
+        }
+        return;
+    }
+    compact_rows_plain(src, rows, stride, cols, dst);
+}
+
+/// [`compact_rows`] without vector registers.
+fn compact_rows_plain<E: Real>(
+    src: &[E],
+    rows: usize,
+    stride: usize,
+    cols: usize,
+    dst: &mut Vec<E>,
+) {
+    for i in 0..rows {
+        dst.extend_from_slice(&src[i * stride..i * stride + cols]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_rows {
+    use crate::kernels::avx512::base_register;
+    use crate::kernels::Real;
+
+    /// Writes `rows` rows of `dst_stride` elements at `dst`: row `i` is the first `cols`
+    /// elements of the row at `src + i * src_stride`, then zeros up to `dst_stride`. Each
+    /// register-wide part of a row is one masked load (lanes past `cols` read nothing
+    /// and come out zero) and one masked store.
+    ///
+    /// # Safety
+    /// AVX-512F; `src` valid for `rows` rows of `src_stride` (the last needs only `cols`),
+    /// `dst` valid for writes of `rows * dst_stride` elements, apart from `src`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn copy<E: Real>(
+        src: *const E,
+        src_stride: usize,
+        dst: *mut E,
+        dst_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        if dst_stride <= E::WIDTH {
+            // One register per row, the same masks for every row.
+            for i in 0..rows {
+                let v = E::vload(src.add(i * src_stride), cols);
+                E::vstore(dst.add(i * dst_stride), v, dst_stride);
+            }
+            return;
+        }
+        for i in 0..rows {
+            let s = base_register(src.add(i * src_stride));
+            let d = base_register(dst.add(i * dst_stride)).cast_mut();
+            let mut off = 0;
+            while off < dst_stride {
+                // Past `cols` of the last row this points beyond `src`, and reads nothing.
+                let v = E::vload(s.wrapping_add(off), cols.saturating_sub(off).min(E::WIDTH));
+                E::vstore(d.add(off), v, (dst_stride - off).min(E::WIDTH));
+                off += E::WIDTH;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shape class: rows shorter than, as long as and longer than a register, with
+    /// and without padding, no columns, no rows; `f32` and `f64`; the vector path (where
+    /// the CPU has one) and the plain one against the definition.
+    fn check<E: Real>() {
+        for (rows, cols, stride) in [
+            (1, 1, 8),
+            (37, 4, 8),
+            (5, 8, 8),
+            (64, 12, 16),
+            (9, 17, 24),
+            (3, 33, 40),
+            (0, 4, 8),
+            (6, 0, 8),
+        ] {
+            let compact: Vec<E> = (0..rows * cols)
+                .map(|i| E::of_f64(i as f64 * 0.5 - 7.0))
+                .collect();
+            let mut padded = Vec::new();
+            pad_rows(&compact, rows, cols, stride, &mut padded);
+            let mut padded_plain = Vec::new();
+            pad_rows_plain(&compact, rows, cols, stride, &mut padded_plain);
+            assert_eq!(
+                padded, padded_plain,
+                "pad {rows} x {cols} to {stride}, plain"
+            );
+            let expected: Vec<E> = (0..rows * stride)
+                .map(|k| {
+                    let (i, j) = (k / stride, k % stride);
+                    if j < cols {
+                        compact[i * cols + j]
+                    } else {
+                        E::zero()
+                    }
+                })
+                .collect();
+            assert_eq!(padded, expected, "pad {rows} x {cols} to {stride}");
+            let mut back = Vec::new();
+            compact_rows(&padded, rows, stride, cols, &mut back);
+            assert_eq!(back, compact, "compact {rows} x {stride} to {cols}");
+            let mut back_plain = Vec::new();
+            compact_rows_plain(&padded, rows, stride, cols, &mut back_plain);
+            assert_eq!(
+                back_plain, compact,
+                "compact {rows} x {stride} to {cols}, plain"
+            );
+        }
+    }
+
+    #[test]
+    fn padding_and_compacting_match_a_plain_loop() {
+        check::<f32>();
+        check::<f64>();
+    }
+
+    /// The padding is written, whatever the buffer held before (a pooled allocation).
+    #[test]
+    fn padding_overwrites_old_values_with_zeros() {
+        let mut dst = vec![f32::NAN; 64];
+        dst.clear();
+        pad_rows(&[1.0, 2.0, 3.0, 4.0], 2, 2, 8, &mut dst);
+        assert_eq!(
+            dst,
+            [1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
+    }
+}
