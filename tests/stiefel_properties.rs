@@ -37,7 +37,11 @@ where
     let g = gaussian(n, r, seed ^ 0x9e37_79b9);
     let v = host(&project_tangent(&x, &tensor::<E>(dev, &g)).unwrap());
     let rounding = 100.0 * E::EPSILON.to_f64() * g.norm();
-    let scale = if v.norm() > rounding { 1.0 / v.norm() } else { 0.0 };
+    let scale = if v.norm() > rounding {
+        1.0 / v.norm()
+    } else {
+        0.0
+    };
     (x, tensor(dev, &(&v * scale)))
 }
 
