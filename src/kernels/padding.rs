@@ -14,89 +14,96 @@ use super::Real;
 /// `stride` apart, each followed by `stride - cols` zeros. Panics unless
 /// `src.len() == rows * cols`, `stride >= cols` and `dst` is empty.
 pub fn pad_rows<E: Real>(src: &[E], rows: usize, cols: usize, stride: usize, dst: &mut Vec<E>) {
-    assert!(
-        src.len() == rows * cols && stride >= cols && dst.is_empty(),
-        "padding::pad_rows: shapes"
-    );
-    dst.reserve_exact(rows * stride);
-    #[cfg(target_arch = "x86_64")]
-    if super::avx512::available() {
-        // SAFETY: the CPU has AVX-512F; `dst` has room for `rows * stride` elements, every
-        // one of which the kernel writes, and `src` holds `rows * cols`.
-        unsafe {
-            avx512_rows::copy(src.as_ptr(), cols, dst.as_mut_ptr(), stride, rows, cols);
-            dst.set_len(rows * stride);
-        }
-        return;
-    }
-    pad_rows_plain(src, rows, cols, stride, dst);
-}
-
-/// [`pad_rows`] without vector registers.
-fn pad_rows_plain<E: Real>(src: &[E], rows: usize, cols: usize, stride: usize, dst: &mut Vec<E>) {
-    for i in 0..rows {
-        dst.extend_from_slice(&src[i * cols..(i + 1) * cols]);
-        dst.resize(dst.len() + stride - cols, E::zero());
-    }
+    copy_rows(Rows::new(src, rows, cols, cols, stride), dst);
 }
 
 /// Appends the first `cols` elements of each of the `rows` rows of `src` (`stride` long)
 /// to the empty `dst`, compact. Panics unless `src.len() == rows * stride`,
 /// `stride >= cols` and `dst` is empty.
 pub fn compact_rows<E: Real>(src: &[E], rows: usize, stride: usize, cols: usize, dst: &mut Vec<E>) {
-    assert!(
-        src.len() == rows * stride && stride >= cols && dst.is_empty(),
-        "padding::compact_rows: shapes"
-    );
-    dst.reserve_exact(rows * cols);
+    copy_rows(Rows::new(src, rows, stride, cols, cols), dst);
+}
+
+/// A copy of the first `cols` elements of `rows` rows `src_stride` apart into rows
+/// `dst_stride` apart, zeros after `cols`.
+#[derive(Clone, Copy)]
+struct Rows<'a, E> {
+    src: &'a [E],
+    rows: usize,
+    src_stride: usize,
+    cols: usize,
+    dst_stride: usize,
+}
+
+impl<'a, E> Rows<'a, E> {
+    /// The copy. Panics unless `src` holds `rows` rows of `src_stride` and both strides
+    /// hold `cols`.
+    fn new(src: &'a [E], rows: usize, src_stride: usize, cols: usize, dst_stride: usize) -> Self {
+        assert!(
+            src.len() == rows * src_stride && src_stride >= cols && dst_stride >= cols,
+            "padding: shapes"
+        );
+        Self {
+            src,
+            rows,
+            src_stride,
+            cols,
+            dst_stride,
+        }
+    }
+}
+
+/// Appends the rows of `job` to the empty `dst` (panics if it is not empty).
+fn copy_rows<E: Real>(job: Rows<'_, E>, dst: &mut Vec<E>) {
+    assert!(dst.is_empty(), "padding: the destination is not empty");
+    dst.reserve_exact(job.rows * job.dst_stride);
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
-        // SAFETY: the CPU has AVX-512F; `dst` has room for the `rows * cols` elements the
-        // kernel writes, and `src` holds `rows * stride`.
+        // SAFETY: the CPU has AVX-512F; `dst` has room for the `rows * dst_stride`
+        // elements, every one of which the kernel writes, and `src` holds `rows` rows of
+        // `src_stride` (checked by `Rows::new`).
         unsafe {
-            avx512_rows::copy(src.as_ptr(), stride, dst.as_mut_ptr(), cols, rows, cols);
-            dst.set_len(rows * cols);
+            avx512_rows::copy(job, dst.as_mut_ptr());
+            dst.set_len(job.rows * job.dst_stride);
         }
         return;
     }
-    compact_rows_plain(src, rows, stride, cols, dst);
+    copy_rows_plain(job, dst);
 }
 
-/// [`compact_rows`] without vector registers.
-fn compact_rows_plain<E: Real>(
-    src: &[E],
-    rows: usize,
-    stride: usize,
-    cols: usize,
-    dst: &mut Vec<E>,
-) {
-    for i in 0..rows {
-        dst.extend_from_slice(&src[i * stride..i * stride + cols]);
+/// [`copy_rows`] without vector registers.
+fn copy_rows_plain<E: Real>(job: Rows<'_, E>, dst: &mut Vec<E>) {
+    for i in 0..job.rows {
+        let start = i * job.src_stride;
+        dst.extend_from_slice(&job.src[start..start + job.cols]);
+        dst.resize(dst.len() + job.dst_stride - job.cols, E::zero());
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512_rows {
+    use super::Rows;
     use crate::kernels::avx512::base_register;
     use crate::kernels::Real;
 
-    /// Writes `rows` rows of `dst_stride` elements at `dst`: row `i` is the first `cols`
-    /// elements of the row at `src + i * src_stride`, then zeros up to `dst_stride`. Each
-    /// register-wide part of a row is one masked load (lanes past `cols` read nothing
-    /// and come out zero) and one masked store.
+    /// Writes `job`'s rows at `dst`, `dst_stride` elements each: row `i` is the first
+    /// `cols` elements of the source's row `i`, then zeros. Each register-wide part of a
+    /// row is one masked load (lanes past `cols` read nothing and come out zero) and one
+    /// masked store.
     ///
     /// # Safety
-    /// AVX-512F; `src` valid for `rows` rows of `src_stride` (the last needs only `cols`),
-    /// `dst` valid for writes of `rows * dst_stride` elements, apart from `src`.
+    /// AVX-512F; `dst` valid for writes of `rows * dst_stride` elements, apart from the
+    /// source.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn copy<E: Real>(
-        src: *const E,
-        src_stride: usize,
-        dst: *mut E,
-        dst_stride: usize,
-        rows: usize,
-        cols: usize,
-    ) {
+    pub unsafe fn copy<E: Real>(job: Rows<'_, E>, dst: *mut E) {
+        let Rows {
+            src,
+            rows,
+            src_stride,
+            cols,
+            dst_stride,
+        } = job;
+        let src = src.as_ptr();
         if dst_stride <= E::WIDTH {
             // One register per row, the same masks for every row.
             for i in 0..rows {
@@ -140,14 +147,12 @@ mod tests {
             let compact: Vec<E> = (0..rows * cols)
                 .map(|i| E::of_f64(i as f64 * 0.5 - 7.0))
                 .collect();
-            let mut padded = Vec::new();
-            pad_rows(&compact, rows, cols, stride, &mut padded);
-            let mut padded_plain = Vec::new();
-            pad_rows_plain(&compact, rows, cols, stride, &mut padded_plain);
-            assert_eq!(
-                padded, padded_plain,
-                "pad {rows} x {cols} to {stride}, plain"
-            );
+            // The plain path on the same copy.
+            let plain = |src: &[E], src_stride: usize, dst_stride: usize| {
+                let mut out = Vec::new();
+                copy_rows_plain(Rows::new(src, rows, src_stride, cols, dst_stride), &mut out);
+                out
+            };
             let expected: Vec<E> = (0..rows * stride)
                 .map(|k| {
                     let (i, j) = (k / stride, k % stride);
@@ -158,16 +163,14 @@ mod tests {
                     }
                 })
                 .collect();
+            let mut padded = Vec::new();
+            pad_rows(&compact, rows, cols, stride, &mut padded);
             assert_eq!(padded, expected, "pad {rows} x {cols} to {stride}");
+            assert_eq!(plain(&compact, cols, stride), expected, "plain padding");
             let mut back = Vec::new();
             compact_rows(&padded, rows, stride, cols, &mut back);
             assert_eq!(back, compact, "compact {rows} x {stride} to {cols}");
-            let mut back_plain = Vec::new();
-            compact_rows_plain(&padded, rows, stride, cols, &mut back_plain);
-            assert_eq!(
-                back_plain, compact,
-                "compact {rows} x {stride} to {cols}, plain"
-            );
+            assert_eq!(plain(&padded, stride, cols), compact, "plain compacting");
         }
     }
 
