@@ -85,18 +85,29 @@ impl Avx512 for f32 {
     unsafe fn vsplat(p: *const f32) -> __m512 {
         _mm512_set1_ps(*p)
     }
+    /// Eight lanes (a padded row of 8, as at `r <= 8`) move as one 256-bit register, not
+    /// through a mask: see [`Avx512::vstore`] for `f32`.
     #[inline(always)]
     unsafe fn vload(p: *const f32, lanes: usize) -> __m512 {
         if lanes >= 16 {
             _mm512_loadu_ps(p)
+        } else if lanes == 8 {
+            _mm512_zextps256_ps512(_mm256_loadu_ps(p))
         } else {
             _mm512_maskz_loadu_ps(low_bits(lanes), p)
         }
     }
+    /// Eight lanes are stored as one 256-bit register: a masked 512-bit store spans 64
+    /// bytes whatever its mask, and a load of the next 32-byte row (an update in place,
+    /// `C <- beta C + A M`) then waited for the store to complete instead of taking its
+    /// data forwarded. With masked stores the SdsAdam step at 4096 x 4 took 276 us, more
+    /// than at 4096 x 16.
     #[inline(always)]
     unsafe fn vstore(p: *mut f32, v: __m512, lanes: usize) {
         if lanes >= 16 {
             _mm512_storeu_ps(p, v)
+        } else if lanes == 8 {
+            _mm256_storeu_ps(p, _mm512_castps512_ps256(v))
         } else {
             _mm512_mask_storeu_ps(p, low_bits(lanes), v)
         }
@@ -146,5 +157,47 @@ impl Avx512 for f64 {
     #[inline(always)]
     unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
         _mm512_add_pd(a, b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vload` of `lanes` elements zeroes the others, and `vstore` of `lanes` elements
+    /// leaves the memory after them as it was, for every width (the masked ones and the
+    /// 256-bit ones alike).
+    fn check<E: Avx512 + crate::kernels::Real>() {
+        if !available() {
+            return;
+        }
+        let w = E::WIDTH;
+        let src: Vec<E> = (0..w).map(|i| E::of_f64(i as f64 + 1.0)).collect();
+        for lanes in 1..=w {
+            let sentinel = E::of_f64(-9.0);
+            let mut dst = vec![sentinel; 2 * w];
+            let mut whole = vec![sentinel; w];
+            // SAFETY: AVX-512F is present; both buffers hold at least `WIDTH` elements.
+            unsafe {
+                let v = E::vload(src.as_ptr(), lanes);
+                E::vstore(dst.as_mut_ptr(), v, lanes);
+                E::vstore(whole.as_mut_ptr(), v, w);
+            }
+            assert_eq!(dst[..lanes], src[..lanes], "{lanes} lanes stored");
+            assert!(
+                dst[lanes..].iter().all(|&x| x == sentinel),
+                "{lanes} lanes: past them"
+            );
+            assert!(
+                whole[lanes..].iter().all(|&x| x == E::zero()),
+                "{lanes} lanes loaded"
+            );
+        }
+    }
+
+    #[test]
+    fn loads_and_stores_touch_only_their_lanes() {
+        check::<f32>();
+        check::<f64>();
     }
 }
