@@ -4,9 +4,10 @@
 //! A copy of one short row is a call to `memmove` when written as `copy_from_slice`: at
 //! `r = 4`, a 4096-row matrix took 4096 calls each way (and a zero-fill before padding),
 //! and the retraction `Qr` at 4096 x 4 `f32` spent about 60% of its time padding and
-//! compacting, which made it slower than at 4096 x 16, whose rows need neither. On CPUs with AVX-512F each row is one masked load and one masked store per
-//! register instead, and the padding is written with the row, so nothing is zero-filled
-//! first.
+//! compacting, which made it slower than at 4096 x 16, whose rows need neither. On CPUs
+//! with AVX-512F each register-wide part of a row is one load and one store (masked where
+//! the row is shorter), and the padding is written with the row, so nothing is
+//! zero-filled first.
 
 use super::Real;
 
@@ -88,8 +89,8 @@ mod avx512_rows {
 
     /// Writes `job`'s rows at `dst`, `dst_stride` elements each: row `i` is the first
     /// `cols` elements of the source's row `i`, then zeros. Each register-wide part of a
-    /// row is one masked load (lanes past `cols` read nothing and come out zero) and one
-    /// masked store.
+    /// row is one load (lanes past `cols` read nothing and come out zero) and one store,
+    /// masked where the row is shorter than the register.
     ///
     /// # Safety
     /// AVX-512F; `dst` valid for writes of `rows * dst_stride` elements, apart from the
