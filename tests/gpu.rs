@@ -53,13 +53,13 @@ fn sds_linear_and_sds_adam_match_cpu() {
 /// (composed path).
 fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
     type Model = (
-        builders::SdsLinear<32, 24, 4>,
+        builders::SdsDiagLinear<32, 24, 4>,
         Tanh,
-        builders::SdsLinear<24, 8, 4>,
+        builders::SdsDiagLinear<24, 8, 4>,
     );
     let cpu = Cpu::seed_from_u64(3);
     let mut on_cpu = cpu.build_module::<Model, f32>();
-    on_cpu.0.scales.copy_from(&[0.5, -0.2, 0.1, 0.3]);
+    on_cpu.0.core.copy_from(&[0.5, -0.2, 0.1, 0.3]);
     let mut on_gpu = on_cpu.clone().to_device(gpu);
     let mut cfg = SdsAdamConfig {
         groups: ParamGroups::uniform(1e-2),
@@ -96,7 +96,7 @@ fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
     }
     for (a, b) in [
         (on_cpu.0.basis_out.as_vec(), on_gpu.0.basis_out.as_vec()),
-        (on_cpu.0.scales.as_vec(), on_gpu.0.scales.as_vec()),
+        (on_cpu.0.core.as_vec(), on_gpu.0.core.as_vec()),
         (on_cpu.2.basis_in.as_vec(), on_gpu.2.basis_in.as_vec()),
     ] {
         assert!(
@@ -110,7 +110,7 @@ fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
 #[test]
 fn orthogonality_over_1000_steps_on_gpu() {
     let Some(gpu) = gpu() else { return };
-    let mut layer = gpu.build_module::<builders::SdsLinear<256, 128, 16>, f32>();
+    let mut layer = gpu.build_module::<builders::SdsDiagLinear<256, 128, 16>, f32>();
     let mut opt = SdsAdam::new(
         &layer,
         SdsAdamConfig {

@@ -50,7 +50,7 @@ fn frozen_weight_and_bias_are_bit_identical_after_training() {
         (w0, b0, w2)
     );
     assert!(
-        m.0.scales.as_vec().iter().any(|&s| s != 0.0),
+        m.0.core.as_vec().iter().any(|&s| s != 0.0),
         "the adapter trained"
     );
     assert!(orthogonality_error(&m.0.basis_out) < 1e-5);
@@ -75,7 +75,8 @@ fn merge_then_forward_equals_adapter_forward_and_unmerge_restores() {
     let dev = Cpu::seed_from_u64(5);
     let mut l: SdsLinear<16, 12, 4, f32, Cpu> =
         dev.build_module::<builders::SdsLinear<16, 12, 4>, f32>();
-    l.scales.copy_from(&[0.9, -0.4, 0.25, 1.3]);
+    l.core
+        .copy_from(&dev.sample_normal::<Rank2<4, 4>>().as_vec());
     l.alpha = 8.0;
     let w0 = l.weight.as_vec();
     let x: Tensor<Rank2<5, 16>, f32, Cpu> = dev.sample_normal();
@@ -153,8 +154,10 @@ fn peft_export_then_import_reproduces_dw() {
         builders::SdsLinear<8, 6, 2>,
     );
     let mut m = dev.build_module::<Model, f64>();
-    m.0.scales.copy_from(&[1.0, -0.5, 0.2]);
-    m.2.scales.copy_from(&[0.3, 0.7]);
+    // Full cores, off-diagonal entries included.
+    m.0.core
+        .copy_from(&[1.0, 0.3, -0.2, 0.1, -0.5, 0.4, 0.05, -0.3, 0.2]);
+    m.2.core.copy_from(&[0.3, -0.6, 0.2, 0.7]);
     m.0.alpha = 6.0;
     let dir = temp_dir("peft");
     let cfg = export_peft(&m, &dir).unwrap();
@@ -197,6 +200,20 @@ fn peft_export_then_import_reproduces_dw() {
     );
     assert!((&got - &want).norm() <= 1e-12 * want.norm(), "LoRA import");
     assert_eq!(lora.0.alpha, 6.0);
+
+    // Into diagonal-core layers: the SVD of the pair's core is diagonal.
+    type Diag = (
+        builders::SdsDiagLinear<10, 8, 3>,
+        Tanh,
+        builders::SdsDiagLinear<8, 6, 2>,
+    );
+    let mut diag = dev.build_module::<Diag, f64>();
+    import_peft(&mut diag, &adapter).unwrap();
+    let (got, want) = (
+        host(&diag.2.delta_weight().unwrap()),
+        host(&m.2.delta_weight().unwrap()),
+    );
+    assert!((&got - &want).norm() <= 1e-12 * want.norm(), "diagonal import");
 
     // A model whose shapes do not fit is refused, untouched.
     type Other = (
@@ -255,5 +272,5 @@ fn principal_init_takes_the_top_singular_vectors() {
     let (pu, pv) = (u.columns(0, 3).into_owned(), v.columns(0, 3).into_owned());
     assert!((&bu * bu.transpose() - &pu * pu.transpose()).norm() < 1e-10);
     assert!((&bv * bv.transpose() - &pv * pv.transpose()).norm() < 1e-10);
-    assert!(l.scales.as_vec().iter().all(|&x| x == 0.0));
+    assert!(l.core.as_vec().iter().all(|&x| x == 0.0));
 }

@@ -3,13 +3,13 @@
 
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
-use sds_lora::nn::{builders, GradientMode, SdsLinear};
+use sds_lora::nn::{builders, GradientMode, SdsDiagLinear};
 
 const B: usize = 3;
 const I: usize = 5;
 const O: usize = 4;
 const R: usize = 2;
-type Layer = SdsLinear<I, O, R, f64, Cpu>;
+type Layer = SdsDiagLinear<I, O, R, f64, Cpu>;
 
 fn host<S: Shape>(t: &Tensor<S, f64, Cpu>, rows: usize, cols: usize) -> DMatrix<f64> {
     DMatrix::from_row_slice(rows, cols, &t.as_vec())
@@ -26,8 +26,8 @@ fn fixed(rows: usize, cols: usize, k: f64) -> DMatrix<f64> {
 /// A layer with non-zero scales and alpha = 3 (c = 1.5), in `mode`.
 fn layer(mode: GradientMode, scales: [f64; R]) -> Layer {
     let dev = Cpu::seed_from_u64(4);
-    let mut l = dev.build_module::<builders::SdsLinear<I, O, R>, f64>();
-    l.scales.copy_from(&scales);
+    let mut l = dev.build_module::<builders::SdsDiagLinear<I, O, R>, f64>();
+    l.core.copy_from(&scales);
     l.alpha = 3.0;
     l.gradient_mode = mode;
     l
@@ -67,7 +67,7 @@ fn backward(l: &Layer) -> Grads {
     Grads {
         x: host(&g.get(&xt), B, I),
         u: host(&g.get(&l.basis_out), O, R),
-        s: host(&g.get(&l.scales), 1, R),
+        s: host(&g.get(&l.core), 1, R),
         v: host(&g.get(&l.basis_in), I, R),
     }
 }
@@ -102,9 +102,9 @@ fn finite_diff(l: &Layer, which: &str) -> DMatrix<f64> {
                     l2.basis_in.copy_from(&d);
                 }
                 "scales" => {
-                    let mut d = l2.scales.as_vec();
+                    let mut d = l2.core.as_vec();
                     bump(&mut d);
-                    l2.scales.copy_from(&d);
+                    l2.core.copy_from(&d);
                 }
                 _ => x[(i, j)] += delta,
             }
@@ -118,7 +118,7 @@ fn finite_diff(l: &Layer, which: &str) -> DMatrix<f64> {
 fn dense(l: &Layer) -> Grads {
     let (x, gy) = (input(), loss_weights());
     let (u, v) = (host(&l.basis_out, O, R), host(&l.basis_in, I, R));
-    let s = DMatrix::from_row_slice(1, R, &l.scales.as_vec());
+    let s = DMatrix::from_row_slice(1, R, &l.core.as_vec());
     let c = l.scale();
     let w0 = host(&l.weight, O, I);
     let sd = DMatrix::from_diagonal(&s.row(0).transpose());
@@ -230,9 +230,9 @@ fn input_used_twice_accumulates() {
 #[test]
 fn inside_a_tuple_model_next_to_other_layers() {
     let dev = Cpu::seed_from_u64(8);
-    type Model = (Linear<I, I>, Tanh, builders::SdsLinear<I, O, R>);
+    type Model = (Linear<I, I>, Tanh, builders::SdsDiagLinear<I, O, R>);
     let mut m = dev.build_module::<Model, f64>();
-    m.2.scales.copy_from(&[0.4, 0.9]);
+    m.2.core.copy_from(&[0.4, 0.9]);
     let x: Tensor<Rank2<B, I>, f64, Cpu> = dev.tensor_from_vec(rowmajor(&input()), (Const, Const));
     let gy: Tensor<Rank2<B, O>, f64, Cpu> =
         dev.tensor_from_vec(rowmajor(&loss_weights()), (Const, Const));
@@ -264,13 +264,13 @@ fn inside_a_tuple_model_next_to_other_layers() {
             gw[k]
         );
     }
-    let gs: Vec<f64> = g.get(&m.2.scales).as_vec();
-    let mut s = m.2.scales.as_vec();
+    let gs: Vec<f64> = g.get(&m.2.core).as_vec();
+    let mut s = m.2.core.as_vec();
     s[1] += h;
-    m.2.scales.copy_from(&s);
+    m.2.core.copy_from(&s);
     let up = loss_of(&m);
     s[1] -= 2.0 * h;
-    m.2.scales.copy_from(&s);
+    m.2.core.copy_from(&s);
     let fd = (up - loss_of(&m)) / (2.0 * h);
     assert!(
         (gs[1] - fd).abs() <= 1e-8 * (1.0 + fd.abs()),

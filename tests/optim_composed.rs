@@ -13,9 +13,9 @@ use sds_lora::optim::{
 use sds_lora::stiefel::{orthogonality_error, Retraction};
 
 type Model = (
-    builders::SdsLinear<24, 16, 4>,
+    builders::SdsDiagLinear<24, 16, 4>,
     Tanh,
-    builders::SdsLinear<16, 8, 3>,
+    builders::SdsDiagLinear<16, 8, 3>,
     Linear<8, 4>,
 );
 type Built = <Model as BuildOnDevice<Cpu, f64>>::Built;
@@ -35,10 +35,10 @@ fn params(m: &Built) -> Vec<Vec<f64>> {
     vec![
         m.0.basis_out.as_vec(),
         m.0.basis_in.as_vec(),
-        m.0.scales.as_vec(),
+        m.0.core.as_vec(),
         m.2.basis_out.as_vec(),
         m.2.basis_in.as_vec(),
-        m.2.scales.as_vec(),
+        m.2.core.as_vec(),
         m.3.weight.as_vec(),
         m.3.bias.as_vec(),
     ]
@@ -56,8 +56,8 @@ fn max_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 fn host_vs_composed<C: SdsConfig>(cfg: C) -> f64 {
     let dev = Cpu::seed_from_u64(7);
     let mut start = dev.build_module::<Model, f64>();
-    start.0.scales.copy_from(&[0.5, -0.3, 0.2, 0.1]);
-    start.2.scales.copy_from(&[0.4, 0.2, -0.1]);
+    start.0.core.copy_from(&[0.5, -0.3, 0.2, 0.1]);
+    start.2.core.copy_from(&[0.4, 0.2, -0.1]);
     let (mut a, mut b) = (start.clone(), start.clone());
     let mut host = Sds::<_, f64, Cpu, C>::new(&a, cfg.clone()).unwrap();
     let mut composed = Sds::<_, f64, Cpu, C>::new(&b, cfg).unwrap();
@@ -88,7 +88,7 @@ fn host_vs_composed<C: SdsConfig>(cfg: C) -> f64 {
 fn composed_adam_matches_host_adam() {
     let groups = ParamGroups {
         bases_lr: 0.02,
-        scales: GroupConfig {
+        core: GroupConfig {
             lr: 0.05,
             weight_decay: Some(WeightDecay::L2(0.01)),
         },
@@ -128,7 +128,7 @@ fn composed_adam_matches_host_adam() {
 fn composed_sgd_matches_host_sgd() {
     let mut groups = ParamGroups::uniform(0.05);
     groups.others.weight_decay = Some(WeightDecay::L2(0.01));
-    groups.scales.weight_decay = Some(WeightDecay::Decoupled(0.1));
+    groups.core.weight_decay = Some(WeightDecay::Decoupled(0.1));
     let mut worst = 0.0f64;
     for momentum in [
         None,
@@ -152,7 +152,7 @@ fn composed_sgd_matches_host_sgd() {
 
 /// Host transfers of one composed step on a model of `N` identical adapted layers.
 fn transfers_per_step<const N: usize>(retraction: Retraction) -> (usize, usize) {
-    type Layer = builders::SdsLinear<32, 32, 4>;
+    type Layer = builders::SdsDiagLinear<32, 32, 4>;
     let dev = Cpu::seed_from_u64(1);
     let mut m = dev.build_module::<dfdx::nn::builders::Repeated<Layer, N>, f32>();
     let cfg = SdsAdamConfig {
@@ -244,7 +244,7 @@ fn composed_checkpoint_and_refusal() {
         .square()
         .mean()
         .backward();
-    grads.get_or_alloc_mut(&a.2.scales).unwrap()[1] = f64::NAN;
+    grads.get_or_alloc_mut(&a.2.core).unwrap()[1] = f64::NAN;
     let err = opt_a.step(&mut a, &grads).unwrap_err().to_string();
     assert!(err.contains("2.scales"), "{err}");
     assert_eq!(params(&a), before);

@@ -11,7 +11,7 @@ fn groups(lr: f64, wd: Option<WeightDecay>) -> ParamGroups {
     };
     ParamGroups {
         bases_lr: lr,
-        scales: g,
+        core: g,
         others: g,
     }
 }

@@ -13,7 +13,7 @@ use sds_lora::optim::{
 use sds_lora::stiefel::{random_point, Retraction};
 
 /// `basis_in` is `[4096, 8]`: 32768 values, two pieces of rows in `f64` and `f32`.
-type Model = builders::SdsLinear<4096, 16, 8>;
+type Model = builders::SdsDiagLinear<4096, 16, 8>;
 type Built<E> = <Model as BuildOnDevice<Cpu, E>>::Built;
 
 /// Host path and composed path from the same start: the largest difference of the
@@ -22,7 +22,7 @@ fn host_vs_composed<C: SdsConfig>(cfg: C) -> f64 {
     let dev = Cpu::seed_from_u64(3);
     let mut start: Built<f64> = dev.build_module::<Model, f64>();
     start
-        .scales
+        .core
         .copy_from(&[0.5, -0.3, 0.2, 0.1, 0.4, -0.2, 0.3, 0.6]);
     let (mut a, mut b) = (start.clone(), start.clone());
     let mut host = Sds::<_, f64, Cpu, C>::new(&a, cfg.clone()).unwrap();
@@ -47,7 +47,7 @@ fn host_vs_composed<C: SdsConfig>(cfg: C) -> f64 {
     [
         (a.basis_in.as_vec(), b.basis_in.as_vec()),
         (a.basis_out.as_vec(), b.basis_out.as_vec()),
-        (a.scales.as_vec(), b.scales.as_vec()),
+        (a.core.as_vec(), b.core.as_vec()),
     ]
     .iter()
     .flat_map(|(p, q)| p.iter().zip(q).map(|(x, y)| (x - y).abs()))

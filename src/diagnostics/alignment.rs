@@ -1,6 +1,6 @@
 //! How well a method's step follows the full fine-tuning gradient.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 
 /// Cosine of the angle between two matrices in the Frobenius inner product:
 /// `<G, D> / (||G||_F ||D||_F)`; 0 if either is zero.
@@ -13,15 +13,15 @@ pub fn cosine(g: &DMatrix<f64>, d: &DMatrix<f64>) -> f64 {
     }
 }
 
-/// The first-order change of `dW = c U diag(s) V^T` for changes `(dU, ds, dV)` of its
-/// factors: `c (dU S V^T + U dS V^T + U S dV^T)`.
+/// The first-order change of `dW = c U S V^T` for changes `(dU, dS, dV)` of its
+/// factors: `c (dU S V^T + U dS V^T + U S dV^T)` (a diagonal core as
+/// `DMatrix::from_diagonal`).
 pub fn sds_delta(
     c: f64,
-    (u, s, v): (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>),
-    (du, ds, dv): (&DMatrix<f64>, &DVector<f64>, &DMatrix<f64>),
+    (u, s, v): (&DMatrix<f64>, &DMatrix<f64>, &DMatrix<f64>),
+    (du, ds, dv): (&DMatrix<f64>, &DMatrix<f64>, &DMatrix<f64>),
 ) -> DMatrix<f64> {
-    let (s, ds) = (DMatrix::from_diagonal(s), DMatrix::from_diagonal(ds));
-    (du * &s * v.transpose() + u * ds * v.transpose() + u * s * dv.transpose()) * c
+    (du * s * v.transpose() + u * ds * v.transpose() + u * s * dv.transpose()) * c
 }
 
 /// The first-order change of `dW = c B A` for changes `(dB, dA)`: `c (dB A + B dA)`.
@@ -59,18 +59,13 @@ mod tests {
         // Against a finite difference of the products.
         let u = DMatrix::from_row_slice(3, 2, &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
         let v = DMatrix::from_row_slice(2, 2, &[0.6, 0.8, -0.8, 0.6]);
-        let s = DVector::from_vec(vec![2.0, 0.5]);
+        let s = DMatrix::from_row_slice(2, 2, &[2.0, 0.3, -0.1, 0.5]);
         let (du, dv) = (
             DMatrix::from_fn(3, 2, |i, j| (i + j) as f64 * 0.1),
             DMatrix::from_fn(2, 2, |i, j| (i * 2 + j) as f64 * 0.2),
         );
-        let ds = DVector::from_vec(vec![0.3, -0.4]);
-        let w = |t: f64| {
-            (&u + &du * t)
-                * DMatrix::from_diagonal(&(&s + &ds * t))
-                * (&v + &dv * t).transpose()
-                * 1.5
-        };
+        let ds = DMatrix::from_row_slice(2, 2, &[0.3, 0.2, 0.1, -0.4]);
+        let w = |t: f64| (&u + &du * t) * (&s + &ds * t) * (&v + &dv * t).transpose() * 1.5;
         let fd = (w(1e-6) - w(-1e-6)) / 2e-6;
         assert!((sds_delta(1.5, (&u, &s, &v), (&du, &ds, &dv)) - fd).norm() < 1e-8);
         let (b, a) = (

@@ -85,7 +85,7 @@ impl<D: Clone> ComposedOps<D> {
 
     /// The data of each matrix, row-major: the matrices are stacked on the device by shape
     /// and each stack makes one transfer.
-    fn download<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
+    pub(crate) fn download<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
     where
         D: Device<E>,
     {
@@ -133,7 +133,7 @@ impl<D: Clone> ComposedOps<D> {
     }
 
     /// Small host matrices to the device, converted to `E`, in one transfer.
-    fn upload_small<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
+    pub(crate) fn upload_small<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
     where
         D: Device<E>,
     {

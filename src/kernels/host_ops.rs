@@ -124,6 +124,11 @@ where
         Ok(b.plus_scaled(alpha, a))
     }
 
+    /// One pass over each storage (its padding is zero).
+    fn squared_norms(&self, mats: &[&HostMat<E>]) -> Result<Vec<f64>, Error> {
+        Ok(mats.iter().map(|a| slices::squared_norm(a.storage())).collect())
+    }
+
     fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {
         Ok(slices::all_finite(a.storage()))
     }

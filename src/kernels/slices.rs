@@ -34,6 +34,11 @@ pub fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     }))
 }
 
+/// `sum a_i^2`, accumulated in `f64`.
+pub fn squared_norm<E: Real>(a: &[E]) -> f64 {
+    a.iter().map(|&x| x.to_f64() * x.to_f64()).sum()
+}
+
 /// Whether every element is finite (no NaN, no infinity).
 pub fn all_finite<E: Real>(a: &[E]) -> bool {
     dispatch(AllFinite(a))

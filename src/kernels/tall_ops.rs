@@ -148,6 +148,13 @@ pub trait TallOps<E: Real> {
         mats.into_iter().map(|a| self.qr_q(a)).collect()
     }
 
+    /// `||A_k||_F^2` of each matrix, accumulated in `f64` (by default the traces of
+    /// [`TallOps::grams`]: one transfer on a device backend).
+    fn squared_norms(&self, mats: &[&Self::Mat]) -> Result<Vec<f64>, Error> {
+        let pairs: Vec<_> = mats.iter().map(|a| (*a, *a)).collect();
+        Ok(self.grams(&pairs)?.iter().map(|g| g.trace()).collect())
+    }
+
     /// [`TallOps::all_finite`] of each matrix: a device backend answers with one transfer.
     fn all_finite_each(&self, mats: &[&Self::Mat]) -> Result<Vec<bool>, Error> {
         mats.iter().map(|a| self.all_finite(a)).collect()

@@ -26,7 +26,7 @@ pub struct FrozenMut<'a, const I: usize, const O: usize, E: Dtype, D: Storage<E>
 ///
 /// let dev = Cpu::default();
 /// let mut layer = dev.build_module::<builders::SdsLinear<6, 4, 2>, f32>();
-/// layer.scales.copy_from(&[0.5, -0.25]);
+/// layer.core.copy_from(&[0.5, 0.1, -0.2, -0.25]); // S: [2, 2], row-major
 /// let x: Tensor<Rank2<3, 6>, f32, _> = dev.sample_normal();
 /// let y = layer.forward(x.clone()).as_vec();
 /// layer.merge().unwrap(); // W0 <- W0 + dW; the forward now skips the adapter

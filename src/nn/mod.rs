@@ -1,9 +1,11 @@
-//! Layers: [`SdsLinear`] (the scale-decoupled adapter), [`LoraLinear`] (the baseline) and
+//! Layers: [`SdsLinear`] (the scale-decoupled adapter `c U S V^T`; [`SdsDiagLinear`] its
+//! diagonal-core ablation), [`LoraLinear`] (the baseline) and
 //! [`SdsDualBranch`] (the paper's own parameterisation),
 //! with merging, conversion from dfdx's `Linear` and from a LoRA pair, and PEFT export
 //! ([`peft`]).
 
 mod adapter;
+mod core;
 mod dual_branch;
 mod frozen_linear;
 mod init;
@@ -24,11 +26,12 @@ pub use frozen_linear::frozen_linear;
 pub use lora_linear::LoraLinear;
 pub use options::{GradientMode, MergeState, Phase, Scaling};
 pub use sds_adapter_op::{sds_adapter, SdsFactors};
-pub use sds_linear::SdsLinear;
+pub use sds_linear::{SdsDiagLinear, SdsLinear};
+pub use self::core::{CoreKind, CoreRef, DiagonalCore, FullCore, CORE_NAME, SCALES_NAME};
 
 /// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
 pub mod builders {
     pub use super::dual_branch::builder::SdsDualBranch;
     pub use super::lora_linear::builder::LoraLinear;
-    pub use super::sds_linear::builder::SdsLinear;
+    pub use super::sds_linear::builder::{SdsDiagLinear, SdsLinear};
 }

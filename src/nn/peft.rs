@@ -2,6 +2,7 @@
 //! safetensors with PEFT's key names and an `adapter_config.json`, and load them back.
 
 use super::init::factor_lora_pair;
+use super::core::{CORE_NAME, SCALES_NAME};
 use super::options::Scaling;
 use crate::kernels::Real;
 use crate::optim::walk::{walk_mut, walk_ref};
@@ -83,7 +84,14 @@ struct LayerParts {
     scaling: Option<Scaling>,
 }
 
-const ADAPTER_TENSORS: [&str; 5] = ["basis_out", "scales", "basis_in", "lora_a", "lora_b"];
+const ADAPTER_TENSORS: [&str; 6] = [
+    "basis_out",
+    CORE_NAME,
+    SCALES_NAME,
+    "basis_in",
+    "lora_a",
+    "lora_b",
+];
 
 fn split(path: &str) -> (&str, &str) {
     match path.rsplit_once('.') {
@@ -148,28 +156,29 @@ fn matrix((dims, data): &(Vec<usize>, Vec<f64>)) -> DMatrix<f64> {
     DMatrix::from_row_slice(dims[0], dims[1], data)
 }
 
-/// Every adapter layer of `model` as a LoRA pair: `SdsLinear` gives `B = U diag(s)`,
-/// `A = V^T`; `LoraLinear` its own `B` and `A`.
+/// Every adapter layer of `model` as a LoRA pair: `SdsLinear` gives `B = U S` (`U diag(s)`
+/// for a diagonal core), `A = V^T`; `LoraLinear` its own `B` and `A`.
 pub fn lora_pairs<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     model: &M,
 ) -> Result<BTreeMap<String, LoraPair>, Error> {
     let mut pairs = BTreeMap::new();
     for (prefix, parts) in collect(model) {
         let t = &parts.tensors;
+        let core = match (t.get(CORE_NAME), t.get(SCALES_NAME)) {
+            (Some(s), _) => Some(matrix(s)),
+            (None, Some(s)) => Some(DMatrix::from_diagonal(&nalgebra::DVector::from_vec(
+                s.1.clone(),
+            ))),
+            (None, None) => None,
+        };
         let (b, a) = match (
             t.get("basis_out"),
-            t.get("scales"),
+            core,
             t.get("basis_in"),
             t.get("lora_b"),
             t.get("lora_a"),
         ) {
-            (Some(u), Some(s), Some(v), _, _) => {
-                let s = nalgebra::DVector::from_vec(s.1.clone());
-                (
-                    matrix(u) * DMatrix::from_diagonal(&s),
-                    matrix(v).transpose(),
-                )
-            }
+            (Some(u), Some(s), Some(v), _, _) => (matrix(u) * s, matrix(v).transpose()),
             (_, _, _, Some(b), Some(a)) => (matrix(b), matrix(a)),
             _ => {
                 return Err(Error::StateMismatch(format!(
@@ -370,8 +379,9 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Assign<'_> {
 
 /// Loads `adapter` into `model`'s adapter layers of the same paths (all shapes are checked
 /// before anything is written): a `LoraLinear` takes
-/// `B` and `A` as they are, an `SdsLinear` the exact factorisation `U diag(s) V^T = B A`
-/// (QR and a Jacobi SVD of the `R x R` core); both take the pair's `alpha` and scaling.
+/// `B` and `A` as they are, an `SdsLinear` the exact factorisation `U S V^T = B A` with
+/// `S = diag(sigma)` (QR and a Jacobi SVD of the `R x R` product of the R factors; a
+/// full core holds it as an `R x R` matrix); both take the pair's `alpha` and scaling.
 /// Errors if a path has no adapter layer or the shapes differ.
 pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     model: &mut M,
@@ -409,7 +419,12 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         if parts.tensors.contains_key("basis_out") {
             let (u, s, v) = factor_lora_pair(&pair.b, &pair.a, 1.0);
             tensors.insert(at("basis_out"), row_major(&u));
-            tensors.insert(at("scales"), s);
+            if parts.tensors.contains_key(CORE_NAME) {
+                let core = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(s));
+                tensors.insert(at(CORE_NAME), row_major(&core));
+            } else {
+                tensors.insert(at(SCALES_NAME), s);
+            }
             tensors.insert(at("basis_in"), row_major(&v));
         } else {
             tensors.insert(at("lora_b"), row_major(&pair.b));

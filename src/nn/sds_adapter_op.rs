@@ -1,5 +1,6 @@
-//! The SDS adapter `c ((x V) * s) U^T` with its scale-decoupled backward pass.
+//! The SDS adapter `c ((x V) S^T) U^T` with its scale-decoupled backward pass.
 
+use super::core::{CoreRef, CoreTensor};
 use super::{Batch, GradientMode};
 use crate::kernels::add_into_grad;
 use dfdx::prelude::*;
@@ -9,24 +10,52 @@ use dfdx::prelude::*;
 pub struct SdsFactors<'a, const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> {
     /// `U: [O, R]`.
     pub u: &'a Tensor<Rank2<O, R>, E, D>,
-    /// `s: [R]`.
-    pub s: &'a Tensor<Rank1<R>, E, D>,
+    /// The core `S`: `[R, R]`, or `[R]` for `diag(s)`.
+    pub s: CoreRef<'a, R, E, D>,
     /// `V: [I, R]`.
     pub v: &'a Tensor<Rank2<I, R>, E, D>,
 }
 
-/// `c ((x V) * s) U^T` for `x: [B, I]`, `U: [O, R]`, `s: [R]`, `V: [I, R]`, as one op whose
-/// backward pass (with `Gy = dL/dy`, `xV = x V`, `GyU = Gy U`) adds:
+/// `z S^T` for rows `z: [B, R]` (`z * s` for a diagonal core).
+fn times_core_t<B: Dim, const R: usize, E: Dtype, D: Device<E>>(
+    z: Tensor<(B, Const<R>), E, D>,
+    s: CoreRef<'_, R, E, D>,
+) -> Result<Tensor<(B, Const<R>), E, D>, D::Err> {
+    match s {
+        CoreRef::Full(s) => z.try_matmul(s.clone().try_permute::<_, Axes2<1, 0>>()?),
+        CoreRef::Diagonal(s) => {
+            let shape = *z.shape();
+            z.try_mul(s.clone().try_broadcast_like(&shape)?)
+        }
+    }
+}
+
+/// `z S` for rows `z: [B, R]` (`z * s` for a diagonal core).
+fn times_core<B: Dim, const R: usize, E: Dtype, D: Device<E>>(
+    z: Tensor<(B, Const<R>), E, D>,
+    s: CoreRef<'_, R, E, D>,
+) -> Result<Tensor<(B, Const<R>), E, D>, D::Err> {
+    match s {
+        CoreRef::Full(s) => z.try_matmul(s.clone()),
+        diagonal => times_core_t(z, diagonal),
+    }
+}
+
+/// `c ((x V) S^T) U^T` for `x: [B, I]`, `U: [O, R]`, `S: [R, R]` (or `diag(s)`),
+/// `V: [I, R]`, as one op whose backward pass (with `Gy = dL/dy`, `xV = x V`,
+/// `GyU = Gy U`) adds:
 ///
 /// | tensor | [`GradientMode::Decoupled`] | [`GradientMode::Coupled`] |
 /// |---|---|---|
-/// | `U` | `c Gy^T xV` | `c Gy^T (xV * s)` |
-/// | `V` | `c x^T GyU` | `c x^T (GyU * s)` |
-/// | `s` | `c colsum(GyU * xV)` | same |
-/// | `x` | `c (GyU * s) V^T` | same |
+/// | `U` | `P = c Gy^T xV` | `c Gy^T (xV S^T)` |
+/// | `V` | `Q = c x^T GyU` | `c x^T (GyU S)` |
+/// | `S` | `M = c GyU^T xV` (diagonal core: `diag(M)`) | same |
+/// | `x` | `c (GyU S) V^T` | same |
 ///
-/// `x` and `s` get their exact gradients in both modes; `Coupled` is exactly the autodiff
-/// of the formula, `Decoupled` drops the factor `s` from the bases' gradients (design.md).
+/// With `G = Gy^T x` the full fine-tuning gradient of the layer's weight, `P = c G V`,
+/// `Q = c G^T U` and `M = U^T P`. `x` and `S` get their exact gradients in both modes;
+/// `Coupled` is exactly the autodiff of the formula, `Decoupled` drops the factor `S`
+/// from the bases' gradients (design.md).
 pub fn sds_adapter<
     B: Dim,
     const I: usize,
@@ -43,25 +72,22 @@ pub fn sds_adapter<
 ) -> Result<Batch<B, O, E, D, T>, D::Err> {
     let SdsFactors { u, s, v } = factors;
     let (x, mut tape) = x.split_tape();
-    let batch = x.shape().0;
     let xv = x.clone().try_matmul(v.clone())?;
-    let xvs = xv
-        .clone()
-        .try_mul(s.clone().try_broadcast_like(&(batch, Const::<R>))?)?;
+    let xvs = times_core_t(xv.clone(), s)?;
     let y = xvs
         .clone()
         .try_mul(c)?
         .try_matmul(u.clone().try_permute::<_, Axes2<1, 0>>()?)?;
     if T::OWNS_TAPE {
         let y_ghost = y.ghost();
-        let (u, s, v) = (u.clone(), s.clone(), v.clone());
+        let (u, v) = (u.clone(), v.clone());
+        let core = s.to_owned();
         tape.add_backward_op(move |grads| {
+            let s = core.as_ref();
             grads.try_alloc_for(&y_ghost)?;
             let gy = grads.get(&y_ghost);
             let gyu = gy.clone().try_matmul(u.clone())?;
-            let gyus = gyu
-                .clone()
-                .try_mul(s.clone().try_broadcast_like(&(batch, Const::<R>))?)?;
+            let gyus = times_core(gyu.clone(), s)?;
             let (u_factor, v_factor) = match mode {
                 GradientMode::Decoupled => (xv.clone(), gyu.clone()),
                 GradientMode::Coupled => (xvs, gyus.clone()),
@@ -75,13 +101,24 @@ pub fn sds_adapter<
                 .try_permute::<_, Axes2<1, 0>>()?
                 .try_matmul(v_factor)?
                 .try_mul(c)?;
-            let ds = gyu.try_mul(xv)?.try_sum::<Rank1<R>, _>()?.try_mul(c)?;
             let dx = gyus
                 .try_mul(c)?
                 .try_matmul(v.clone().try_permute::<_, Axes2<1, 0>>()?)?;
+            match &core {
+                CoreTensor::Full(full) => {
+                    let ds = gyu
+                        .try_permute::<_, Axes2<1, 0>>()?
+                        .try_matmul(xv)?
+                        .try_mul(c)?;
+                    add_into_grad(grads, full, ds)?;
+                }
+                CoreTensor::Diagonal(diagonal) => {
+                    let ds = gyu.try_mul(xv)?.try_sum::<Rank1<R>, _>()?.try_mul(c)?;
+                    add_into_grad(grads, diagonal, ds)?;
+                }
+            }
             add_into_grad(grads, &u, du)?;
             add_into_grad(grads, &v, dv)?;
-            add_into_grad(grads, &s, ds)?;
             add_into_grad(grads, &x, dx)
         });
     }

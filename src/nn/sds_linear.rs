@@ -1,6 +1,7 @@
-//! `SdsLinear`: a frozen linear layer plus the SDS adapter `c U diag(s) V^T`.
+//! `SdsLinear`: a frozen linear layer plus the SDS adapter `c U S V^T`.
 
 use super::adapter::{Adapter, FrozenMut};
+use super::core::{CoreKind, CoreRef, DiagonalCore, FullCore};
 use super::frozen_linear::frozen_linear;
 use super::init::{
     factor_lora_pair, fill_stiefel, host, kaiming_uniform, principal_subspace, row_major,
@@ -14,21 +15,36 @@ use nalgebra::DMatrix;
 
 /// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
 pub mod builder {
-    /// Builds an [`SdsLinear`](super::SdsLinear) with `I` inputs, `O` outputs and rank `R`.
+    use super::{DiagonalCore, FullCore};
+    use std::marker::PhantomData;
+
+    /// Builds an [`SdsLinear`](super::SdsLinear) with `I` inputs, `O` outputs, rank `R`
+    /// and a core of kind `K` (full by default).
     #[derive(Debug, Clone, Copy)]
-    pub struct SdsLinear<const I: usize, const O: usize, const R: usize>;
+    pub struct SdsLinear<const I: usize, const O: usize, const R: usize, K = FullCore>(
+        PhantomData<K>,
+    );
+
+    /// Builds an [`SdsDiagLinear`](super::SdsDiagLinear): the diagonal-core ablation.
+    pub type SdsDiagLinear<const I: usize, const O: usize, const R: usize> =
+        SdsLinear<I, O, R, DiagonalCore>;
 }
 
-/// A linear layer `y = x W0^T + b + c ((x V) * s) U^T` with `W0: [O, I]` and `b: [O]`
+/// A linear layer `y = x W0^T + b + c ((x V) S^T) U^T` with `W0: [O, I]` and `b: [O]`
 /// frozen, bases `U = basis_out: [O, R]` and `V = basis_in: [I, R]` with orthonormal
-/// columns, scales `s: [R]`, and `c = alpha / R` (or `alpha / sqrt(R)`).
+/// columns, the core `S = core: [R, R]`, and `c = alpha / R` (or `alpha / sqrt(R)`): the
+/// update is `dW = c U S V^T`.
 ///
-/// Built with random bases and `s = 0`, so that it starts exactly at `W0` (the
-/// `ZeroScales` initialisation); [`SdsLinear::init_principal`] and
-/// [`SdsLinear::set_from_lora`] give the others. The backward pass is one custom op
-/// ([`GradientMode`]): no gradient is computed for `W0` or `b`. Train it with
-/// [`SdsAdam`](crate::optim::SdsAdam) or [`SdsSgd`](crate::optim::SdsSgd), which find
-/// the bases by name.
+/// Built with random bases and `S = 0`, so that it starts exactly at `W0`;
+/// [`SdsLinear::init_principal`] and [`SdsLinear::set_from_lora`] give the other starts.
+/// The backward pass is one custom op ([`GradientMode`]): no gradient is computed for
+/// `W0` or `b`. Train it with [`SdsAdam`](crate::optim::SdsAdam) or
+/// [`SdsSgd`](crate::optim::SdsSgd), which find the triple `basis_out`, `core`, `basis_in`
+/// by name and update it jointly (the basis-update step, [`crate::optim::basis_update`]).
+///
+/// The core kind `K` is [`FullCore`] by default; [`SdsDiagLinear`] (`K =`
+/// [`DiagonalCore`], a tensor `scales: [R]` for `S = diag(s)`) is kept as an ablation: it
+/// stalls where the target's singular values differ.
 ///
 /// ```
 /// use dfdx::prelude::*;
@@ -38,20 +54,28 @@ pub mod builder {
 /// let layer = dev.build_module::<SdsLinear<8, 6, 2>, f32>();
 /// let x: Tensor<Rank2<3, 8>, f32, _> = dev.sample_normal();
 /// let y = layer.forward(x.clone());
-/// // s = 0 at start: the layer is its frozen linear map.
+/// // S = 0 at start: the layer is its frozen linear map.
 /// let base = x.matmul(layer.weight.clone().permute()) + layer.bias.clone().broadcast();
 /// assert_eq!(y.as_vec(), base.as_vec());
 /// ```
 #[derive(Debug, Clone)]
-pub struct SdsLinear<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> {
+pub struct SdsLinear<
+    const I: usize,
+    const O: usize,
+    const R: usize,
+    E: Dtype,
+    D: Storage<E>,
+    K: CoreKind<R> = FullCore,
+> {
     /// Frozen weight `W0: [O, I]`.
     pub weight: Tensor<Rank2<O, I>, E, D>,
     /// Frozen bias `b: [O]`.
     pub bias: Tensor<Rank1<O>, E, D>,
     /// Output basis `U: [O, R]`, orthonormal columns.
     pub basis_out: Tensor<Rank2<O, R>, E, D>,
-    /// Scales `s: [R]`.
-    pub scales: Tensor<Rank1<R>, E, D>,
+    /// The core: `S: [R, R]` (tensor `core`), or `s: [R]` (tensor `scales`) for
+    /// [`DiagonalCore`].
+    pub core: Tensor<K::Shape, E, D>,
     /// Input basis `V: [I, R]`, orthonormal columns.
     pub basis_in: Tensor<Rank2<I, R>, E, D>,
     /// `alpha` of the scaling `c` (default `R`, so `c = 1`).
@@ -64,24 +88,28 @@ pub struct SdsLinear<const I: usize, const O: usize, const R: usize, E: Dtype, D
     pub merge_state: MergeState,
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> NonMutableModule
-    for SdsLinear<I, O, R, E, D>
+/// The diagonal-core ablation: `dW = c U diag(s) V^T` with the tensor `scales: [R]`.
+pub type SdsDiagLinear<const I: usize, const O: usize, const R: usize, E, D> =
+    SdsLinear<I, O, R, E, D, DiagonalCore>;
+
+impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>, K: CoreKind<R>>
+    NonMutableModule for SdsLinear<I, O, R, E, D, K>
 {
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> BuildOnDevice<D, E>
-    for builder::SdsLinear<I, O, R>
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
+    BuildOnDevice<D, E> for builder::SdsLinear<I, O, R, K>
 {
-    type Built = SdsLinear<I, O, R, E, D>;
+    type Built = SdsLinear<I, O, R, E, D, K>;
     fn try_build_on_device(device: &D) -> Result<Self::Built, D::Err> {
         Self::Built::try_build(device)
     }
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> TensorCollection<E, D>
-    for SdsLinear<I, O, R, E, D>
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
+    TensorCollection<E, D> for SdsLinear<I, O, R, E, D, K>
 {
-    type To<E2: Dtype, D2: Device<E2>> = SdsLinear<I, O, R, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = SdsLinear<I, O, R, E2, D2, K>;
 
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
@@ -114,9 +142,9 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                         TensorOptions::reset_with(fill_stiefel),
                     ),
                     Self::tensor(
-                        "scales",
-                        |s| &s.scales,
-                        |s| &mut s.scales,
+                        K::NAME,
+                        |s| &s.core,
+                        |s| &mut s.core,
                         TensorOptions::reset_to_zeros(),
                     ),
                     Self::tensor(
@@ -154,14 +182,14 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                 ),
             ),
             |(
-                (weight, bias, basis_out, scales, basis_in),
+                (weight, bias, basis_out, core, basis_in),
                 (alpha, scaling, gradient_mode, merge_state),
             )| {
                 SdsLinear {
                     weight,
                     bias,
                     basis_out,
-                    scales,
+                    core,
                     basis_in,
                     alpha,
                     scaling,
@@ -181,7 +209,8 @@ impl<
         E: Real,
         D: Device<E>,
         T: Tape<E, D>,
-    > Module<Tensor<(B, Const<I>), E, D, T>> for SdsLinear<I, O, R, E, D>
+        K: CoreKind<R>,
+    > Module<Tensor<(B, Const<I>), E, D, T>> for SdsLinear<I, O, R, E, D, K>
 {
     type Output = Tensor<(B, Const<O>), E, D, T>;
     type Error = D::Err;
@@ -194,7 +223,7 @@ impl<
         }
         let bases = SdsFactors {
             u: &self.basis_out,
-            s: &self.scales,
+            s: K::view(&self.core),
             v: &self.basis_in,
         };
         let adapter = sds_adapter(
@@ -207,8 +236,8 @@ impl<
     }
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
-    SdsLinear<I, O, R, E, D>
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
+    SdsLinear<I, O, R, E, D, K>
 {
     /// The scaling `c`.
     pub fn scale(&self) -> f64 {
@@ -216,18 +245,24 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
     }
 
     /// `Principal` initialisation: `U` and `V` become the top-`R` left and right singular
-    /// vectors of `W0` (randomised subspace iteration), and `s = 0`.
+    /// vectors of `W0` (randomised subspace iteration), and `S = 0`.
     pub fn init_principal(&mut self) -> Result<(), D::Err> {
         let seed = self.weight.device().random_u64();
         let (u, v) = principal_subspace(&host(&self.weight), R, seed);
         self.basis_out.copy_from(&row_major::<E>(&u));
         self.basis_in.copy_from(&row_major::<E>(&v));
-        self.scales.try_fill_with_zeros()
+        self.core.try_fill_with_zeros()
     }
 
-    /// Sets the adapter to reproduce a trained LoRA pair exactly: `c U diag(s) V^T =
+    /// The dense core `S` (`diag(s)` for a diagonal core) on the host, in `f64`.
+    pub fn core_matrix(&self) -> DMatrix<f64> {
+        K::view(&self.core).dense()
+    }
+
+    /// Sets the adapter to reproduce a trained LoRA pair exactly: `c U S V^T =
     /// lora_scale B A` with `B = lora_b: [O, R]`, `A = lora_a: [R, I]` (QR of `B` and `A^T`,
-    /// SVD of the `R x R` core). `lora_scale` is the pair's own `c`.
+    /// SVD of the `R x R` product of their R factors, so that `S = diag(sigma)` for either
+    /// core kind). `lora_scale` is the pair's own `c`.
     pub fn set_from_lora(
         &mut self,
         lora_b: &Tensor<Rank2<O, R>, E, D>,
@@ -237,13 +272,14 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
         let (u, s, v) = factor_lora_pair(&host(lora_b), &host(lora_a), lora_scale / self.scale());
         self.basis_out.copy_from(&row_major::<E>(&u));
         self.basis_in.copy_from(&row_major::<E>(&v));
-        self.scales
-            .copy_from(&row_major::<E>(&DMatrix::from_row_slice(1, R, &s)));
+        let core = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(s));
+        self.core
+            .copy_from(&K::data_of::<E>(&core).expect("a diagonal core"));
     }
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adapter<I, O, E, D>
-    for SdsLinear<I, O, R, E, D>
+impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
+    Adapter<I, O, E, D> for SdsLinear<I, O, R, E, D, K>
 {
     fn frozen_mut(&mut self) -> FrozenMut<'_, I, O, E, D> {
         FrozenMut {
@@ -253,12 +289,14 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Adap
         }
     }
 
-    /// `dW = c U diag(s) V^T` (`[O, I]`).
+    /// `dW = c U S V^T` (`[O, I]`).
     fn delta_weight(&self) -> Result<Tensor<Rank2<O, I>, E, D>, D::Err> {
-        self.basis_out
-            .clone()
-            .try_mul(self.scales.clone().try_broadcast::<Rank2<O, R>, _>()?)?
-            .try_matmul(self.basis_in.clone().try_permute::<_, Axes2<1, 0>>()?)?
+        let u = self.basis_out.clone();
+        let us = match K::view(&self.core) {
+            CoreRef::Full(s) => u.try_matmul(s.clone())?,
+            CoreRef::Diagonal(s) => u.try_mul(s.clone().try_broadcast::<Rank2<O, R>, _>()?)?,
+        };
+        us.try_matmul(self.basis_in.clone().try_permute::<_, Axes2<1, 0>>()?)?
             .try_mul(E::of_f64(self.scale()))
     }
 }

@@ -1,5 +1,5 @@
-//! Parameter groups: which tensors are Stiefel bases, scales or plain Euclidean, and the
-//! learning rate and weight decay of each group.
+//! Parameter groups: which tensors are Stiefel bases, adapter cores or plain Euclidean,
+//! and the learning rate and weight decay of each group.
 
 use super::rules::WeightDecay;
 use crate::Error;
@@ -20,8 +20,8 @@ pub struct GroupConfig {
 pub struct ParamGroups {
     /// Learning rate of the Stiefel bases.
     pub bases_lr: f64,
-    /// The adapter scales (`scales`).
-    pub scales: GroupConfig,
+    /// The adapter cores (`core`, or `scales` for a diagonal core).
+    pub core: GroupConfig,
     /// Every other trainable tensor.
     pub others: GroupConfig,
 }
@@ -35,7 +35,7 @@ impl ParamGroups {
         };
         Self {
             bases_lr: lr,
-            scales: g,
+            core: g,
             others: g,
         }
     }
@@ -48,7 +48,7 @@ impl ParamGroups {
                 lr: self.bases_lr,
                 weight_decay: None,
             },
-            Group::Scales => self.scales,
+            Group::Core => self.core,
             Group::Euclidean => self.others,
         }
     }
@@ -59,20 +59,27 @@ impl ParamGroups {
 pub enum Group {
     /// A point of St(n, r), updated by the Riemannian composition.
     Stiefel,
-    /// Adapter scales: Euclidean, with the scales' settings.
-    Scales,
+    /// An adapter core (full or diagonal): with the core group's settings; Euclidean,
+    /// or part of its adapter's basis-update step.
+    Core,
     /// Any other trainable tensor: Euclidean, with the others' settings.
     Euclidean,
 }
 
-/// Names (the last component of a tensor's dotted path) that `SdsLinear` gives its bases.
-pub const BASIS_NAMES: [&str; 2] = ["basis_out", "basis_in"];
-/// The name `SdsLinear` gives its scales.
+/// The name (last component of a tensor's dotted path) of an adapter's output basis `U`.
+pub const BASIS_OUT_NAME: &str = "basis_out";
+/// The name of an adapter's input basis `V`.
+pub const BASIS_IN_NAME: &str = "basis_in";
+/// The names of the bases: Stiefel points.
+pub const BASIS_NAMES: [&str; 2] = [BASIS_OUT_NAME, BASIS_IN_NAME];
+/// The name of an adapter's full core `S: [r, r]`.
+pub const CORE_NAME: &str = "core";
+/// The name of an adapter's diagonal core `s: [r]` (the ablation).
 pub const SCALES_NAME: &str = "scales";
 
 /// Classifies tensors by their dotted path: `*.basis_out` and `*.basis_in` (and whatever
-/// the user's predicate accepts) are Stiefel points, `*.scales` are scales, the rest is
-/// Euclidean.
+/// the user's predicate accepts) are Stiefel points, `*.core` and `*.scales` adapter cores,
+/// the rest is Euclidean.
 pub struct Classifier {
     extra_stiefel: Option<PathPredicate>,
 }
@@ -108,8 +115,8 @@ impl Classifier {
         let name = path.rsplit('.').next().unwrap_or(path);
         if BASIS_NAMES.contains(&name) || self.extra_stiefel.as_ref().is_some_and(|p| p(path)) {
             Group::Stiefel
-        } else if name == SCALES_NAME {
-            Group::Scales
+        } else if name == CORE_NAME || name == SCALES_NAME {
+            Group::Core
         } else {
             Group::Euclidean
         }
@@ -144,7 +151,8 @@ mod tests {
         let c = Classifier::with_stiefel(|p| p.ends_with("ortho"));
         assert_eq!(c.group("0.basis_out"), Group::Stiefel);
         assert_eq!(c.group("layers.1.basis_in"), Group::Stiefel);
-        assert_eq!(c.group("2.scales"), Group::Scales);
+        assert_eq!(c.group("2.scales"), Group::Core);
+        assert_eq!(c.group("2.core"), Group::Core);
         assert_eq!(c.group("2.weight"), Group::Euclidean);
         assert_eq!(c.group("my.ortho"), Group::Stiefel);
         assert_eq!(Classifier::by_name().group("my.ortho"), Group::Euclidean);

@@ -6,6 +6,8 @@
 //! trainable tensor is Euclidean; frozen tensors are skipped. Each group has its own
 //! learning rate and weight decay; bases take no weight decay.
 
+mod adapter_step;
+pub mod basis_update;
 pub mod groups;
 pub mod riemannian;
 pub mod rules;
@@ -15,6 +17,10 @@ mod sds_sgd;
 mod state;
 pub(crate) mod walk;
 
+pub use adapter_step::AdapterStep;
+pub use basis_update::{
+    basis_update, AdapterGrad, AdapterMoments, AdapterPoint, AdapterRule, AdapterStepSizes,
+};
 pub use groups::{Group, GroupConfig, ParamGroups};
 pub use rules::{AdamRule, Momentum, RuleState, SecondMoment, SgdRule, WeightDecay};
 pub use sds::{Sds, SdsConfig, StiefelConfig};

@@ -1,6 +1,10 @@
 //! The optimizer shared by [`SdsAdam`](super::SdsAdam) and [`SdsSgd`](super::SdsSgd):
 //! parameter groups, the Riemannian composition for Stiefel tensors, transactional steps.
 
+use super::adapter_step::{
+    composed_adapter_step, find_adapters, host_adapter_step, AdapterPaths, AdapterStep,
+};
+use super::basis_update::{AdapterRule, AdapterStepSizes};
 use super::groups::{Classifier, Group, ParamGroups};
 use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geometry};
 use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
@@ -47,6 +51,8 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         p: &Flat<E, D>,
         g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error>;
+    /// The rule of the basis-update step on adapters ([`super::basis_update`]).
+    fn adapter_rule(&self) -> AdapterRule;
     /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
     fn stiefel_update_tensor<E: Real, D: Device<E>>(
         &self,
@@ -59,25 +65,37 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
 /// Settings of the Stiefel tensors' updates.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StiefelConfig {
-    /// How steps return to the manifold.
+    /// How adapters (`basis_out`, `core`, `basis_in` under one path) are stepped: the
+    /// basis-update step by default.
+    #[serde(default)]
+    pub adapter_step: AdapterStep,
+    /// How per-tensor steps return to the manifold (Stiefel tensors outside adapters, and
+    /// adapters under [`AdapterStep::PerTensor`]; the basis-update step always takes the
+    /// Q factor of its QR).
     pub retraction: Retraction,
-    /// Re-orthonormalise by Householder QR every this many steps (off by default).
+    /// Re-orthonormalise by Householder QR every this many steps (off by default;
+    /// per-tensor steps only).
     pub reorthonormalize_every: Option<u64>,
 }
 
 impl Default for StiefelConfig {
     fn default() -> Self {
         Self {
+            adapter_step: AdapterStep::BasisUpdate,
             retraction: Retraction::Qr,
             reorthonormalize_every: None,
         }
     }
 }
 
-/// A Riemannian optimizer for dfdx modules: Stiefel tensors (by default `*.basis_out` and
-/// `*.basis_in`) move on their manifold, everything else trainable by the Euclidean rule
-/// with its group's settings; frozen tensors are untouched. Use it through the aliases
-/// [`SdsAdam`](super::SdsAdam) and [`SdsSgd`](super::SdsSgd).
+/// A Riemannian optimizer for dfdx modules. Each adapter (a `basis_out`, `core`,
+/// `basis_in` triple under one path, as [`SdsLinear`](crate::nn::SdsLinear) names them)
+/// takes the basis-update step on the triple jointly ([`super::basis_update`]); other
+/// Stiefel tensors (`basis_out`/`basis_in` of a diagonal-core layer, tensors a user
+/// predicate marks) move on their manifold by the per-tensor Riemannian step; everything
+/// else trainable follows the Euclidean rule with its group's settings; frozen tensors are
+/// untouched. Use it through the aliases [`SdsAdam`](super::SdsAdam) and
+/// [`SdsSgd`](super::SdsSgd).
 ///
 /// A step is transactional: parameters and gradients are read first, every new value is
 /// computed, and only then written back in place (tensor ids unchanged). Any error (a
@@ -97,6 +115,7 @@ pub struct Sds<M, E: Real, D: Device<E>, C> {
     device_state: BTreeMap<String, TensorRuleState<E, D>>,
     composed: Option<ComposedOps<D>>,
     layout: BTreeMap<String, (Vec<usize>, Group)>,
+    adapters: Vec<AdapterPaths>,
     ops: E::Host,
     last_error: Option<Error>,
     marker: PhantomData<fn() -> M>,
@@ -159,6 +178,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             state: OptimizerState::default(),
             device_state: BTreeMap::new(),
             composed: walk::device(model).and_then(|dev| dev.composed_steps()),
+            adapters: find_adapters(&layout),
             layout,
             ops: E::host_ops(),
             last_error: None,
@@ -248,6 +268,25 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         match self.layout.get(path) {
             Some((dims, Group::Stiefel)) => Some((dims[0], dims[1])),
             _ => None,
+        }
+    }
+
+    /// The adapters that take the basis-update step (none under
+    /// [`AdapterStep::PerTensor`]).
+    fn active_adapters(&self) -> &[AdapterPaths] {
+        match self.cfg.stiefel().adapter_step {
+            AdapterStep::BasisUpdate => &self.adapters,
+            AdapterStep::PerTensor => &[],
+        }
+    }
+
+    /// The step sizes of the basis-update step: the bases' and the core group's.
+    fn adapter_sizes(&self) -> AdapterStepSizes {
+        let groups = self.cfg.groups();
+        AdapterStepSizes {
+            bases: groups.bases_lr,
+            core: groups.core.lr,
+            core_weight_decay: groups.core.weight_decay,
         }
     }
 
@@ -357,7 +396,33 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         let mut values = BTreeMap::new();
         let mut states = BTreeMap::new();
         let fresh = RuleState::default();
-        for (group, path, entry) in entries {
+        let mut entries: BTreeMap<String, (Group, Entry<E>)> =
+            entries.into_iter().map(|(g, p, e)| (p, (g, e))).collect();
+        for paths in self.active_adapters() {
+            let all = paths.all();
+            if !all.iter().all(|p| entries.contains_key(*p)) {
+                continue;
+            }
+            let triple = all.map(|p| entries.remove(p).expect("present").1);
+            let old = all.map(|p| self.state.tensors.get(p).unwrap_or(&fresh));
+            let (new, new_states) = host_adapter_step(
+                &self.ops,
+                paths,
+                triple,
+                old,
+                self.cfg.adapter_rule(),
+                self.adapter_sizes(),
+            )
+            .map_err(|error| Refusal {
+                error,
+                tensors: all.iter().map(|p| p.to_string()).collect(),
+            })?;
+            for ((path, value), state) in all.into_iter().zip(new).zip(new_states) {
+                values.insert(path.clone(), Value::Host(value));
+                states.insert(path.clone(), state);
+            }
+        }
+        for (path, (group, entry)) in entries {
             // The rules return new states: the stored ones change only when the whole
             // step succeeds.
             let old = self.state.tensors.get(&path).unwrap_or(&fresh);
@@ -373,7 +438,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                         },
                         tensors: vec![path.clone()],
                     })?,
-                Group::Scales | Group::Euclidean => {
+                Group::Core | Group::Euclidean => {
                     let g = groups.of(group);
                     let (mut param, mut u) = (entry.param, entry.grad);
                     let state =
@@ -426,9 +491,48 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             .map(|(_, p, _)| self.device_state.get(p).cloned().unwrap_or_default())
             .collect();
         let mut values = BTreeMap::new();
+        let index: BTreeMap<&str, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(k, (_, p, _))| (p.as_str(), k))
+            .collect();
+        let mut in_adapter = vec![false; entries.len()];
+        for paths in self.active_adapters() {
+            let all = paths.all();
+            let Some(at) = all
+                .iter()
+                .map(|p| index.get(p.as_str()).copied())
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            let at = [at[0], at[1], at[2]];
+            let refuse = |error| Refusal {
+                error,
+                tensors: all.iter().map(|p| p.to_string()).collect(),
+            };
+            let triple = at.map(|k| &entries[k].2);
+            let triple_states = states
+                .get_disjoint_mut(at)
+                .expect("three distinct tensors");
+            let new = composed_adapter_step(
+                ops,
+                paths,
+                triple,
+                triple_states,
+                self.cfg.adapter_rule(),
+                self.adapter_sizes(),
+            )
+            .map_err(refuse)?;
+            for (path, value) in all.into_iter().zip(new) {
+                values.insert(path.clone(), Value::Device(value));
+            }
+            at.iter().for_each(|&k| in_adapter[k] = true);
+        }
         let mut stiefel_paths = Vec::new();
         let mut batch = Vec::new();
-        for ((group, path, entry), state) in entries.iter().zip(states.iter_mut()) {
+        let rest = entries.iter().zip(states.iter_mut()).zip(&in_adapter);
+        for (((group, path, entry), state), _) in rest.filter(|(_, &taken)| !taken) {
             let TensorEntry { dims, param, grad } = entry;
             if *group == Group::Stiefel {
                 let shape = (dims[0], dims[1]);

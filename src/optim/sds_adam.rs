@@ -1,5 +1,6 @@
 //! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
 
+use super::basis_update::AdapterRule;
 use super::groups::ParamGroups;
 use super::rules::{AdamRule, AdamUpdate, RuleState, SecondMoment, TensorRuleState, WeightDecay};
 use super::sds::{Sds, SdsConfig, StiefelConfig};
@@ -53,6 +54,10 @@ impl SdsConfig for SdsAdamConfig {
     ) -> RuleState<E> {
         self.rule
             .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g)
+    }
+
+    fn adapter_rule(&self) -> AdapterRule {
+        AdapterRule::Adam(self.rule)
     }
 
     type StiefelRule = AdamUpdate;

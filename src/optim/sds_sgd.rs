@@ -1,5 +1,6 @@
 //! `SdsSgd`: SGD on every group, Riemannian on the Stiefel tensors.
 
+use super::basis_update::AdapterRule;
 use super::groups::ParamGroups;
 use super::rules::{RuleState, SgdRule, TensorRuleState, WeightDecay};
 use super::sds::{Sds, SdsConfig, StiefelConfig};
@@ -48,6 +49,10 @@ impl SdsConfig for SdsSgdConfig {
         g: &mut [E],
     ) -> RuleState<E> {
         self.rule.update(lr, weight_decay, state, p, g)
+    }
+
+    fn adapter_rule(&self) -> AdapterRule {
+        AdapterRule::Sgd(self.rule)
     }
 
     type StiefelRule = SgdRule;

@@ -200,10 +200,7 @@ pub(crate) fn update_whole<E: Real, R: ElementwiseRule>(
     next
 }
 
-/// `sum g_i^2`, accumulated in `f64`.
-pub(crate) fn squared_norm<E: Real>(g: &[E]) -> f64 {
-    g.iter().map(|&x| x.to_f64() * x.to_f64()).sum()
-}
+pub(crate) use crate::kernels::slices::squared_norm;
 
 /// Elements `range` of an old buffer: `buf[range]`, or zeros for a buffer not used yet
 /// (empty).

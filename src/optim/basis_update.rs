@@ -1,0 +1,400 @@
+//! The basis-update (K/L) step: one optimizer step on an adapter `dW = c U S V^T`, jointly
+//! on its bases `U` (`basis_out`), `V` (`basis_in`) and full core `S` (`core`).
+//!
+//! With the layer's gradients `P = c G V` (for `U`), `Q = c G^T U` (for `V`) and
+//! `M = U^T P` (for `S`), `G` the full fine-tuning gradient of the layer's weight, and a
+//! rule that turns them into directions `D_P`, `D_Q`, `D_M` (below):
+//!
+//! ```text
+//! K  = U S - eta D_P          U1 = qf(K)
+//! L  = V S^T - eta D_Q        V1 = qf(L)
+//! S1 = (U1^T U)(S - eta_S D_M - eta_S wd S)(V^T V1)
+//! ```
+//!
+//! `qf` is the Q factor of the thin QR with `diag(R) >= 0`, `eta` the bases' learning rate,
+//! `eta_S` and `wd` the core group's (decoupled weight decay; an `L2` decay adds `wd S` to
+//! `M` instead). Nothing is projected: the core absorbs the part of `P` inside `span(U)`.
+//! To first order, with plain gradient descent and `eta_S = eta`, `dW` moves by
+//! `-eta c^2 P_T(G)`, `P_T(G) = P_U G + G P_V - P_U G P_V`: the Riemannian gradient on
+//! the manifold of rank-`r` matrices, whatever the factor split or the spectrum of `dW`.
+//! This is the basis-update & Galerkin integrator of dynamical low-rank approximation
+//! (Ceruti and Lubich 2022) with the Galerkin core replaced by the layer's own gradient
+//! (`shared/notes/sds-step.md`).
+//!
+//! Rules. The moments of `P`, `Q` and `M` live in coordinates that rotate with the bases,
+//! so after each step they are carried to the new ones with `O_U = U^T U1`,
+//! `O_V = V^T V1`: `m_P <- m_P O_V`, `m_Q <- m_Q O_U`, `m_M <- O_U^T m_M O_V`.
+//!
+//! - SGD: `D = g` without momentum; with momentum `mu` and dampening `d`,
+//!   `m <- g` on the first step and `m <- mu m + (1 - d) g` after, `D = m`
+//!   (classic) or `D = g + mu m` (Nesterov), for each of `g = P, Q, M`.
+//! - Adam: `m <- b1 m + (1 - b1) g` for each of `P, Q, M`, and one second moment for the
+//!   whole adapter, the squared norm of its tangent gradient per tangent dimension,
+//!   `v <- b2 v + (1 - b2) (||P||^2 + ||Q||^2 - ||M||^2) / ((o + i) r - r^2)`
+//!   (AMSGrad: `v_max <- max(v_max, v)` is used in its place); then
+//!   `D = m / ((1 - b1^t) (sqrt(v / (1 - b2^t)) + eps))`. An elementwise second moment
+//!   has no fixed meaning in rotating coordinates (it breaks the invariance to the factor
+//!   split and fails on ill-conditioned targets); one scalar per adapter survives the
+//!   rotations.
+//!
+//! Everything `n x r` goes through [`TallOps`], so the host path and the composed (device)
+//! path run these same lines; the `r x r` work is on the host in `f64`.
+
+use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
+use crate::kernels::{Real, TallOps};
+use crate::stiefel::retractions::Sums;
+use crate::stiefel::Retraction;
+use crate::Error;
+use nalgebra::DMatrix;
+
+/// An adapter's point: the bases (`[o, r]` and `[i, r]`, orthonormal columns) and the
+/// core `[r, r]`.
+#[derive(Debug, Clone)]
+pub struct AdapterPoint<M> {
+    /// `U`.
+    pub u: M,
+    /// `S`.
+    pub s: DMatrix<f64>,
+    /// `V`.
+    pub v: M,
+}
+
+/// The layer's gradients for an adapter.
+#[derive(Debug, Clone)]
+pub struct AdapterGrad<M> {
+    /// `P = c G V`, the gradient of `U`.
+    pub p: M,
+    /// `M = U^T P`, the gradient of `S`.
+    pub m: DMatrix<f64>,
+    /// `Q = c G^T U`, the gradient of `V`.
+    pub q: M,
+}
+
+/// The moments an adapter's rule carries between steps (`None`: not used yet).
+#[derive(Debug, Clone)]
+pub struct AdapterMoments<M> {
+    /// Steps taken.
+    pub step: u64,
+    /// First moment (or velocity) of `P`.
+    pub p: Option<M>,
+    /// First moment of `M`.
+    pub m: Option<DMatrix<f64>>,
+    /// First moment of `Q`.
+    pub q: Option<M>,
+    /// Adam's second moment (one for the adapter).
+    pub v: f64,
+    /// Its running maximum (AMSGrad).
+    pub v_max: f64,
+}
+
+impl<M> Default for AdapterMoments<M> {
+    /// The moments before the first step.
+    fn default() -> Self {
+        Self {
+            step: 0,
+            p: None,
+            m: None,
+            q: None,
+            v: 0.0,
+            v_max: 0.0,
+        }
+    }
+}
+
+/// The rule of a basis-update step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AdapterRule {
+    /// SGD, with momentum, Nesterov and dampening.
+    Sgd(SgdRule),
+    /// Adam with one tangent-norm second moment per adapter (and AMSGrad).
+    Adam(AdamRule),
+}
+
+/// Step sizes of a basis-update step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdapterStepSizes {
+    /// `eta`: the bases' learning rate.
+    pub bases: f64,
+    /// `eta_S`: the core's learning rate.
+    pub core: f64,
+    /// The core's weight decay.
+    pub core_weight_decay: Option<WeightDecay>,
+}
+
+/// Which input of an adapter step holds NaN or an infinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterPart {
+    /// `U` or its gradient.
+    BasisOut,
+    /// `S` or its gradient.
+    Core,
+    /// `V` or its gradient.
+    BasisIn,
+}
+
+/// One basis-update step (module docs): the new point and moments. `old` is what the rule
+/// carried from the previous step. Errors before anything is returned: a non-finite
+/// gradient or core ([`Error::NonFinite`], naming the [`AdapterPart`] in `what`), or a
+/// device failure.
+pub fn basis_update<E: Real, B: TallOps<E>>(
+    ops: &B,
+    x: AdapterPoint<B::Mat>,
+    g: AdapterGrad<B::Mat>,
+    old: AdapterMoments<B::Mat>,
+    rule: AdapterRule,
+    sizes: AdapterStepSizes,
+) -> Result<(AdapterPoint<B::Mat>, AdapterMoments<B::Mat>), Error> {
+    check_finite(ops, &x, &g)?;
+    let AdapterPoint { u, s, v } = x;
+    let t = old.step + 1;
+    let mut gm = g.m;
+    if let Some(WeightDecay::L2(wd)) = sizes.core_weight_decay {
+        gm += &s * wd;
+    }
+    let (mut dir, mut next) = match rule {
+        AdapterRule::Sgd(sgd) => sgd_directions(ops, sgd, g.p, gm, g.q, old)?,
+        AdapterRule::Adam(adam) => adam_directions(ops, adam, g.p, gm, g.q, old)?,
+    };
+    next.step = t;
+
+    // K = U S - eta D_P, L = V S^T - eta D_Q, and their Q factors.
+    let eta = sizes.bases;
+    let k = dir.p.apply(ops, -eta, ops.mul_small(&u, &s)?)?;
+    let l = dir.q.apply(ops, -eta, ops.mul_small(&v, &s.transpose())?)?;
+    let qr = Retraction::Qr.sum_form().expect("Qr is a sum retraction");
+    let mut bases = qr.apply_batch(ops, Sums::new(ops, vec![k, l])?)?;
+    next.p = dir.p.moment.take();
+    next.q = dir.q.moment.take();
+    let v1 = bases.pop().expect("two factors");
+    let u1 = bases.pop().expect("two factors");
+    let rotations = ops.grams(&[(&u, &u1), (&v, &v1)])?;
+    let (o_u, o_v) = (&rotations[0], &rotations[1]);
+
+    // S1 = O_U^T (S - eta_S (D_M + wd S)) O_V.
+    let decay = match sizes.core_weight_decay {
+        Some(WeightDecay::Decoupled(wd)) => wd,
+        _ => 0.0,
+    };
+    let core_step = &s * (1.0 - sizes.core * decay) - dir.m * sizes.core;
+    let s1 = o_u.transpose() * core_step * o_v;
+    if !s1.iter().all(|x| x.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "the new core (the step overflows)".into(),
+        });
+    }
+
+    // Carry the moments to the new bases.
+    let mut carried = Vec::new();
+    let (has_p, has_q) = (next.p.is_some(), next.q.is_some());
+    if let Some(mp) = next.p.take() {
+        carried.push((mp, o_v.clone()));
+    }
+    if let Some(mq) = next.q.take() {
+        carried.push((mq, o_u.clone()));
+    }
+    let mut carried = ops.transform_each(carried)?.into_iter();
+    next.p = has_p.then(|| carried.next().expect("carried m_P"));
+    next.q = has_q.then(|| carried.next().expect("carried m_Q"));
+    next.m = next.m.map(|mm| o_u.transpose() * mm * o_v);
+    Ok((
+        AdapterPoint {
+            u: u1,
+            s: s1,
+            v: v1,
+        },
+        next,
+    ))
+}
+
+/// Fails with [`Error::NonFinite`] where a gradient, the core or a basis holds NaN or an
+/// infinity.
+fn check_finite<E: Real, B: TallOps<E>>(
+    ops: &B,
+    x: &AdapterPoint<B::Mat>,
+    g: &AdapterGrad<B::Mat>,
+) -> Result<(), Error> {
+    let finite = ops.all_finite_each(&[&g.p, &g.q, &x.u, &x.v])?;
+    let small_finite = |m: &DMatrix<f64>| m.iter().all(|v| v.is_finite());
+    let checks = [
+        (finite[0], AdapterPart::BasisOut, "the gradient"),
+        (finite[1], AdapterPart::BasisIn, "the gradient"),
+        (small_finite(&g.m), AdapterPart::Core, "the gradient"),
+        (finite[2], AdapterPart::BasisOut, "the value"),
+        (finite[3], AdapterPart::BasisIn, "the value"),
+        (small_finite(&x.s), AdapterPart::Core, "the value"),
+    ];
+    match checks.iter().find(|(ok, _, _)| !ok) {
+        Some((_, part, what)) => Err(Error::NonFinite {
+            what: format!("{what} of {}", part.name()),
+        }),
+        None => Ok(()),
+    }
+}
+
+impl AdapterPart {
+    /// The tensor name of this part (`basis_out`, `core`, `basis_in`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterPart::BasisOut => super::groups::BASIS_OUT_NAME,
+            AdapterPart::Core => super::groups::CORE_NAME,
+            AdapterPart::BasisIn => super::groups::BASIS_IN_NAME,
+        }
+    }
+}
+
+/// A tall direction `D = sum_k a_k T_k`, each `T_k` the gradient or the rule's new
+/// moment, with that moment.
+struct TallDirection<M> {
+    terms: Vec<(f64, Term<M>)>,
+    moment: Option<M>,
+}
+
+/// A tall matrix of a direction: the gradient (given up) or the new moment (kept).
+enum Term<M> {
+    Gradient(M),
+    Moment,
+}
+
+impl<M> TallDirection<M> {
+    /// `C + alpha D`, in `C`'s storage where the backend can; the moment is kept.
+    fn apply<E: Real, B: TallOps<E, Mat = M>>(
+        &mut self,
+        ops: &B,
+        alpha: f64,
+        mut c: M,
+    ) -> Result<M, Error> {
+        for (a, term) in std::mem::take(&mut self.terms) {
+            let t = match &term {
+                Term::Gradient(g) => g,
+                Term::Moment => self.moment.as_ref().expect("a moment term has its moment"),
+            };
+            c = ops.axpy(E::of_f64(alpha * a), t, c)?;
+        }
+        Ok(c)
+    }
+}
+
+/// The directions of one step: `D_P`, `D_Q` (tall) and `D_M` (`r x r`).
+struct Directions<M> {
+    p: TallDirection<M>,
+    q: TallDirection<M>,
+    m: DMatrix<f64>,
+}
+
+/// SGD's directions and new moments.
+fn sgd_directions<E: Real, B: TallOps<E>>(
+    ops: &B,
+    rule: SgdRule,
+    p: B::Mat,
+    m: DMatrix<f64>,
+    q: B::Mat,
+    old: AdapterMoments<B::Mat>,
+) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+    let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = rule.momentum else {
+        let plain = |g| TallDirection {
+            terms: vec![(1.0, Term::Gradient(g))],
+            moment: None,
+        };
+        let next = AdapterMoments::default();
+        return Ok((
+            Directions {
+                p: plain(p),
+                q: plain(q),
+                m,
+            },
+            next,
+        ));
+    };
+    let nesterov = matches!(rule.momentum, Some(Momentum::Nesterov(_)));
+    let keep = 1.0 - rule.dampening;
+    let first_step = old.step == 0;
+    // m <- g on the first step, m <- mu m + (1 - d) g after.
+    let velocity = |g: &B::Mat, m_old: Option<B::Mat>| -> Result<B::Mat, Error> {
+        match m_old {
+            Some(m_old) if !first_step => {
+                ops.lincomb(E::of_f64(mu), &m_old, E::of_f64(keep), g)
+            }
+            _ => ops.lincomb(E::one(), g, E::zero(), g),
+        }
+    };
+    let tall = |g: B::Mat, m_old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
+        let moment = velocity(&g, m_old)?;
+        let terms = match nesterov {
+            true => vec![(1.0, Term::Gradient(g)), (mu, Term::Moment)],
+            false => vec![(1.0, Term::Moment)],
+        };
+        Ok(TallDirection {
+            terms,
+            moment: Some(moment),
+        })
+    };
+    let mm = match old.m {
+        Some(m_old) if !first_step => m_old * mu + &m * keep,
+        _ => m.clone(),
+    };
+    let dm = match nesterov {
+        true => &m + &mm * mu,
+        false => mm.clone(),
+    };
+    let next = AdapterMoments {
+        m: Some(mm),
+        ..AdapterMoments::default()
+    };
+    let dirs = Directions {
+        p: tall(p, old.p)?,
+        q: tall(q, old.q)?,
+        m: dm,
+    };
+    Ok((dirs, next))
+}
+
+/// Adam's directions and new moments (one tangent-norm second moment for the adapter).
+fn adam_directions<E: Real, B: TallOps<E>>(
+    ops: &B,
+    rule: AdamRule,
+    p: B::Mat,
+    m: DMatrix<f64>,
+    q: B::Mat,
+    old: AdapterMoments<B::Mat>,
+) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+    let [b1, b2] = rule.betas;
+    let t = i32::try_from(old.step + 1).unwrap_or(i32::MAX);
+    let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
+    // v <- b2 v + (1 - b2) ||P_T(G)||^2 / dim, ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2.
+    let norms = ops.squared_norms(&[&p, &q])?;
+    let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
+    let tangent_norm2 = (norms[0] + norms[1] - m.norm_squared()).max(0.0);
+    let v = b2 * old.v + (1.0 - b2) * tangent_norm2 / tangent_dim;
+    let v_max = old.v_max.max(v);
+    let v_used = if rule.amsgrad { v_max } else { v };
+    let scale = 1.0 / ((1.0 - b1.powi(t)) * ((v_used / (1.0 - b2.powi(t))).sqrt() + rule.eps));
+    // m <- b1 m + (1 - b1) g.
+    let first = |g: &B::Mat, m_old: Option<B::Mat>| -> Result<B::Mat, Error> {
+        match m_old {
+            Some(m_old) => ops.lincomb(E::of_f64(b1), &m_old, E::of_f64(1.0 - b1), g),
+            None => ops.lincomb(E::of_f64(1.0 - b1), g, E::zero(), g),
+        }
+    };
+    let tall = |g: B::Mat, m_old| -> Result<TallDirection<B::Mat>, Error> {
+        Ok(TallDirection {
+            terms: vec![(scale, Term::Moment)],
+            moment: Some(first(&g, m_old)?),
+        })
+    };
+    let mm = match old.m {
+        Some(m_old) => m_old * b1 + &m * (1.0 - b1),
+        None => &m * (1.0 - b1),
+    };
+    let next = AdapterMoments {
+        m: Some(mm.clone()),
+        v,
+        v_max,
+        ..AdapterMoments::default()
+    };
+    let dirs = Directions {
+        p: tall(p, old.p)?,
+        q: tall(q, old.q)?,
+        m: mm * scale,
+    };
+    Ok((dirs, next))
+}
