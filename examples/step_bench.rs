@@ -11,15 +11,22 @@
 //! Shapes: rows in {1024, 4096, 16384}, rank in {4, 16, 64} (dfdx modules need constant
 //! shapes). `--retraction` takes `qr`, `cholesky_qr2`, `polar`, `newton_schulz`,
 //! `cayley`, `exp`; `--opt` takes `adam` or `sgd`.
+//!
+//! `--adapter` times one whole adapter instead (two `rows x rank` bases and a core): the
+//! default basis-update step on a full core (`"opt":"sds_adam_basis_update"`) against the
+//! per-tensor step on a diagonal core (`"opt":"sds_adam_per_tensor_diag"`, the crate's
+//! step before the basis update), alternated in the same run, with the same settings.
 
 #[path = "common/basis.rs"]
 mod basis;
 #[path = "common/timing.rs"]
 mod timing;
 
-use basis::Basis;
+use basis::{AdapterFactors, Basis};
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
+use nalgebra::DMatrix;
+use sds_lora::nn::{CoreKind, DiagonalCore, FullCore};
 use sds_lora::optim::{
     Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig, SecondMoment,
     StiefelConfig,
@@ -34,6 +41,7 @@ struct Args {
     opt: String,
     retraction: Retraction,
     second_moment: SecondMoment,
+    adapter: bool,
 }
 
 fn parse() -> Args {
@@ -65,6 +73,7 @@ fn parse() -> Args {
             "matrix" => SecondMoment::Matrix,
             other => panic!("--second-moment: elementwise or matrix, not {other}"),
         },
+        adapter: args.iter().any(|a| a == "--adapter"),
     }
 }
 
@@ -82,7 +91,7 @@ fn run<const N: usize, const R: usize>(a: &Args) {
         .copy_from_slice(&g_data);
     let stiefel = StiefelConfig {
         retraction: a.retraction,
-        reorthonormalize_every: None,
+        ..StiefelConfig::default()
     };
     // dfdx's Adam on a copy of the model with the same gradients (its own tensor ids).
     let mut theirs_model = Basis {
@@ -129,11 +138,7 @@ fn run<const N: usize, const R: usize>(a: &Args) {
         other => panic!("--opt: adam or sgd, not {other}"),
     };
     let (ours, theirs) = (ours / 1e3, theirs / 1e3);
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
-        std::thread::available_parallelism()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "1".into())
-    });
+    let threads = threads();
     let opt_name = match (a.opt.as_str(), a.second_moment) {
         ("adam", SecondMoment::Matrix) => "sds_adam_matrix",
         ("adam", _) => "sds_adam",
@@ -149,11 +154,92 @@ fn run<const N: usize, const R: usize>(a: &Args) {
     eprintln!("ratio {opt_name}/dfdx_adam = {:.2}", ours / theirs);
 }
 
+/// An adapter with two `[N, R]` bases and a core of kind `K` holding `diag(s)`, with fixed
+/// random gradients.
+fn adapter<const N: usize, const R: usize, K: CoreKind<R>>(
+    dev: &Cpu,
+) -> (AdapterFactors<N, R, K, f32, Cpu>, Gradients<f32, Cpu>) {
+    let s: Vec<f64> = (0..R).map(|k| 1.0 / (1.0 + k as f64)).collect();
+    let core = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(s));
+    let mut model = AdapterFactors {
+        basis_out: random_point(dev, (Const, Const), 1).unwrap(),
+        core: dev.zeros(),
+        basis_in: random_point(dev, (Const, Const), 2).unwrap(),
+    };
+    model.core.copy_from(&K::data_of::<f32>(&core).unwrap());
+    let mut grads = model.alloc_grads();
+    let scale = 1.0 / ((N * R) as f32).sqrt();
+    let fill = |len: usize, seed: u64| -> Vec<f32> {
+        let g: Tensor<(usize,), f32, Cpu> = Cpu::seed_from_u64(seed).sample_normal_like(&(len,));
+        g.as_vec().iter().map(|v| v * scale).collect()
+    };
+    let (gu, gv) = (fill(N * R, 3), fill(N * R, 4));
+    let gs = fill(model.core.as_vec().len(), 5);
+    grads
+        .get_or_alloc_mut(&model.basis_out)
+        .unwrap()
+        .copy_from_slice(&gu);
+    grads
+        .get_or_alloc_mut(&model.basis_in)
+        .unwrap()
+        .copy_from_slice(&gv);
+    grads
+        .get_or_alloc_mut(&model.core)
+        .unwrap()
+        .copy_from_slice(&gs);
+    (model, grads)
+}
+
+/// `--adapter`: the basis-update step on a full core against the per-tensor step on a
+/// diagonal core, SdsAdam, alternated.
+fn run_adapter<const N: usize, const R: usize>(a: &Args) {
+    let dev = Cpu::default();
+    let (mut full, full_grads) = adapter::<N, R, FullCore>(&dev);
+    let (mut diag, diag_grads) = adapter::<N, R, DiagonalCore>(&dev);
+    let cfg = SdsAdamConfig {
+        groups: ParamGroups::uniform(1e-3),
+        second_moment: a.second_moment,
+        stiefel: StiefelConfig {
+            retraction: a.retraction,
+            ..StiefelConfig::default()
+        },
+        ..Default::default()
+    };
+    let mut basis_update = SdsAdam::new(&full, cfg).unwrap();
+    let mut per_tensor = SdsAdam::new(&diag, cfg).unwrap();
+    let (new, old) = paired_median_ns(
+        a.steps.div_ceil(10),
+        || basis_update.update(&mut full, &full_grads).unwrap(),
+        || per_tensor.update(&mut diag, &diag_grads).unwrap(),
+    );
+    for (opt, us) in [
+        ("sds_adam_basis_update", new / 1e3),
+        ("sds_adam_per_tensor_diag", old / 1e3),
+    ] {
+        println!(
+            r#"{{"opt":"{opt}","retraction":"{}","n":{N},"r":{R},"threads":{},"median_us":{us:.1}}}"#,
+            a.retraction.name(),
+            threads()
+        );
+    }
+    eprintln!("ratio basis_update/per_tensor_diag = {:.2}", new / old);
+}
+
+/// The thread count the step may use.
+fn threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "1".into())
+    })
+}
+
 fn main() {
     let a = parse();
     macro_rules! shapes {
         ($(($n:literal, $r:literal)),*) => {
             match (a.rows, a.rank) {
+                $(($n, $r) if a.adapter => run_adapter::<$n, $r>(&a),)*
                 $(($n, $r) => run::<$n, $r>(&a),)*
                 (n, r) => panic!("unsupported shape {n} x {r}: rows in 1024, 4096, 16384; rank in 4, 16, 64"),
             }

@@ -213,7 +213,10 @@ fn peft_export_then_import_reproduces_dw() {
         host(&diag.2.delta_weight().unwrap()),
         host(&m.2.delta_weight().unwrap()),
     );
-    assert!((&got - &want).norm() <= 1e-12 * want.norm(), "diagonal import");
+    assert!(
+        (&got - &want).norm() <= 1e-12 * want.norm(),
+        "diagonal import"
+    );
 
     // A model whose shapes do not fit is refused, untouched.
     type Other = (

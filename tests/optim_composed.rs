@@ -160,6 +160,7 @@ fn transfers_per_step<const N: usize>(retraction: Retraction) -> (usize, usize) 
         stiefel: sds_lora::optim::StiefelConfig {
             retraction,
             reorthonormalize_every: None,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -60,6 +60,7 @@ fn stiefel(retraction: Retraction) -> StiefelConfig {
     StiefelConfig {
         retraction,
         reorthonormalize_every: None,
+        ..Default::default()
     }
 }
 
@@ -173,6 +174,7 @@ fn orthogonality_over_20000_f32_steps() {
             stiefel: StiefelConfig {
                 retraction: Retraction::Qr,
                 reorthonormalize_every: reortho,
+                ..Default::default()
             },
             ..Default::default()
         };

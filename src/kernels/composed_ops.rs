@@ -133,7 +133,10 @@ impl<D: Clone> ComposedOps<D> {
     }
 
     /// Small host matrices to the device, converted to `E`, in one transfer.
-    pub(crate) fn upload_small<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
+    pub(crate) fn upload_small<E: Real>(
+        &self,
+        mats: &[&DMatrix<f64>],
+    ) -> Result<Vec<Mat<E, D>>, Error>
     where
         D: Device<E>,
     {

@@ -89,6 +89,17 @@ where
         Ok(a.mul_small_add(m, Some((beta, c))))
     }
 
+    /// One pass: the product and the sum together.
+    fn mul_small_plus(
+        &self,
+        a: &HostMat<E>,
+        m: &DMatrix<f64>,
+        beta: E,
+        c: &HostMat<E>,
+    ) -> Result<HostMat<E>, Error> {
+        Ok(a.mul_small_add_new(m, beta, c))
+    }
+
     /// Each product is written into a [spare](crate::kernels::scratch::spare) buffer, and
     /// its input goes back to the pool at once, values kept, for the next load to copy
     /// into: a product handed out as a tensor's storage then leaves an empty allocation in
@@ -126,7 +137,10 @@ where
 
     /// One pass over each storage (its padding is zero).
     fn squared_norms(&self, mats: &[&HostMat<E>]) -> Result<Vec<f64>, Error> {
-        Ok(mats.iter().map(|a| slices::squared_norm(a.storage())).collect())
+        Ok(mats
+            .iter()
+            .map(|a| slices::squared_norm(a.storage()))
+            .collect())
     }
 
     fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {

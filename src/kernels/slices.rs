@@ -34,9 +34,36 @@ pub fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     }))
 }
 
-/// `sum a_i^2`, accumulated in `f64`.
+/// `sum a_i^2`, accumulated in `f64` over [`NORM_LANES`] partial sums (one chain of
+/// dependent additions would serialise the loop on the adder's latency).
 pub fn squared_norm<E: Real>(a: &[E]) -> f64 {
-    a.iter().map(|&x| x.to_f64() * x.to_f64()).sum()
+    dispatch(SquaredNorm(a))
+}
+
+/// Partial sums of [`squared_norm`]: two AVX-512 registers of `f64`.
+const NORM_LANES: usize = 16;
+
+struct SquaredNorm<'a, E>(&'a [E]);
+
+impl<E: Real> Kernel for SquaredNorm<'_, E> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<F: Fma>(self) -> f64 {
+        let mut acc = [0.0f64; NORM_LANES];
+        let mut chunks = self.0.chunks_exact(NORM_LANES);
+        for c in &mut chunks {
+            for l in 0..NORM_LANES {
+                let x = c[l].to_f64();
+                acc[l] += x * x;
+            }
+        }
+        let tail: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&x| x.to_f64() * x.to_f64())
+            .sum();
+        acc.iter().sum::<f64>() + tail
+    }
 }
 
 /// Whether every element is finite (no NaN, no infinity).
@@ -85,6 +112,19 @@ mod tests {
         axpy(-0.5, &x, &mut y);
         assert_eq!(y, by_lincomb);
         assert_eq!(y[10], y0[10] - 0.5 * x[10]);
+    }
+
+    #[test]
+    fn squared_norm_sums_every_square() {
+        for len in [0usize, 1, 15, 16, 17, 203] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin()).collect();
+            let want: f64 = a.iter().map(|&x| (x as f64) * (x as f64)).sum();
+            let got = squared_norm(&a);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "{len}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -66,6 +66,17 @@ pub trait TallOps<E: Real> {
         c: Self::Mat,
     ) -> Result<Self::Mat, Error>;
 
+    /// `beta C + A M` in a new matrix, `C` only read.
+    fn mul_small_plus(
+        &self,
+        a: &Self::Mat,
+        m: &DMatrix<f64>,
+        beta: E,
+        c: &Self::Mat,
+    ) -> Result<Self::Mat, Error> {
+        self.axpy(beta, c, self.mul_small(a, m)?)
+    }
+
     /// `C + A M` ([`TallOps::mul_small_axpy`] with `beta = 1`).
     fn mul_small_add(
         &self,

@@ -20,6 +20,7 @@ mod sds_linear;
 pub type Batch<B, const N: usize, E, D, T> =
     dfdx::tensor::Tensor<(B, dfdx::shapes::Const<N>), E, D, T>;
 
+pub use self::core::{CoreKind, CoreRef, DiagonalCore, FullCore, CORE_NAME, SCALES_NAME};
 pub use adapter::{Adapter, FrozenMut};
 pub use dual_branch::SdsDualBranch;
 pub use frozen_linear::frozen_linear;
@@ -27,7 +28,6 @@ pub use lora_linear::LoraLinear;
 pub use options::{GradientMode, MergeState, Phase, Scaling};
 pub use sds_adapter_op::{sds_adapter, SdsFactors};
 pub use sds_linear::{SdsDiagLinear, SdsLinear};
-pub use self::core::{CoreKind, CoreRef, DiagonalCore, FullCore, CORE_NAME, SCALES_NAME};
 
 /// Builders for [`build_module`](dfdx::nn::DeviceBuildExt::build_module).
 pub mod builders {

@@ -1,8 +1,8 @@
 //! PEFT interchange: export a model's adapters as a rank-R LoRA pair per layer in
 //! safetensors with PEFT's key names and an `adapter_config.json`, and load them back.
 
-use super::init::factor_lora_pair;
 use super::core::{CORE_NAME, SCALES_NAME};
+use super::init::factor_lora_pair;
 use super::options::Scaling;
 use crate::kernels::Real;
 use crate::optim::walk::{walk_mut, walk_ref};

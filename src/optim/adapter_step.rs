@@ -53,16 +53,12 @@ impl AdapterPaths {
 
 /// Every adapter of a model's layout: a trainable `P.core` of shape `[r, r]` beside Stiefel
 /// tensors `P.basis_out: [o, r]` and `P.basis_in: [i, r]`.
-pub(crate) fn find_adapters(
-    layout: &BTreeMap<String, (Vec<usize>, Group)>,
-) -> Vec<AdapterPaths> {
+pub(crate) fn find_adapters(layout: &BTreeMap<String, (Vec<usize>, Group)>) -> Vec<AdapterPaths> {
     let sibling = |prefix: Option<&str>, name: &str| match prefix {
         Some(p) => format!("{p}.{name}"),
         None => name.to_string(),
     };
-    let basis_of_rank = |path: &str, r: usize| {
-        matches!(layout.get(path), Some((dims, Group::Stiefel)) if dims.len() == 2 && dims[1] == r)
-    };
+    let basis_of_rank = |path: &str, r: usize| matches!(layout.get(path), Some((dims, Group::Stiefel)) if dims.len() == 2 && dims[1] == r);
     layout
         .iter()
         .filter_map(|(path, (dims, group))| {
@@ -88,7 +84,10 @@ pub(crate) fn find_adapters(
 fn named(error: Error, paths: &AdapterPaths) -> Error {
     match error {
         Error::NonFinite { what } => Error::NonFinite {
-            what: format!("{what} (adapter {}, {}, {})", paths.out, paths.core, paths.inn),
+            what: format!(
+                "{what} (adapter {}, {}, {})",
+                paths.out, paths.core, paths.inn
+            ),
         },
         e => e,
     }
@@ -148,15 +147,17 @@ pub(crate) fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     core_state.second_scalar = next.v;
     core_state.second_scalar_max = next.v_max;
     let states = [
-        state(old[0], next.p.map(HostMat::into_storage).unwrap_or_default()),
+        state(
+            old[0],
+            next.p.map(HostMat::into_storage).unwrap_or_default(),
+        ),
         core_state,
-        state(old[2], next.q.map(HostMat::into_storage).unwrap_or_default()),
+        state(
+            old[2],
+            next.q.map(HostMat::into_storage).unwrap_or_default(),
+        ),
     ];
-    let values = [
-        x1.u.into_compact(),
-        row_major(&x1.s),
-        x1.v.into_compact(),
-    ];
+    let values = [x1.u.into_compact(), row_major(&x1.s), x1.v.into_compact()];
     Ok((values, states))
 }
 
@@ -189,8 +190,15 @@ pub(crate) fn composed_adapter_step<E: Real, D: Device<E>>(
     // S, M, m_M, v, v_max to the host.
     let mut small_mats = vec![mat(&core.param, (r, r))?, mat(&core.grad, (r, r))?];
     let first_m = s_core.first.as_ref().map(|m| mat(m, (r, r))).transpose()?;
-    let scalars = [scalar(&s_core.second_scalar)?, scalar(&s_core.second_scalar_max)?];
-    let has = (first_m.is_some(), scalars[0].is_some(), scalars[1].is_some());
+    let scalars = [
+        scalar(&s_core.second_scalar)?,
+        scalar(&s_core.second_scalar_max)?,
+    ];
+    let has = (
+        first_m.is_some(),
+        scalars[0].is_some(),
+        scalars[1].is_some(),
+    );
     small_mats.extend(first_m);
     small_mats.extend(scalars.into_iter().flatten());
     let mut host = ops.download(small_mats)?.into_iter();

@@ -42,8 +42,7 @@
 
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
 use crate::kernels::{Real, TallOps};
-use crate::stiefel::retractions::Sums;
-use crate::stiefel::Retraction;
+use crate::stiefel::retractions::{q_factors, Sums};
 use crate::Error;
 use nalgebra::DMatrix;
 
@@ -159,10 +158,9 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
 
     // K = U S - eta D_P, L = V S^T - eta D_Q, and their Q factors.
     let eta = sizes.bases;
-    let k = dir.p.apply(ops, -eta, ops.mul_small(&u, &s)?)?;
-    let l = dir.q.apply(ops, -eta, ops.mul_small(&v, &s.transpose())?)?;
-    let qr = Retraction::Qr.sum_form().expect("Qr is a sum retraction");
-    let mut bases = qr.apply_batch(ops, Sums::new(ops, vec![k, l])?)?;
+    let k = dir.p.after(ops, &u, &s, -eta)?;
+    let l = dir.q.after(ops, &v, &s.transpose(), -eta)?;
+    let mut bases = q_factors(ops, Sums::new(ops, vec![k, l])?)?;
     next.p = dir.p.moment.take();
     next.q = dir.q.moment.take();
     let v1 = bases.pop().expect("two factors");
@@ -206,21 +204,20 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     ))
 }
 
-/// Fails with [`Error::NonFinite`] where a gradient, the core or a basis holds NaN or an
-/// infinity.
+/// Fails with [`Error::NonFinite`] where a gradient or the core holds NaN or an infinity.
+/// (A non-finite basis makes the Gram matrix of `K` or `L` non-finite: [`Sums::new`]
+/// reports it.)
 fn check_finite<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &AdapterPoint<B::Mat>,
     g: &AdapterGrad<B::Mat>,
 ) -> Result<(), Error> {
-    let finite = ops.all_finite_each(&[&g.p, &g.q, &x.u, &x.v])?;
+    let finite = ops.all_finite_each(&[&g.p, &g.q])?;
     let small_finite = |m: &DMatrix<f64>| m.iter().all(|v| v.is_finite());
     let checks = [
         (finite[0], AdapterPart::BasisOut, "the gradient"),
         (finite[1], AdapterPart::BasisIn, "the gradient"),
         (small_finite(&g.m), AdapterPart::Core, "the gradient"),
-        (finite[2], AdapterPart::BasisOut, "the value"),
-        (finite[3], AdapterPart::BasisIn, "the value"),
         (small_finite(&x.s), AdapterPart::Core, "the value"),
     ];
     match checks.iter().find(|(ok, _, _)| !ok) {
@@ -256,21 +253,30 @@ enum Term<M> {
 }
 
 impl<M> TallDirection<M> {
-    /// `C + alpha D`, in `C`'s storage where the backend can; the moment is kept.
-    fn apply<E: Real, B: TallOps<E, Mat = M>>(
+    /// `X W + alpha D` in a new matrix (the first term in the same pass as the product);
+    /// the moment is kept.
+    fn after<E: Real, B: TallOps<E, Mat = M>>(
         &mut self,
         ops: &B,
+        x: &M,
+        w: &DMatrix<f64>,
         alpha: f64,
-        mut c: M,
     ) -> Result<M, Error> {
-        for (a, term) in std::mem::take(&mut self.terms) {
-            let t = match &term {
-                Term::Gradient(g) => g,
-                Term::Moment => self.moment.as_ref().expect("a moment term has its moment"),
-            };
-            c = ops.axpy(E::of_f64(alpha * a), t, c)?;
+        let mut terms = std::mem::take(&mut self.terms).into_iter();
+        let (a, first) = terms.next().expect("a direction has a term");
+        let mut c = ops.mul_small_plus(x, w, E::of_f64(alpha * a), self.resolve(&first))?;
+        for (a, term) in terms {
+            c = ops.axpy(E::of_f64(alpha * a), self.resolve(&term), c)?;
         }
         Ok(c)
+    }
+
+    /// The tall matrix a term stands for.
+    fn resolve<'a>(&'a self, term: &'a Term<M>) -> &'a M {
+        match term {
+            Term::Gradient(g) => g,
+            Term::Moment => self.moment.as_ref().expect("a moment term has its moment"),
+        }
     }
 }
 
@@ -311,9 +317,7 @@ fn sgd_directions<E: Real, B: TallOps<E>>(
     // m <- g on the first step, m <- mu m + (1 - d) g after.
     let velocity = |g: &B::Mat, m_old: Option<B::Mat>| -> Result<B::Mat, Error> {
         match m_old {
-            Some(m_old) if !first_step => {
-                ops.lincomb(E::of_f64(mu), &m_old, E::of_f64(keep), g)
-            }
+            Some(m_old) if !first_step => ops.lincomb(E::of_f64(mu), &m_old, E::of_f64(keep), g),
             _ => ops.lincomb(E::one(), g, E::zero(), g),
         }
     };

@@ -512,9 +512,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 tensors: all.iter().map(|p| p.to_string()).collect(),
             };
             let triple = at.map(|k| &entries[k].2);
-            let triple_states = states
-                .get_disjoint_mut(at)
-                .expect("three distinct tensors");
+            let triple_states = states.get_disjoint_mut(at).expect("three distinct tensors");
             let new = composed_adapter_step(
                 ops,
                 paths,

@@ -15,7 +15,7 @@ pub use cholesky_qr2::cholesky_qr2;
 pub use exp::exp;
 pub use newton_schulz::newton_schulz;
 pub use polar::{polar, polar_factor};
-pub use qr::{cholesky_factor, qr, CHOLESKY_MAX_CONDITION};
+pub use qr::{cholesky_factor, cholesky_qr2_max_condition, q_factors, qr, CHOLESKY_MAX_CONDITION};
 
 use crate::kernels::{Real, TallOps};
 use crate::Error;

@@ -55,3 +55,45 @@ pub fn qr<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::
 pub fn cholesky_factor(gram: &DMatrix<f64>) -> Option<DMatrix<f64>> {
     small::conditioned_cholesky_upper_inverse(gram, CHOLESKY_MAX_CONDITION)
 }
+
+/// The largest bound on the condition number of `Y^T Y` for which [`q_factors`] takes the
+/// Q factor by Cholesky-QR2: `1 / (64 eps)`, so that `kappa_2(Y) <= (64 eps)^{-1/2}`
+/// (about 360 in `f32`, 8e6 in `f64`), inside the range where the second pass restores
+/// orthogonality to rounding (Yamamoto, Nakatsukasa, Yanagisawa and Fukaya 2015).
+pub fn cholesky_qr2_max_condition<E: Real>() -> f64 {
+    1.0 / (64.0 * E::EPSILON.to_f64())
+}
+
+/// `qf(Y)`, the Q factor of the thin QR `Y = Q R` with `diag(R) >= 0`, of each sum,
+/// whatever its conditioning: one Cholesky pass (`Y R^{-1}`, `R = chol(Y^T Y)`) where
+/// `Y^T Y` is within [`CHOLESKY_MAX_CONDITION`] (as [`qr`]), two passes (Cholesky-QR2)
+/// where it is within [`cholesky_qr2_max_condition`], Householder QR otherwise. All
+/// compute the same factor; the passes are matmul plus `r x r` work, cheaper than
+/// Householder's sweeps. For factors far from a manifold point, such as the basis-update
+/// step's `U S - eta P` (conditioned as the core `S` is).
+pub fn q_factors<E: Real, B: TallOps<E>>(
+    ops: &B,
+    sums: Sums<B::Mat>,
+) -> Result<Vec<B::Mat>, Error> {
+    let Sums { ys, grams } = sums;
+    let max2 = cholesky_qr2_max_condition::<E>();
+    let pass = |y: B::Mat, t: DMatrix<f64>| -> Result<B::Mat, Error> {
+        Ok(ops.transform_each(vec![(y, t)])?.remove(0))
+    };
+    ys.into_iter()
+        .zip(&grams)
+        .map(|(y, gram)| {
+            if let Some(t) = cholesky_factor(gram) {
+                return pass(y, t);
+            }
+            let Some(t) = small::conditioned_cholesky_upper_inverse(gram, max2) else {
+                return ops.qr_q(y);
+            };
+            let y = pass(y, t)?;
+            match small::conditioned_cholesky_upper_inverse(&ops.gram(&y, &y)?, max2) {
+                Some(t) => pass(y, t),
+                None => ops.qr_q(y),
+            }
+        })
+        .collect()
+}
