@@ -1,10 +1,11 @@
 //! GPU timings (feature `cuda`; built for a GPU machine by `scripts/cuda-build.sh`):
 //!
 //! 1. one optimizer step over a LLaMA-7B-like adapter set, 224 adapters of 4096 x 4096 at
-//!    rank 16 (the tensors the optimizer touches: `basis_out`, `scales`, `basis_in`), one
-//!    optimizer for the whole set: SdsAdam with each retraction (on the composed path, the
-//!    CUDA default: n x r work in dfdx ops, r x r host round trips batched over the 448
-//!    bases) against dfdx's Adam on LoRA factors of the same shapes;
+//!    rank 16 (the tensors the optimizer touches: `basis_out`, `core`, `basis_in`), one
+//!    optimizer for the whole set: SdsAdam with the basis-update step (the default) and
+//!    with the per-tensor step under each retraction (on the composed path, the CUDA
+//!    default: n x r work in dfdx ops, r x r work on the host) against dfdx's Adam on LoRA
+//!    factors of the same shapes;
 //! 2. forward, backward and step of a stack of four `SdsLinear<4096, 4096, 16>` at batch
 //!    2048 (SdsAdam) against the same stack of `LoraLinear` (dfdx Adam).
 //!
@@ -16,7 +17,7 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
 use sds_lora::nn::builders;
-use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+use sds_lora::optim::{AdapterStep, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::Retraction;
 use std::time::Instant;
 
@@ -29,7 +30,7 @@ const BATCH: usize = 2048;
 #[derive(Debug, Clone)]
 struct SdsFactors<E: Dtype, D: Storage<E>> {
     basis_out: Tensor<Rank2<N, R>, E, D>,
-    scales: Tensor<Rank1<R>, E, D>,
+    core: Tensor<Rank2<R, R>, E, D>,
     basis_in: Tensor<Rank2<N, R>, E, D>,
 }
 
@@ -47,9 +48,9 @@ impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for SdsFactors<E, D> {
                     TensorOptions::reset_to_zeros(),
                 ),
                 Self::tensor(
-                    "scales",
-                    |s| &s.scales,
-                    |s| &mut s.scales,
+                    "core",
+                    |s| &s.core,
+                    |s| &mut s.core,
                     TensorOptions::reset_to_zeros(),
                 ),
                 Self::tensor(
@@ -59,9 +60,9 @@ impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for SdsFactors<E, D> {
                     TensorOptions::reset_to_zeros(),
                 ),
             ),
-            |(basis_out, scales, basis_in)| SdsFactors {
+            |(basis_out, core, basis_in)| SdsFactors {
                 basis_out,
-                scales,
+                core,
                 basis_in,
             },
         )
@@ -138,15 +139,20 @@ fn main() {
         modules: (0..LAYERS as u64)
             .map(|i| SdsFactors {
                 basis_out: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i).unwrap(),
-                scales: dev.sample_normal(),
+                core: dev.sample_normal(),
                 basis_in: sds_lora::stiefel::random_point(&dev, (Const, Const), 2 * i + 1).unwrap(),
             })
             .collect(),
     };
     let sds_grads = sds.alloc_grads();
-    for retraction in Retraction::all(5) {
+    let variants = std::iter::once(None).chain(Retraction::all(5).map(Some));
+    for variant in variants {
         let mut cfg = SdsAdamConfig::default();
-        cfg.stiefel.retraction = retraction;
+        if let Some(retraction) = variant {
+            cfg.stiefel.adapter_step = AdapterStep::PerTensor;
+            cfg.stiefel.retraction = retraction;
+        }
+        let name = variant.map_or("basis_update", |r| r.name());
         let mut opt = SdsAdam::new(&sds, cfg).unwrap();
         let ops = opt
             .composed_ops()
@@ -160,8 +166,7 @@ fn main() {
         let after = ops.transfers();
         let per_step = |a: usize, b: usize| (a - b) / (steps + 1);
         println!(
-            r#"{{"bench":"adapter_set_step","variant":"sds_adam_{}_{LAYERS}x4096x4096_r16","median_ms":{sds_ms:.2},"to_host":{},"to_device":{}}}"#,
-            retraction.name(),
+            r#"{{"bench":"adapter_set_step","variant":"sds_adam_{name}_{LAYERS}x4096x4096_r16","median_ms":{sds_ms:.2},"to_host":{},"to_device":{}}}"#,
             per_step(after.to_host, before.to_host),
             per_step(after.to_device, before.to_device),
         );

@@ -3,15 +3,18 @@
 //! SDS-LoRA (scale-decoupled, Stiefel-constrained low-rank adaptation) for
 //! [dfdx](https://docs.rs/dfdx) 0.13.
 //!
-//! The adapter is `dW = c U diag(s) V^T` with `U`, `V` on Stiefel manifolds (orthonormal
-//! columns) and the scales `s` Euclidean. This crate is layered, dependencies pointing
-//! down only:
+//! The adapter is `dW = c U S V^T` with `U`, `V` on Stiefel manifolds (orthonormal
+//! columns) and a full `r x r` core `S`; the optimizers update each adapter's triple
+//! jointly by the basis-update step ([`optim::basis_update`](mod@optim::basis_update)), which moves `dW` along the
+//! Riemannian gradient of the fixed-rank manifold whatever the factor split or the
+//! target's spectrum. This crate is layered, dependencies pointing down only:
 //!
 //! - [`diagnostics`]: effective and stable rank, orthogonality, gradient alignment.
 //! - [`nn`]: the layers [`nn::SdsLinear`] (scale-decoupled backward) and
 //!   [`nn::LoraLinear`] (baseline), merging, conversions and PEFT export.
-//! - [`optim`]: the dfdx optimizers [`optim::SdsAdam`] and [`optim::SdsSgd`]: Euclidean
-//!   rules, parameter groups, the Riemannian composition for Stiefel tensors.
+//! - [`optim`]: the dfdx optimizers [`optim::SdsAdam`] and [`optim::SdsSgd`]: the
+//!   basis-update step for adapters, Euclidean rules, parameter groups, the per-tensor
+//!   Riemannian composition for other Stiefel tensors.
 //! - [`stiefel`]: geometry on `St(n, r)`: tangent projection, six retractions, transport,
 //!   random points, checks.
 //! - [`kernels`]: per-device arithmetic: fused loops and GEMM on plain slices for `Cpu`,

@@ -5,8 +5,9 @@
 
 use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
-use sds_lora::nn::builders;
-use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
+use nalgebra::{DMatrix, DVector};
+use sds_lora::nn::{builders, CoreKind, DiagonalCore, FullCore};
+use sds_lora::optim::{AdapterStep, ParamGroups, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::{orthogonality_error, project_tangent, random_point, retract, Retraction};
 
 fn gpu() -> Option<Cuda> {
@@ -44,28 +45,36 @@ fn retractions_match_cpu() {
 #[test]
 fn sds_linear_and_sds_adam_match_cpu() {
     let Some(gpu) = gpu() else { return };
+    // The default: a full core and the basis-update step.
+    layers_and_optimizer_match_cpu::<FullCore>(&gpu, None);
+    // The per-tensor step with each retraction, on the diagonal-core ablation.
     for retraction in Retraction::all(5) {
-        layers_and_optimizer_match_cpu(&gpu, retraction);
+        layers_and_optimizer_match_cpu::<DiagonalCore>(&gpu, Some(retraction));
     }
 }
 
 /// 20 steps of SdsAdam on a small SDS model, on the CPU (host path) and on the GPU
-/// (composed path).
-fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
-    type Model = (
-        builders::SdsDiagLinear<32, 24, 4>,
+/// (composed path): the basis-update step for `None`, the per-tensor step with a
+/// retraction otherwise.
+fn layers_and_optimizer_match_cpu<K: CoreKind<4>>(gpu: &Cuda, per_tensor: Option<Retraction>) {
+    type Model<K> = (
+        builders::SdsLinear<32, 24, 4, K>,
         Tanh,
-        builders::SdsDiagLinear<24, 8, 4>,
+        builders::SdsLinear<24, 8, 4, K>,
     );
     let cpu = Cpu::seed_from_u64(3);
-    let mut on_cpu = cpu.build_module::<Model, f32>();
-    on_cpu.0.core.copy_from(&[0.5, -0.2, 0.1, 0.3]);
+    let mut on_cpu = cpu.build_module::<Model<K>, f32>();
+    let core = DMatrix::from_diagonal(&DVector::from_vec(vec![0.5, -0.2, 0.1, 0.3]));
+    on_cpu.0.core.copy_from(&K::data_of::<f32>(&core).unwrap());
     let mut on_gpu = on_cpu.clone().to_device(gpu);
     let mut cfg = SdsAdamConfig {
         groups: ParamGroups::uniform(1e-2),
         ..Default::default()
     };
-    cfg.stiefel.retraction = retraction;
+    if let Some(retraction) = per_tensor {
+        cfg.stiefel.adapter_step = AdapterStep::PerTensor;
+        cfg.stiefel.retraction = retraction;
+    }
     let (mut opt_cpu, mut opt_gpu) = (
         SdsAdam::new(&on_cpu, cfg).unwrap(),
         SdsAdam::new(&on_gpu, cfg).unwrap(),
@@ -101,7 +110,7 @@ fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
     ] {
         assert!(
             max_diff(&a, &b) <= 1e-5,
-            "{retraction:?}, after 20 steps: {:e}",
+            "{per_tensor:?}, after 20 steps: {:e}",
             max_diff(&a, &b)
         );
     }
@@ -110,7 +119,7 @@ fn layers_and_optimizer_match_cpu(gpu: &Cuda, retraction: Retraction) {
 #[test]
 fn orthogonality_over_1000_steps_on_gpu() {
     let Some(gpu) = gpu() else { return };
-    let mut layer = gpu.build_module::<builders::SdsDiagLinear<256, 128, 16>, f32>();
+    let mut layer = gpu.build_module::<builders::SdsLinear<256, 128, 16>, f32>();
     let mut opt = SdsAdam::new(
         &layer,
         SdsAdamConfig {

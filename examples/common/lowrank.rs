@@ -7,6 +7,7 @@ use dfdx::prelude::*;
 use nalgebra::{DMatrix, DVector};
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use sds_lora::nn::{CoreKind, CoreRef};
 
 pub const N: usize = 256;
 pub const RANK: usize = 8;
@@ -139,32 +140,40 @@ pub fn row_major(m: &Mat) -> Vec<f64> {
     m.transpose().as_slice().to_vec()
 }
 
-/// The decoupled or coupled gradients an `SdsLinear` hands `(U, s, V)` for this problem
-/// (the layer's backward formulas with `Gy^T x = G`).
-pub fn sds_gradients(
+/// An `SdsLinear` of this problem's shape with a core of kind `K`.
+pub type SdsLayer<K> = sds_lora::nn::SdsLinear<N, N, RANK, f64, Cpu, K>;
+
+/// The gradients an `SdsLinear` hands `(U, S, V)` for this problem (the layer's backward
+/// formulas with `Gy^T x = G`): decoupled `(c G V, c U^T G V, c G^T U)` or coupled
+/// `(c G V S^T, c U^T G V, c G^T U S)`; the core's as its tensor holds it (row-major
+/// `[r, r]`, or the diagonal for a diagonal core).
+pub fn sds_gradients<K: CoreKind<RANK>>(
     problem: &Problem,
-    l: &sds_lora::nn::SdsLinear<N, N, RANK, f64, Cpu>,
-) -> (Mat, DVector<f64>, Mat) {
+    l: &SdsLayer<K>,
+) -> (Mat, Vec<f64>, Mat) {
     let c = l.scale();
     let (u, v) = (host(&l.basis_out), host(&l.basis_in));
-    let s = DVector::from_vec(l.scales.as_vec());
-    let left = &u * Mat::from_diagonal(&s) * c;
+    let s = l.core_matrix();
+    let left = &u * &s * c;
     let pair = (&left, &v);
     let gv = problem.g_times(pair, &v);
     let gtu = problem.t_times_g(pair, &u).transpose();
-    let ds = DVector::from_fn(RANK, |k, _| c * u.column(k).dot(&gv.column(k)));
-    let sd = Mat::from_diagonal(&s);
+    let ds = u.transpose() * &gv * c;
+    let ds = match K::view(&l.core) {
+        CoreRef::Full(_) => row_major(&ds),
+        CoreRef::Diagonal(_) => ds.diagonal().as_slice().to_vec(),
+    };
     let (du, dv) = match l.gradient_mode {
         sds_lora::nn::GradientMode::Decoupled => (&gv * c, &gtu * c),
-        sds_lora::nn::GradientMode::Coupled => (&gv * &sd * c, &gtu * &sd * c),
+        sds_lora::nn::GradientMode::Coupled => (&gv * s.transpose() * c, &gtu * &s * c),
     };
     (du, ds, dv)
 }
 
-/// Writes `(dU, ds, dV)` as the layer's gradients.
-pub fn sds_grads(
-    l: &sds_lora::nn::SdsLinear<N, N, RANK, f64, Cpu>,
-    (du, ds, dv): &(Mat, DVector<f64>, Mat),
+/// Writes `(dU, dS, dV)` as the layer's gradients.
+pub fn sds_grads<K: CoreKind<RANK>>(
+    l: &SdsLayer<K>,
+    (du, ds, dv): &(Mat, Vec<f64>, Mat),
 ) -> Gradients<f64, Cpu> {
     let mut grads = l.alloc_grads();
     grads
@@ -175,19 +184,13 @@ pub fn sds_grads(
         .get_or_alloc_mut(&l.basis_in)
         .unwrap()
         .copy_from_slice(&row_major(dv));
-    grads
-        .get_or_alloc_mut(&l.scales)
-        .unwrap()
-        .copy_from_slice(ds.as_slice());
+    grads.get_or_alloc_mut(&l.core).unwrap().copy_from_slice(ds);
     grads
 }
 
 /// An `SdsLinear` holding the exact factorisation of `(B0, A0)`.
-pub fn sds_from(
-    dev: &Cpu,
-    (b0, a0): (&Mat, &Mat),
-) -> sds_lora::nn::SdsLinear<N, N, RANK, f64, Cpu> {
-    let mut l = dev.build_module::<sds_lora::nn::builders::SdsLinear<N, N, RANK>, f64>();
+pub fn sds_from<K: CoreKind<RANK>>(dev: &Cpu, (b0, a0): (&Mat, &Mat)) -> SdsLayer<K> {
+    let mut l = dev.build_module::<sds_lora::nn::builders::SdsLinear<N, N, RANK, K>, f64>();
     let bt: Tensor<Rank2<N, RANK>, f64, Cpu> = dev.tensor_from_vec(row_major(b0), (Const, Const));
     let at: Tensor<Rank2<RANK, N>, f64, Cpu> = dev.tensor_from_vec(row_major(a0), (Const, Const));
     l.set_from_lora(&bt, &at, 1.0);

@@ -34,7 +34,7 @@ pub fn axpy<E: Real>(alpha: E, x: &[E], y: &mut [E]) {
     }))
 }
 
-/// `sum a_i^2`, accumulated in `f64` over [`NORM_LANES`] partial sums (one chain of
+/// `sum a_i^2`, accumulated in `f64` over 16 partial sums (one chain of
 /// dependent additions would serialise the loop on the adder's latency).
 pub fn squared_norm<E: Real>(a: &[E]) -> f64 {
     dispatch(SquaredNorm(a))

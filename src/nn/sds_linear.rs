@@ -40,7 +40,7 @@ pub mod builder {
 /// The backward pass is one custom op ([`GradientMode`]): no gradient is computed for
 /// `W0` or `b`. Train it with [`SdsAdam`](crate::optim::SdsAdam) or
 /// [`SdsSgd`](crate::optim::SdsSgd), which find the triple `basis_out`, `core`, `basis_in`
-/// by name and update it jointly (the basis-update step, [`crate::optim::basis_update`]).
+/// by name and update it jointly (the basis-update step, [`crate::optim::basis_update`](mod@crate::optim::basis_update)).
 ///
 /// The core kind `K` is [`FullCore`] by default; [`SdsDiagLinear`] (`K =`
 /// [`DiagonalCore`], a tensor `scales: [R]` for `S = diag(s)`) is kept as an ablation: it

@@ -1,5 +1,5 @@
 //! The optimizer's side of the basis-update step: finding each adapter's triple
-//! (`basis_out`, `core`, `basis_in`) by path, and running [`basis_update`] on it with the
+//! (`basis_out`, `core`, `basis_in`) by path, and running [`basis_update()`] on it with the
 //! state kept per tensor, on the host path and on the composed path.
 //!
 //! State layout (so that checkpoints keep their per-tensor form): `basis_out`'s
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 /// How adapters (a `basis_out`, `core`, `basis_in` triple under one path) are stepped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AdapterStep {
-    /// The basis-update (K/L) step on the triple jointly ([`super::basis_update`]): the
+    /// The basis-update (K/L) step on the triple jointly ([`super::basis_update`](mod@super::basis_update)): the
     /// default.
     #[default]
     BasisUpdate,
@@ -80,7 +80,7 @@ pub(crate) fn find_adapters(layout: &BTreeMap<String, (Vec<usize>, Group)>) -> V
         .collect()
 }
 
-/// Names the adapter's tensors in a [`Error::NonFinite`] from [`basis_update`].
+/// Names the adapter's tensors in a [`Error::NonFinite`] from [`basis_update()`].
 fn named(error: Error, paths: &AdapterPaths) -> Error {
     match error {
         Error::NonFinite { what } => Error::NonFinite {
@@ -103,6 +103,9 @@ fn row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
     m.transpose().iter().map(|&v| E::of_f64(v)).collect()
 }
 
+/// New values (compact, row-major) and rule states of `[out, core, in]`.
+pub(crate) type HostStepped<E> = ([Vec<E>; 3], [RuleState<E>; 3]);
+
 /// One adapter's step on the host: the new values (compact, row-major) and rule states of
 /// `[out, core, in]`. `old` is read only.
 pub(crate) fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
@@ -112,7 +115,7 @@ pub(crate) fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     old: [&RuleState<E>; 3],
     rule: AdapterRule,
     sizes: AdapterStepSizes,
-) -> Result<([Vec<E>; 3], [RuleState<E>; 3]), Error> {
+) -> Result<HostStepped<E>, Error> {
     let ((o, r), i) = ((out.dims[0], out.dims[1]), inn.dims[0]);
     let moment = |n: usize, s: &RuleState<E>| {
         (!s.first.is_empty()).then(|| HostMat::from_storage(n, r, scratch::copied(&s.first)))

@@ -131,6 +131,12 @@ pub enum AdapterPart {
     BasisIn,
 }
 
+/// The new point and moments of a basis-update step.
+pub type Stepped<M> = (AdapterPoint<M>, AdapterMoments<M>);
+
+/// A rule's directions and the new moments they come with.
+type Planned<M> = (Directions<M>, AdapterMoments<M>);
+
 /// One basis-update step (module docs): the new point and moments. `old` is what the rule
 /// carried from the previous step. Errors before anything is returned: a non-finite
 /// gradient or core ([`Error::NonFinite`], naming the [`AdapterPart`] in `what`), or a
@@ -142,7 +148,7 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     old: AdapterMoments<B::Mat>,
     rule: AdapterRule,
     sizes: AdapterStepSizes,
-) -> Result<(AdapterPoint<B::Mat>, AdapterMoments<B::Mat>), Error> {
+) -> Result<Stepped<B::Mat>, Error> {
     check_finite(ops, &x, &g)?;
     let AdapterPoint { u, s, v } = x;
     let t = old.step + 1;
@@ -295,7 +301,7 @@ fn sgd_directions<E: Real, B: TallOps<E>>(
     m: DMatrix<f64>,
     q: B::Mat,
     old: AdapterMoments<B::Mat>,
-) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+) -> Result<Planned<B::Mat>, Error> {
     let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = rule.momentum else {
         let plain = |g| TallDirection {
             terms: vec![(1.0, Term::Gradient(g))],
@@ -360,7 +366,7 @@ fn adam_directions<E: Real, B: TallOps<E>>(
     m: DMatrix<f64>,
     q: B::Mat,
     old: AdapterMoments<B::Mat>,
-) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+) -> Result<Planned<B::Mat>, Error> {
     let [b1, b2] = rule.betas;
     let t = i32::try_from(old.step + 1).unwrap_or(i32::MAX);
     let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));

@@ -1,9 +1,12 @@
-//! Optimizers: Euclidean rules ([`rules`]), parameter groups ([`groups`]), the Riemannian
-//! composition ([`riemannian`]) and the dfdx optimizers [`SdsAdam`] and [`SdsSgd`].
+//! Optimizers: the basis-update step for adapters ([`basis_update`](mod@basis_update)), Euclidean rules
+//! ([`rules`]), parameter groups ([`groups`]), the per-tensor Riemannian composition
+//! ([`riemannian`]) and the dfdx optimizers [`SdsAdam`] and [`SdsSgd`].
 //!
 //! Tensors are classified by dotted path: `*.basis_out` and `*.basis_in` (and any path a
-//! user predicate accepts) are Stiefel points, `*.scales` are scales, every other
-//! trainable tensor is Euclidean; frozen tensors are skipped. Each group has its own
+//! user predicate accepts) are Stiefel points, `*.core` and `*.scales` adapter cores, every
+//! other trainable tensor is Euclidean; frozen tensors are skipped. A `basis_out`, `core`,
+//! `basis_in` triple under one path is an adapter and takes the basis-update step (unless
+//! [`StiefelConfig::adapter_step`] says [`AdapterStep::PerTensor`]). Each group has its own
 //! learning rate and weight decay; bases take no weight decay.
 
 mod adapter_step;

@@ -51,7 +51,7 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         p: &Flat<E, D>,
         g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error>;
-    /// The rule of the basis-update step on adapters ([`super::basis_update`]).
+    /// The rule of the basis-update step on adapters ([`super::basis_update`](mod@super::basis_update)).
     fn adapter_rule(&self) -> AdapterRule;
     /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
     fn stiefel_update_tensor<E: Real, D: Device<E>>(
@@ -90,7 +90,7 @@ impl Default for StiefelConfig {
 
 /// A Riemannian optimizer for dfdx modules. Each adapter (a `basis_out`, `core`,
 /// `basis_in` triple under one path, as [`SdsLinear`](crate::nn::SdsLinear) names them)
-/// takes the basis-update step on the triple jointly ([`super::basis_update`]); other
+/// takes the basis-update step on the triple jointly ([`super::basis_update`](mod@super::basis_update)); other
 /// Stiefel tensors (`basis_out`/`basis_in` of a diagonal-core layer, tensors a user
 /// predicate marks) move on their manifold by the per-tensor Riemannian step; everything
 /// else trainable follows the Euclidean rule with its group's settings; frozen tensors are
