@@ -29,7 +29,8 @@
 //! `||dW - T||_F / ||T||_F <= 1e-6` with gradient descent (`gd`), with Adam (`adam`), and
 //! over the target's own condition number `kappa_t` at `kappa_f = 1` with gradient descent
 //! (`gd_target`), each for both starts; diagnostics (effective rank of the factor gradients,
-//! alignment of the first step with the full gradient); JSON lines; an SVG.
+//! alignment of the change of `dW` the first step made with the full gradient); JSON
+//! lines; an SVG.
 //!
 //! `cargo run --release --example condition_number [-- --budget 3000]`
 
@@ -44,7 +45,7 @@ use lowrank::{
     cond, host, row_major, sds_from, sds_gradients, sds_grads, Mat, Problem, SdsLayer, N, RANK,
     SAMPLES,
 };
-use sds_lora::diagnostics::{alignment, effective_rank, lora_delta, sds_delta};
+use sds_lora::diagnostics::{alignment, effective_rank};
 use sds_lora::nn::{builders, CoreKind, DiagonalCore, FullCore, GradientMode, LoraLinear, Phase};
 use sds_lora::nn::{Adapter, SdsDualBranch};
 use sds_lora::optim::{AdapterStep, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig};
@@ -163,80 +164,6 @@ impl Model {
             Model::Full(l) => host(&l.delta_weight().unwrap()),
             Model::Diagonal(l) => host(&l.delta_weight().unwrap()),
             Model::Dual(l) => l.delta_weight(),
-        }
-    }
-}
-
-/// A model's factors at one moment, for the first-order change of `dW` between two.
-enum Snapshot {
-    Lora {
-        c: f64,
-        b: Mat,
-        a: Mat,
-    },
-    Sds {
-        c: f64,
-        u: Mat,
-        s: Mat,
-        v: Mat,
-    },
-    Dual {
-        k: f64,
-        a: Mat,
-        b: Mat,
-        qa: Mat,
-        qb: Mat,
-    },
-}
-
-fn sds_snapshot<K: CoreKind<RANK>>(l: &SdsLayer<K>) -> Snapshot {
-    Snapshot::Sds {
-        c: l.scale(),
-        u: host(&l.basis_out),
-        s: l.core_matrix(),
-        v: host(&l.basis_in),
-    }
-}
-
-impl Snapshot {
-    fn of(m: &Model) -> Self {
-        match m {
-            Model::Lora(l) => Snapshot::Lora {
-                c: l.scale(),
-                b: host(&l.lora_b),
-                a: host(&l.lora_a),
-            },
-            Model::Full(l) => sds_snapshot(l),
-            Model::Diagonal(l) => sds_snapshot(l),
-            Model::Dual(l) => Snapshot::Dual {
-                k: l.scale(),
-                a: host(&l.lora_a),
-                b: host(&l.lora_b),
-                qa: host(&l.q_a),
-                qb: host(&l.q_b),
-            },
-        }
-    }
-
-    /// `d dW` for the factor changes from `self` to `after`, to first order.
-    fn first_order_change(&self, after: &Snapshot) -> Mat {
-        match (self, after) {
-            (Snapshot::Lora { c, b, a }, Snapshot::Lora { b: b2, a: a2, .. }) => {
-                lora_delta(*c, (b, a), (&(b2 - b), &(a2 - a)))
-            }
-            (
-                Snapshot::Sds { c, u, s, v },
-                Snapshot::Sds {
-                    u: u2,
-                    s: s2,
-                    v: v2,
-                    ..
-                },
-            ) => sds_delta(*c, (u, s, v), (&(u2 - u), &(s2 - s), &(v2 - v))),
-            (Snapshot::Dual { k, a, b, qa, qb }, Snapshot::Dual { a: a2, b: b2, .. }) => {
-                (qb * (a2 - a) + (b2 - b) * qa.transpose()) * *k
-            }
-            _ => unreachable!("same model"),
         }
     }
 }
@@ -383,10 +310,8 @@ fn run(problem: &Problem, setup: Setup) -> Outcome {
     let mut steps = None;
     for step in 0..setup.budget {
         let before = (step == 0).then(|| {
-            (
-                Snapshot::of(&model),
-                problem.full_gradient(&model.delta_weight()),
-            )
+            let dw = model.delta_weight();
+            (problem.full_gradient(&dw), dw)
         });
         // dW = left right^T and the factor gradients (the layers' backward formulas).
         let (ok, ranks) = match &mut model {
@@ -446,12 +371,12 @@ fn run(problem: &Problem, setup: Setup) -> Outcome {
                 (diagonal_opt.as_mut().unwrap()(l, &sds_grads(l, &g)), ranks)
             }
         };
-        if let Some((snapshot, g)) = before {
-            // The first-order change of dW that this step actually made.
-            let change = snapshot.first_order_change(&Snapshot::of(&model));
-            diagnostics = (ranks.0, ranks.1, alignment(&g, &change));
+        let dw = model.delta_weight();
+        if let Some((g, dw0)) = before {
+            // The change of dW that this step made.
+            diagnostics = (ranks.0, ranks.1, alignment(&g, &(&dw - dw0)));
         }
-        let err = problem.rel_error(&model.delta_weight());
+        let err = problem.rel_error(&dw);
         curve.push(err);
         if !ok || !err.is_finite() || err > 1e3 {
             break;
@@ -595,7 +520,7 @@ fn main() {
                     lrs.join(", ")
                 );
             }
-            println!("\nAt kappa_f = 1000, first step ({title}, {} start): effective rank of the two factor gradients (U/B, V/A) and alignment cos(-G, the change of dW the step made, to first order):\n", start.name());
+            println!("\nAt kappa_f = 1000, first step ({title}, {} start): effective rank of the two factor gradients (U/B, V/A) and alignment cos(-G, the change of dW the step made):\n", start.name());
             println!(
                 "| method | eff. rank grad 1 | eff. rank grad 2 | alignment |\n|---|---|---|---|"
             );

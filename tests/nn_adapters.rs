@@ -277,3 +277,30 @@ fn principal_init_takes_the_top_singular_vectors() {
     assert!((&bv * bv.transpose() - &pv * pv.transpose()).norm() < 1e-10);
     assert!(l.core.as_vec().iter().all(|&x| x == 0.0));
 }
+
+#[test]
+fn zero_and_rank_deficient_pairs_give_orthonormal_bases() {
+    let dev = Cpu::seed_from_u64(12);
+    let mut sds = dev.build_module::<builders::SdsLinear<20, 15, 4>, f64>();
+    let a: Tensor<Rank2<4, 20>, f64, Cpu> = dev.sample_normal();
+    // PEFT's initialisation (B = 0), and a rank-1 B.
+    let zero: Tensor<Rank2<15, 4>, f64, Cpu> = dev.zeros();
+    let col: Vec<f64> = dev.sample_normal::<Rank1<15>>().as_vec();
+    let rank_one: Vec<f64> = (0..15 * 4).map(|k| col[k / 4] * (k % 4) as f64).collect();
+    let mut rank_one_b: Tensor<Rank2<15, 4>, f64, Cpu> = dev.zeros();
+    rank_one_b.copy_from(&rank_one);
+    for (name, b) in [("B = 0", &zero), ("rank-1 B", &rank_one_b)] {
+        sds.set_from_lora(b, &a, 1.0);
+        let (u, v) = (
+            orthogonality_error(&sds.basis_out),
+            orthogonality_error(&sds.basis_in),
+        );
+        assert!(u < 1e-13 && v < 1e-13, "{name}: {u:e} {v:e}");
+        let want = host(b) * host(&a);
+        let got = host(&sds.delta_weight().unwrap());
+        assert!(
+            (&got - &want).norm() <= 1e-12 * want.norm().max(1.0),
+            "{name}: dW"
+        );
+    }
+}

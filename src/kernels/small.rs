@@ -164,8 +164,10 @@ pub fn solve(
 /// Jacobi rotations (Demmel and Veselic 1992): columns of `A V` are rotated pairwise until
 /// orthogonal; then `sigma_j = ||(A V)_j||`, `U_j = (A V)_j / sigma_j`. Accurate to
 /// rounding (nalgebra's bidiagonal SVD and symmetric eigensolver lose digits on clustered
-/// spectra). Singular values are returned in decreasing order; `U` columns of zero
-/// singular values are zero.
+/// spectra). Singular values are returned in decreasing order. `U` has orthonormal
+/// columns whatever the rank: a column whose singular value is zero or lost in rounding
+/// (at most `n eps sigma_max`) is a completion of the others ([`complete_columns`]), not
+/// the rounding noise of `(A V)_j`; `A = U diag(sigma) V^T` still holds to rounding.
 pub fn svd_jacobi(a: &DMatrix<f64>) -> (DMatrix<f64>, Vec<f64>, DMatrix<f64>) {
     let (m, n) = a.shape();
     assert!(m >= n, "svd_jacobi needs a tall matrix");
@@ -206,16 +208,48 @@ pub fn svd_jacobi(a: &DMatrix<f64>) -> (DMatrix<f64>, Vec<f64>, DMatrix<f64>) {
     let norms: Vec<f64> = (0..n).map(|j| w.column(j).norm()).collect();
     order.sort_by(|&i, &j| norms[j].total_cmp(&norms[i]));
     let sigma: Vec<f64> = order.iter().map(|&j| norms[j]).collect();
-    let u = DMatrix::from_fn(m, n, |i, k| {
+    let negligible = n as f64 * f64::EPSILON * sigma.first().copied().unwrap_or(0.0);
+    let kept: Vec<bool> = sigma.iter().map(|&s| s > negligible).collect();
+    let mut u = DMatrix::from_fn(m, n, |i, k| {
         let j = order[k];
-        if norms[j] > 0.0 {
+        if kept[k] {
             w[(i, j)] / norms[j]
         } else {
             0.0
         }
     });
+    complete_columns(&mut u, &kept);
     let v = DMatrix::from_fn(n, n, |i, k| v[(i, order[k])]);
     (u, sigma, v)
+}
+
+/// Replaces the columns of `u` not marked `kept` so that all columns are orthonormal: each
+/// is the unit vector `e_i` with the largest component outside the span of the columns
+/// so far, orthogonalised against them by Gram-Schmidt, twice. The kept columns must be
+/// orthonormal already.
+pub fn complete_columns(u: &mut DMatrix<f64>, kept: &[bool]) {
+    let m = u.nrows();
+    let mut basis: Vec<usize> = (0..u.ncols()).filter(|&k| kept[k]).collect();
+    for k in (0..u.ncols()).filter(|&k| !kept[k]) {
+        let residual = |i: usize, u: &DMatrix<f64>, basis: &[usize]| {
+            let mut x = nalgebra::DVector::<f64>::zeros(m);
+            x[i] = 1.0;
+            for _ in 0..2 {
+                for &b in basis {
+                    let c = u.column(b).dot(&x);
+                    x -= u.column(b) * c;
+                }
+            }
+            x
+        };
+        let best = (0..m)
+            .map(|i| residual(i, u, &basis))
+            .max_by(|a, b| a.norm().total_cmp(&b.norm()))
+            .expect("a column has rows");
+        let norm = best.norm();
+        u.set_column(k, &(best / norm));
+        basis.push(k);
+    }
 }
 
 /// The matrix exponential `expm(A)` (nalgebra's scaling-and-squaring Pade approximant).
@@ -226,6 +260,27 @@ pub fn expm(a: &DMatrix<f64>) -> DMatrix<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn svd_of_rank_deficient_matrices_has_orthonormal_factors() {
+        let b = DMatrix::from_row_slice(
+            4,
+            3,
+            &[1.0, 2.0, 0.0, 0.5, 1.0, 0.0, -1.0, -2.0, 0.0, 2.0, 4.0, 0.0],
+        );
+        for a in [DMatrix::zeros(4, 3), b.clone(), &b * 1e-200] {
+            let (u, sigma, v) = svd_jacobi(&a);
+            let id = DMatrix::<f64>::identity(3, 3);
+            assert!((u.transpose() * &u - &id).norm() < 1e-14, "U^T U: {a}");
+            assert!((v.transpose() * &v - &id).norm() < 1e-14, "V^T V");
+            let back =
+                &u * DMatrix::from_diagonal(&nalgebra::DVector::from_vec(sigma)) * v.transpose();
+            assert!(
+                (back - &a).norm() <= 1e-14 * a.norm().max(1e-300),
+                "A reproduced"
+            );
+        }
+    }
 
     #[test]
     fn conditioned_cholesky_bounds_the_condition_number() {
