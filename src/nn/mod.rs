@@ -3,6 +3,38 @@
 //! [`SdsDualBranch`] (the paper's own parameterisation),
 //! with merging, conversion from dfdx's `Linear` and from a LoRA pair, and PEFT export
 //! ([`peft`]).
+//!
+//! Adapting an existing dfdx model (the README's example):
+//!
+//! ```
+//! use dfdx::prelude::*;
+//! use sds_lora::nn::{peft, Adapter, SdsLinear};
+//! use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
+//!
+//! let dev = Cpu::default();
+//! // A pretrained model (here: freshly built) and its adapted copy: each Linear becomes an
+//! // SdsLinear around the same weight, starting exactly at it (S = 0).
+//! let base = dev.build_module::<(Linear<16, 16>, ReLU, Linear<16, 4>), f32>();
+//! let mut model = (
+//!     SdsLinear::<16, 16, 4, f32, Cpu>::from_linear(&base.0).unwrap(),
+//!     ReLU,
+//!     SdsLinear::<16, 4, 2, f32, Cpu>::from_linear(&base.2).unwrap(),
+//! );
+//! let cfg = SdsAdamConfig { groups: ParamGroups::uniform(1e-2), ..Default::default() };
+//! let mut opt = SdsAdam::new(&model, cfg).unwrap();
+//! for _ in 0..10 {
+//!     let x: Tensor<Rank2<8, 16>, f32, _> = dev.sample_normal();
+//!     let y: Tensor<Rank2<8, 4>, f32, _> = dev.sample_normal();
+//!     let grads = mse_loss(model.forward(x.trace(model.alloc_grads())), y).backward();
+//!     opt.update(&mut model, &grads).unwrap();
+//! }
+//! assert!(model.0.core.as_vec().iter().any(|&s| s != 0.0)); // the adapter trained
+//! // Export for Python's PEFT (B = U S, A = V^T), or fold the update into the weights.
+//! let dir = std::env::temp_dir().join("sds_lora_readme_adapter");
+//! peft::export_peft(&model, &dir).unwrap();
+//! model.0.merge().unwrap();
+//! model.2.merge().unwrap();
+//! ```
 
 mod adapter;
 mod core;

@@ -249,8 +249,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// let x: Tensor<Rank2<4, 16>, f32, _> = dev.sample_normal();
     /// let grads = model.forward(x.trace(model.alloc_grads())).square().mean().backward();
     /// opt.update(&mut model, &grads).unwrap();
-    /// // Both bases retracted (Qr) with one upload of their Q factors.
-    /// assert_eq!(ops.transfers().to_device, 1);
+    /// // The basis-update step's r x r work crossed to the host and back.
+    /// let transfers = ops.transfers();
+    /// assert!(transfers.to_host > 0 && transfers.to_device > 0);
     /// ```
     pub fn use_composed_ops(&mut self, ops: ComposedOps<D>) -> Result<(), Error> {
         let state = self.state();
