@@ -13,10 +13,14 @@
 //! `"to_host"` and `"to_device"`, the host transfers per step).
 //! `gpu_step_bench [--steps 10]`
 
+#[path = "common/basis.rs"]
+mod basis;
+
+use basis::AdapterFactors;
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
-use sds_lora::nn::builders;
+use sds_lora::nn::{builders, FullCore};
 use sds_lora::optim::{AdapterStep, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::Retraction;
 use std::time::Instant;
@@ -27,47 +31,7 @@ const R: usize = 16;
 const BATCH: usize = 2048;
 
 /// The trainable tensors of one SDS adapter.
-#[derive(Debug, Clone)]
-struct SdsFactors<E: Dtype, D: Storage<E>> {
-    basis_out: Tensor<Rank2<N, R>, E, D>,
-    core: Tensor<Rank2<R, R>, E, D>,
-    basis_in: Tensor<Rank2<N, R>, E, D>,
-}
-
-impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for SdsFactors<E, D> {
-    type To<E2: Dtype, D2: Device<E2>> = SdsFactors<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        v: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        v.visit_fields(
-            (
-                Self::tensor(
-                    "basis_out",
-                    |s| &s.basis_out,
-                    |s| &mut s.basis_out,
-                    TensorOptions::reset_to_zeros(),
-                ),
-                Self::tensor(
-                    "core",
-                    |s| &s.core,
-                    |s| &mut s.core,
-                    TensorOptions::reset_to_zeros(),
-                ),
-                Self::tensor(
-                    "basis_in",
-                    |s| &s.basis_in,
-                    |s| &mut s.basis_in,
-                    TensorOptions::reset_to_zeros(),
-                ),
-            ),
-            |(basis_out, core, basis_in)| SdsFactors {
-                basis_out,
-                core,
-                basis_in,
-            },
-        )
-    }
-}
+type SdsFactors<E, D> = AdapterFactors<N, R, FullCore, E, D>;
 
 /// The trainable tensors of one LoRA adapter.
 #[derive(Debug, Clone)]

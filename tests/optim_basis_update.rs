@@ -191,57 +191,44 @@ fn assert_factors(got: &Layer, want: &(DMatrix<f64>, DMatrix<f64>, DMatrix<f64>)
 fn one_and_three_steps_match_the_dense_computation() {
     let l = layer();
     for steps in [1, 3] {
-        let want = dense_steps(
-            &l,
-            Reference::Sgd {
-                mu: 0.0,
-                nesterov: false,
-                damp: 0.0,
-            },
-            0.05,
-            steps,
-        );
-        let got = run(&l, SdsSgd::new(&l, sgd(0.05, None, 0.0)).unwrap(), steps);
-        assert_factors(&got, &want, &format!("SGD, {steps} steps"));
+        let sgd_cases = [
+            ("SGD", None, 0.0),
+            ("heavy ball", Some(Momentum::Classic(0.8)), 0.1),
+            ("Nesterov", Some(Momentum::Nesterov(0.7)), 0.0),
+        ];
+        for (name, momentum, damp) in sgd_cases {
+            let reference = match momentum {
+                Some(Momentum::Classic(mu)) => Reference::Sgd {
+                    mu,
+                    nesterov: false,
+                    damp,
+                },
+                Some(Momentum::Nesterov(mu)) => Reference::Sgd {
+                    mu,
+                    nesterov: true,
+                    damp,
+                },
+                None => Reference::Sgd {
+                    mu: 0.0,
+                    nesterov: false,
+                    damp,
+                },
+            };
+            let want = dense_steps(&l, reference, 0.05, steps);
+            let got = run(
+                &l,
+                SdsSgd::new(&l, sgd(0.05, momentum, damp)).unwrap(),
+                steps,
+            );
+            assert_factors(&got, &want, &format!("{name}, {steps} steps"));
+        }
 
-        let want = dense_steps(
-            &l,
-            Reference::Sgd {
-                mu: 0.8,
-                nesterov: false,
-                damp: 0.1,
-            },
-            0.05,
-            steps,
-        );
-        let cfg = sgd(0.05, Some(Momentum::Classic(0.8)), 0.1);
-        let got = run(&l, SdsSgd::new(&l, cfg).unwrap(), steps);
-        assert_factors(&got, &want, &format!("heavy ball, {steps} steps"));
-
-        let want = dense_steps(
-            &l,
-            Reference::Sgd {
-                mu: 0.7,
-                nesterov: true,
-                damp: 0.0,
-            },
-            0.05,
-            steps,
-        );
-        let cfg = sgd(0.05, Some(Momentum::Nesterov(0.7)), 0.0);
-        let got = run(&l, SdsSgd::new(&l, cfg).unwrap(), steps);
-        assert_factors(&got, &want, &format!("Nesterov, {steps} steps"));
-
-        let want = dense_steps(
-            &l,
-            Reference::Adam {
-                b1: 0.9,
-                b2: 0.999,
-                eps: 1e-8,
-            },
-            0.02,
-            steps,
-        );
+        let adam_reference = Reference::Adam {
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+        };
+        let want = dense_steps(&l, adam_reference, 0.02, steps);
         let got = run(&l, SdsAdam::new(&l, adam(0.02)).unwrap(), steps);
         assert_factors(&got, &want, &format!("Adam, {steps} steps"));
     }
