@@ -104,18 +104,94 @@ fn row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
 }
 
 /// New values (compact, row-major) and rule states of `[out, core, in]`.
-pub(crate) type HostStepped<E> = ([Vec<E>; 3], [RuleState<E>; 3]);
+type TripleStepped<E> = ([Vec<E>; 3], [RuleState<E>; 3]);
+
+/// A failed adapter step: the error and the adapter's paths.
+pub(crate) type Refused = (Error, Vec<String>);
+
+/// New values (compact, row-major) and rule states, by path.
+pub(crate) type HostStepped<E> = Vec<(String, Vec<E>, RuleState<E>)>;
+
+/// New values by path, and which entries they were.
+pub(crate) type DeviceStepped<E, D> = (Vec<(String, Flat<E, D>)>, Vec<bool>);
+
+/// Takes every adapter whose three tensors are all in `entries` out of it and steps it on
+/// the host: the new values (compact, row-major) and rule states, by path. `stored` (the
+/// optimizer's states) is read only.
+pub(crate) fn host_adapter_steps<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+    ops: &B,
+    adapters: &[AdapterPaths],
+    entries: &mut BTreeMap<String, (Group, Entry<E>)>,
+    stored: &BTreeMap<String, RuleState<E>>,
+    rule: AdapterRule,
+    sizes: AdapterStepSizes,
+) -> Result<HostStepped<E>, Refused> {
+    let fresh = RuleState::default();
+    let mut out = Vec::new();
+    for paths in adapters {
+        let all = paths.all();
+        if !all.iter().all(|p| entries.contains_key(*p)) {
+            continue;
+        }
+        let triple = all.map(|p| entries.remove(p).expect("present").1);
+        let old = all.map(|p| stored.get(p).unwrap_or(&fresh));
+        let (values, states) = host_adapter_step(ops, paths, triple, old, rule, sizes)
+            .map_err(|e| (e, all.iter().map(|p| p.to_string()).collect()))?;
+        for ((path, value), state) in all.into_iter().zip(values).zip(states) {
+            out.push((path.clone(), value, state));
+        }
+    }
+    Ok(out)
+}
+
+/// Steps every adapter whose three tensors are all in `entries` on the device: the new
+/// values by path, and which entries they were. `states[i]` (copies of the stored states)
+/// belongs to `entries[i]` and is updated in place.
+pub(crate) fn composed_adapter_steps<E: Real, D: Device<E>>(
+    ops: &ComposedOps<D>,
+    adapters: &[AdapterPaths],
+    entries: &[(Group, String, TensorEntry<E, D>)],
+    states: &mut [TensorRuleState<E, D>],
+    rule: AdapterRule,
+    sizes: AdapterStepSizes,
+) -> Result<DeviceStepped<E, D>, Refused> {
+    let index: BTreeMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(k, (_, p, _))| (p.as_str(), k))
+        .collect();
+    let mut in_adapter = vec![false; entries.len()];
+    let mut out = Vec::new();
+    for paths in adapters {
+        let all = paths.all();
+        let Some(at) = all
+            .iter()
+            .map(|p| index.get(p.as_str()).copied())
+            .collect::<Option<Vec<usize>>>()
+        else {
+            continue;
+        };
+        let at = [at[0], at[1], at[2]];
+        let triple = at.map(|k| &entries[k].2);
+        let triple_states = states.get_disjoint_mut(at).expect("three distinct tensors");
+        let new = composed_adapter_step(ops, paths, triple, triple_states, rule, sizes)
+            .map_err(|e| (e, all.iter().map(|p| p.to_string()).collect()))?;
+        out.extend(all.into_iter().cloned().zip(new));
+        at.iter().for_each(|&k| in_adapter[k] = true);
+    }
+    Ok((out, in_adapter))
+}
 
 /// One adapter's step on the host: the new values (compact, row-major) and rule states of
 /// `[out, core, in]`. `old` is read only.
-pub(crate) fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     ops: &B,
     paths: &AdapterPaths,
     [out, core, inn]: [Entry<E>; 3],
     old: [&RuleState<E>; 3],
     rule: AdapterRule,
     sizes: AdapterStepSizes,
-) -> Result<HostStepped<E>, Error> {
+) -> Result<TripleStepped<E>, Error> {
     let ((o, r), i) = ((out.dims[0], out.dims[1]), inn.dims[0]);
     let moment = |n: usize, s: &RuleState<E>| {
         (!s.first.is_empty()).then(|| HostMat::from_storage(n, r, scratch::copied(&s.first)))
@@ -168,7 +244,7 @@ pub(crate) fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
 /// `[out, core, in]` as flat tensors; `states` (copies of the stored ones) are updated in
 /// place. The `r x r` tensors and the scalars travel to the host in one transfer per shape
 /// and back in one.
-pub(crate) fn composed_adapter_step<E: Real, D: Device<E>>(
+fn composed_adapter_step<E: Real, D: Device<E>>(
     ops: &ComposedOps<D>,
     paths: &AdapterPaths,
     [out, core, inn]: [&TensorEntry<E, D>; 3],

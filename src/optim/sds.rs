@@ -2,7 +2,7 @@
 //! parameter groups, the Riemannian composition for Stiefel tensors, transactional steps.
 
 use super::adapter_step::{
-    composed_adapter_step, find_adapters, host_adapter_step, AdapterPaths, AdapterStep,
+    composed_adapter_steps, find_adapters, host_adapter_steps, AdapterPaths, AdapterStep,
 };
 use super::basis_update::{AdapterRule, AdapterStepSizes};
 use super::groups::{Classifier, Group, ParamGroups};
@@ -399,29 +399,18 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         let fresh = RuleState::default();
         let mut entries: BTreeMap<String, (Group, Entry<E>)> =
             entries.into_iter().map(|(g, p, e)| (p, (g, e))).collect();
-        for paths in self.active_adapters() {
-            let all = paths.all();
-            if !all.iter().all(|p| entries.contains_key(*p)) {
-                continue;
-            }
-            let triple = all.map(|p| entries.remove(p).expect("present").1);
-            let old = all.map(|p| self.state.tensors.get(p).unwrap_or(&fresh));
-            let (new, new_states) = host_adapter_step(
-                &self.ops,
-                paths,
-                triple,
-                old,
-                self.cfg.adapter_rule(),
-                self.adapter_sizes(),
-            )
-            .map_err(|error| Refusal {
-                error,
-                tensors: all.iter().map(|p| p.to_string()).collect(),
-            })?;
-            for ((path, value), state) in all.into_iter().zip(new).zip(new_states) {
-                values.insert(path.clone(), Value::Host(value));
-                states.insert(path.clone(), state);
-            }
+        let stepped = host_adapter_steps(
+            &self.ops,
+            self.active_adapters(),
+            &mut entries,
+            &self.state.tensors,
+            self.cfg.adapter_rule(),
+            self.adapter_sizes(),
+        )
+        .map_err(|(error, tensors)| Refusal { error, tensors })?;
+        for (path, value, state) in stepped {
+            values.insert(path.clone(), Value::Host(value));
+            states.insert(path, state);
         }
         for (path, (group, entry)) in entries {
             // The rules return new states: the stored ones change only when the whole
@@ -492,41 +481,17 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             .map(|(_, p, _)| self.device_state.get(p).cloned().unwrap_or_default())
             .collect();
         let mut values = BTreeMap::new();
-        let index: BTreeMap<&str, usize> = entries
-            .iter()
-            .enumerate()
-            .map(|(k, (_, p, _))| (p.as_str(), k))
-            .collect();
-        let mut in_adapter = vec![false; entries.len()];
-        for paths in self.active_adapters() {
-            let all = paths.all();
-            let Some(at) = all
-                .iter()
-                .map(|p| index.get(p.as_str()).copied())
-                .collect::<Option<Vec<usize>>>()
-            else {
-                continue;
-            };
-            let at = [at[0], at[1], at[2]];
-            let refuse = |error| Refusal {
-                error,
-                tensors: all.iter().map(|p| p.to_string()).collect(),
-            };
-            let triple = at.map(|k| &entries[k].2);
-            let triple_states = states.get_disjoint_mut(at).expect("three distinct tensors");
-            let new = composed_adapter_step(
-                ops,
-                paths,
-                triple,
-                triple_states,
-                self.cfg.adapter_rule(),
-                self.adapter_sizes(),
-            )
-            .map_err(refuse)?;
-            for (path, value) in all.into_iter().zip(new) {
-                values.insert(path.clone(), Value::Device(value));
-            }
-            at.iter().for_each(|&k| in_adapter[k] = true);
+        let (stepped, in_adapter) = composed_adapter_steps(
+            ops,
+            self.active_adapters(),
+            &entries,
+            &mut states,
+            self.cfg.adapter_rule(),
+            self.adapter_sizes(),
+        )
+        .map_err(|(error, tensors)| Refusal { error, tensors })?;
+        for (path, value) in stepped {
+            values.insert(path, Value::Device(value));
         }
         let mut stiefel_paths = Vec::new();
         let mut batch = Vec::new();
