@@ -188,3 +188,64 @@ fn foreign_state_is_refused() {
     state.tensors.insert("weight".into(), s);
     assert!(matches!(opt.set_state(state), Err(Error::StateMismatch(_))));
 }
+
+/// Step counters saturate: a restored state at `u64::MAX` steps takes further steps, on
+/// both paths, with the basis-update step and the per-tensor step, SGD and Adam.
+#[test]
+fn step_counters_saturate_instead_of_overflowing() {
+    use sds_lora::kernels::ComposedOps;
+    use sds_lora::optim::AdapterStep;
+    let dev = Cpu::seed_from_u64(21);
+    use sds_lora::nn::builders;
+    type Model = (
+        builders::SdsLinear<12, 10, 3>,
+        builders::SdsDiagLinear<10, 6, 2>,
+    );
+    let x: Tensor<Rank2<5, 12>, f64, Cpu> = dev.sample_normal();
+    let grads_of = |m: &<Model as BuildOnDevice<Cpu, f64>>::Built| {
+        m.forward(x.trace(m.alloc_grads()))
+            .square()
+            .mean()
+            .backward()
+    };
+    for composed in [false, true] {
+        for adapter_step in [AdapterStep::BasisUpdate, AdapterStep::PerTensor] {
+            let mut adam_cfg = SdsAdamConfig::default();
+            adam_cfg.stiefel.adapter_step = adapter_step;
+            let mut sgd_cfg = SdsSgdConfig::default();
+            sgd_cfg.stiefel.adapter_step = adapter_step;
+            sgd_cfg.rule.momentum = Some(Momentum::Nesterov(0.9));
+            let mut model = dev.build_module::<Model, f64>();
+            let mut adam = SdsAdam::new(&model, adam_cfg).unwrap();
+            let mut sgd = SdsSgd::new(&model, sgd_cfg).unwrap();
+            if composed {
+                adam.use_composed_ops(ComposedOps::new(&dev)).unwrap();
+                sgd.use_composed_ops(ComposedOps::new(&dev)).unwrap();
+            }
+            let g = grads_of(&model);
+            adam.step(&mut model, &g).unwrap();
+            sgd.step(&mut model, &g).unwrap();
+            let at_max = |mut s: sds_lora::optim::OptimizerState<f64>| {
+                s.steps = u64::MAX;
+                s.tensors.values_mut().for_each(|t| t.step = u64::MAX);
+                s
+            };
+            adam.set_state(at_max(adam.state())).unwrap();
+            sgd.set_state(at_max(sgd.state())).unwrap();
+            for _ in 0..2 {
+                let g = grads_of(&model);
+                adam.step(&mut model, &g).unwrap();
+                sgd.step(&mut model, &g).unwrap();
+            }
+            for s in [adam.state(), sgd.state()] {
+                assert_eq!(s.steps, u64::MAX);
+                assert!(s.tensors.values().all(|t| t.step == u64::MAX));
+            }
+            let core = model.0.core.as_vec();
+            assert!(
+                core.iter().all(|v| v.is_finite()),
+                "{composed} {adapter_step:?}"
+            );
+        }
+    }
+}

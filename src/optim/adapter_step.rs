@@ -327,7 +327,7 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
     s_out.first = next.p.map(flat).transpose()?;
     s_in.first = next.q.map(flat).transpose()?;
     for s in [s_out, s_core, s_in] {
-        s.step += 1;
+        s.step = s.step.saturating_add(1);
     }
     Ok([flat(x1.u)?, s1, flat(x1.v)?])
 }

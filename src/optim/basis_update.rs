@@ -151,7 +151,7 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
 ) -> Result<Stepped<B::Mat>, Error> {
     check_finite(ops, &x, &g)?;
     let AdapterPoint { u, s, v } = x;
-    let t = old.step + 1;
+    let t = old.step.saturating_add(1);
     let mut gm = g.m;
     if let Some(WeightDecay::L2(wd)) = sizes.core_weight_decay {
         gm += &s * wd;
@@ -368,7 +368,7 @@ fn adam_directions<E: Real, B: TallOps<E>>(
     old: AdapterMoments<B::Mat>,
 ) -> Result<Planned<B::Mat>, Error> {
     let [b1, b2] = rule.betas;
-    let t = i32::try_from(old.step + 1).unwrap_or(i32::MAX);
+    let t = i32::try_from(old.step.saturating_add(1)).unwrap_or(i32::MAX);
     let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
     // v <- b2 v + (1 - b2) ||P_T(G)||^2 / dim, ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2.
     let norms = ops.squared_norms(&[&p, &q])?;

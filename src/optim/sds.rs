@@ -316,7 +316,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     }
 
     fn try_step(&mut self, module: &mut M, grads: &Gradients<E, D>) -> Result<(), Refusal> {
-        let steps = self.state.steps + 1;
+        let steps = self.state.steps.saturating_add(1);
         let reorthonormalize = self
             .cfg
             .stiefel()

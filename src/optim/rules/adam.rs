@@ -84,7 +84,7 @@ impl AdamRule {
         p: Option<&Flat<E, D>>,
         mut g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error> {
-        state.step += 1;
+        state.step = state.step.saturating_add(1);
         let t = i32::try_from(state.step).unwrap_or(i32::MAX);
         let [b1, b2] = self.betas;
         let (m_scale, v_scale) = (1.0 / (1.0 - b1.powi(t)), 1.0 / (1.0 - b2.powi(t)));

@@ -51,7 +51,7 @@ impl<E: Real> RuleState<E> {
     /// The state after this one, with no buffers yet and the step count advanced.
     pub(crate) fn successor(&self) -> Self {
         Self {
-            step: self.step + 1,
+            step: self.step.saturating_add(1),
             first: Vec::new(),
             second: Vec::new(),
             second_max: Vec::new(),

@@ -69,7 +69,7 @@ impl SgdRule {
         mut g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error> {
         let first_step = state.step == 0;
-        state.step += 1;
+        state.step = state.step.saturating_add(1);
         let param = || p.expect("SgdRule::update_tensor: weight decay needs the parameter");
         if let Some(WeightDecay::L2(wd)) = weight_decay {
             g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
