@@ -143,7 +143,7 @@ impl<D: Clone> ComposedOps<D> {
         self.upload(
             mats.iter()
                 .map(|m| {
-                    let data = m.transpose().iter().map(|&v| E::of_f64(v)).collect();
+                    let data = super::small::to_row_major(m);
                     (data, m.shape())
                 })
                 .collect(),
@@ -264,7 +264,7 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         Ok(data
             .into_iter()
             .zip(shapes)
-            .map(|(v, (r, c))| DMatrix::from_row_iterator(r, c, v.into_iter().map(Real::to_f64)))
+            .map(|(v, (r, c))| super::small::from_row_major(r, c, &v))
             .collect())
     }
 

@@ -367,7 +367,7 @@ impl<E: Real> HostMat<E> {
 
 /// A row-major `rows x cols` result in `E`, as an `f64` matrix.
 fn to_dmatrix<E: Real>(c: Vec<E>, rows: usize, cols: usize) -> DMatrix<f64> {
-    DMatrix::from_row_iterator(rows, cols, c.into_iter().map(Real::to_f64))
+    super::small::from_row_major(rows, cols, &c)
 }
 
 /// One piece of rows of a product ([`HostMat::mul_small_axpy_then`]) as the work fused with

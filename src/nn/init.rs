@@ -16,7 +16,7 @@ pub(crate) fn host<const N: usize, const M: usize, E: Real, D: Device<E>>(
 
 /// An `f64` matrix as row-major data in `E`.
 pub(crate) fn row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
-    m.transpose().iter().map(|&v| E::of_f64(v)).collect()
+    small::to_row_major(m)
 }
 
 /// Fills `t` uniformly on `[-bound, bound]` from a generator seeded by the device's.

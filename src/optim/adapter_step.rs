@@ -13,6 +13,7 @@ use super::basis_update::{
 use super::groups::{Group, BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME};
 use super::rules::{RuleState, TensorRuleState};
 use super::walk::{Entry, TensorEntry};
+use crate::kernels::small::{from_row_major, to_row_major};
 use crate::kernels::{scratch, ComposedOps, Flat, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::HasShape;
@@ -91,16 +92,6 @@ fn named(error: Error, paths: &AdapterPaths) -> Error {
         },
         e => e,
     }
-}
-
-/// An `r x r` matrix from row-major data.
-fn small<E: Real>(r: usize, data: &[E]) -> DMatrix<f64> {
-    DMatrix::from_row_iterator(r, r, data.iter().map(|&v| Real::to_f64(v)))
-}
-
-/// Row-major data of an `r x r` matrix.
-fn row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
-    m.transpose().iter().map(|&v| E::of_f64(v)).collect()
 }
 
 /// New values (compact, row-major) and rule states of `[out, core, in]`.
@@ -199,19 +190,19 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     let moments = AdapterMoments {
         step: old[1].step,
         p: moment(o, old[0]),
-        m: (!old[1].first.is_empty()).then(|| small(r, &old[1].first)),
+        m: (!old[1].first.is_empty()).then(|| from_row_major(r, r, &old[1].first)),
         q: moment(i, old[2]),
         v: old[1].second_scalar,
         v_max: old[1].second_scalar_max,
     };
     let x = AdapterPoint {
         u: HostMat::new(o, r, out.param),
-        s: small(r, &core.param),
+        s: from_row_major(r, r, &core.param),
         v: HostMat::new(i, r, inn.param),
     };
     let g = AdapterGrad {
         p: HostMat::new(o, r, out.grad),
-        m: small(r, &core.grad),
+        m: from_row_major(r, r, &core.grad),
         q: HostMat::new(i, r, inn.grad),
     };
     scratch::recycle(core.param);
@@ -222,7 +213,10 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
         s.first = first;
         s.keep_unused(old)
     };
-    let mut core_state = state(old[1], next.m.as_ref().map(row_major).unwrap_or_default());
+    let mut core_state = state(
+        old[1],
+        next.m.as_ref().map(to_row_major).unwrap_or_default(),
+    );
     core_state.second_scalar = next.v;
     core_state.second_scalar_max = next.v_max;
     let states = [
@@ -236,7 +230,11 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
             next.q.map(HostMat::into_storage).unwrap_or_default(),
         ),
     ];
-    let values = [x1.u.into_compact(), row_major(&x1.s), x1.v.into_compact()];
+    let values = [
+        x1.u.into_compact(),
+        to_row_major(&x1.s),
+        x1.v.into_compact(),
+    ];
     Ok((values, states))
 }
 
@@ -283,7 +281,7 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
     let mut host = ops.download(small_mats)?.into_iter();
     let mut next_small = |rows: usize| {
         let data = host.next().expect("one download per matrix");
-        DMatrix::from_row_iterator(rows, rows, data.into_iter().map(Real::to_f64))
+        from_row_major(rows, rows, &data)
     };
     let (s, m) = (next_small(r), next_small(r));
     let m_m = has.0.then(|| next_small(r));
