@@ -55,8 +55,18 @@ pub enum Error {
     },
     /// The dfdx device reported an error.
     Device(String),
-    /// Reading or writing a file failed, or its contents were malformed.
+    /// Reading or writing a file failed.
     Io(String),
+    /// An input (a file's contents, a config, a setting) is malformed, contradicts itself
+    /// or asks for something unsupported; the message names it.
+    Invalid(String),
+    /// A tensor that must have orthonormal columns does not.
+    NotOrthonormal {
+        /// Its dotted path.
+        path: String,
+        /// `||X^T X - I||_F`.
+        error: f64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -93,6 +103,12 @@ impl fmt::Display for Error {
             ),
             Error::Device(e) => write!(f, "device error: {e}"),
             Error::Io(e) => write!(f, "i/o: {e}"),
+            Error::Invalid(e) => write!(f, "invalid input: {e}"),
+            Error::NotOrthonormal { path, error } => write!(
+                f,
+                "{path} must have orthonormal columns but ||X^T X - I||_F = {error:.3e}; \
+                 re-orthonormalise it first (sds_lora::stiefel::orthonormalize)"
+            ),
         }
     }
 }

@@ -4,7 +4,7 @@
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
-use sds_lora::nn::peft::{export_peft, import_peft, read_peft};
+use sds_lora::nn::peft::{export_peft, import_peft, read_peft, TargetModules};
 use sds_lora::nn::{builders, Adapter, LoraLinear, Scaling, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::orthogonality_error;
@@ -135,7 +135,8 @@ fn lora_pair_converts_exactly_to_sds() {
     lora.scaling = Scaling::RankStabilized;
     let mut sds = dev.build_module::<builders::SdsLinear<20, 15, 4>, f64>();
     sds.alpha = 3.0; // a different c: the conversion accounts for it
-    sds.set_from_lora(&lora.lora_b, &lora.lora_a, lora.scale());
+    sds.set_from_lora(&lora.lora_b, &lora.lora_a, lora.scale())
+        .unwrap();
     let want = host(&lora.delta_weight().unwrap());
     let got = host(&sds.delta_weight().unwrap());
     let err = (&got - &want).norm() / want.norm();
@@ -163,7 +164,11 @@ fn peft_export_then_import_reproduces_dw() {
     let cfg = export_peft(&m, &dir).unwrap();
     assert_eq!(
         (cfg.r, cfg.lora_alpha, cfg.target_modules.clone()),
-        (3, 6.0, vec!["0".to_string(), "2".to_string()])
+        (
+            3,
+            6.0,
+            TargetModules::List(vec!["0".to_string(), "2".to_string()])
+        )
     );
     assert_eq!(cfg.rank_pattern.get("2"), Some(&2));
     let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
@@ -290,7 +295,7 @@ fn zero_and_rank_deficient_pairs_give_orthonormal_bases() {
     let mut rank_one_b: Tensor<Rank2<15, 4>, f64, Cpu> = dev.zeros();
     rank_one_b.copy_from(&rank_one);
     for (name, b) in [("B = 0", &zero), ("rank-1 B", &rank_one_b)] {
-        sds.set_from_lora(b, &a, 1.0);
+        sds.set_from_lora(b, &a, 1.0).unwrap();
         let (u, v) = (
             orthogonality_error(&sds.basis_out),
             orthogonality_error(&sds.basis_in),

@@ -438,7 +438,10 @@ fn host_and_composed_paths_agree() {
         ("Nesterov", both_paths(&l, nesterov)),
         ("AMSGrad", both_paths(&l, amsgrad)),
     ] {
-        let gap = (host(&a.delta_weight().unwrap()) - host(&b.delta_weight().unwrap())).norm();
+        // Relative: the Nesterov run grows `dW` to a norm near 1600, where the AVX-512
+        // host kernels and dfdx's products (summing in other orders) differ by 3e-12.
+        let dw = host(&a.delta_weight().unwrap());
+        let gap = (&dw - host(&b.delta_weight().unwrap())).norm() / dw.norm();
         let basis_gap = (host(&a.basis_out) - host(&b.basis_out)).norm();
         assert!(
             gap <= 1e-12 && basis_gap <= 1e-12,

@@ -194,12 +194,13 @@ fn host_transfers_do_not_grow_with_the_number_of_bases() {
         let six = transfers_per_step::<6>(retraction);
         assert_eq!(one, six, "{retraction:?}");
         // Down: the gradients' finiteness, the retraction's Gram matrices (which also
-        // reveal non-finite inputs); up: its coefficients. Cholesky-QR2 makes its round
-        // trip twice. (Qr's steps here are small: all take its Cholesky path.)
+        // reveal non-finite inputs), the new values' finiteness; up: the retraction's
+        // coefficients. Cholesky-QR2 makes its round trip twice. (Qr's steps here are
+        // small: all take its Cholesky path.)
         let expected = if retraction == Retraction::CholeskyQr2 {
-            (3, 2)
+            (4, 2)
         } else {
-            (2, 1)
+            (3, 1)
         };
         assert_eq!(one, expected, "{retraction:?}");
     }
@@ -305,7 +306,8 @@ fn composed_path_without_stiefel_tensors_uploads_nothing() {
         ]
     );
     assert!(max_diff(&pa, &pb) < 1e-14, "{:e}", max_diff(&pa, &pb));
-    // One download per step (the gradients' finiteness), no upload.
+    // Two downloads per step (the finiteness of the gradients and of the new values), no
+    // upload.
     let t = ops.transfers();
-    assert_eq!((t.to_host, t.to_device), (5, 0));
+    assert_eq!((t.to_host, t.to_device), (10, 0));
 }

@@ -193,6 +193,6 @@ pub fn sds_from<K: CoreKind<RANK>>(dev: &Cpu, (b0, a0): (&Mat, &Mat)) -> SdsLaye
     let mut l = dev.build_module::<sds_lora::nn::builders::SdsLinear<N, N, RANK, K>, f64>();
     let bt: Tensor<Rank2<N, RANK>, f64, Cpu> = dev.tensor_from_vec(row_major(b0), (Const, Const));
     let at: Tensor<Rank2<RANK, N>, f64, Cpu> = dev.tensor_from_vec(row_major(a0), (Const, Const));
-    l.set_from_lora(&bt, &at, 1.0);
+    l.set_from_lora(&bt, &at, 1.0).expect("a finite LoRA pair");
     l
 }

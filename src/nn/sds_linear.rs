@@ -9,6 +9,7 @@ use super::init::{
 use super::options::{GradientMode, MergeState, Scaling};
 use super::sds_adapter_op::{sds_adapter, SdsFactors};
 use crate::kernels::Real;
+use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
@@ -262,19 +263,29 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
     /// Sets the adapter to reproduce a trained LoRA pair exactly: `c U S V^T =
     /// lora_scale B A` with `B = lora_b: [O, R]`, `A = lora_a: [R, I]` (QR of `B` and `A^T`,
     /// SVD of the `R x R` product of their R factors, so that `S = diag(sigma)` for either
-    /// core kind). `lora_scale` is the pair's own `c`.
+    /// core kind). `lora_scale` is the pair's own `c`. A pair of rank below `R` (PEFT's
+    /// `B = 0` start, say) gives bases completed to orthonormal columns. Errors, changing
+    /// nothing, if `B`, `A` or `lora_scale` holds NaN or an infinity.
     pub fn set_from_lora(
         &mut self,
         lora_b: &Tensor<Rank2<O, R>, E, D>,
         lora_a: &Tensor<Rank2<R, I>, E, D>,
         lora_scale: f64,
-    ) {
-        let (u, s, v) = factor_lora_pair(&host(lora_b), &host(lora_a), lora_scale / self.scale());
+    ) -> Result<(), Error> {
+        let (b, a) = (host(lora_b), host(lora_a));
+        let ratio = lora_scale / self.scale();
+        if !ratio.is_finite() || !b.iter().chain(a.iter()).all(|v| v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("the LoRA pair given to set_from_lora (scale {lora_scale})"),
+            });
+        }
+        let (u, s, v) = factor_lora_pair(&b, &a, ratio);
         self.basis_out.copy_from(&row_major::<E>(&u));
         self.basis_in.copy_from(&row_major::<E>(&v));
         let core = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(s));
         self.core
             .copy_from(&K::data_of::<E>(&core).expect("a diagonal core"));
+        Ok(())
     }
 }
 

@@ -18,6 +18,7 @@ mod sds;
 mod sds_adam;
 mod sds_sgd;
 mod state;
+mod validate;
 pub(crate) mod walk;
 
 pub use adapter_step::AdapterStep;

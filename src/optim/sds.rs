@@ -9,6 +9,7 @@ use super::groups::{Classifier, Group, ParamGroups};
 use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geometry};
 use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
 use super::state::OptimizerState;
+use super::validate::{check_orthonormal, non_finite_values};
 use super::walk::{self, Entry, TensorEntry, Value};
 use crate::kernels::{parallel, scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
@@ -53,6 +54,16 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
     ) -> Result<Flat<E, D>, Error>;
     /// The rule of the basis-update step on adapters ([`super::basis_update`](mod@super::basis_update)).
     fn adapter_rule(&self) -> AdapterRule;
+
+    /// Fails with [`Error::Invalid`] naming the first setting out of range: learning rates
+    /// and weight decays finite and `>= 0`, betas and momentum in `[0, 1)`, dampening in
+    /// `[0, 1]`, `eps` finite and `> 0`, a re-orthonormalisation period of at least 1.
+    /// Checked when the optimizer is built and before every step.
+    fn validate(&self) -> Result<(), Error> {
+        self.groups().validate()?;
+        self.stiefel().validate()?;
+        self.adapter_rule().validate()
+    }
     /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
     fn stiefel_update_tensor<E: Real, D: Device<E>>(
         &self,
@@ -152,7 +163,10 @@ impl Refusal {
 
 impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<M, E, D, C> {
     /// An optimizer for `model`, classifying tensors by the naming contract. Errors if a
-    /// tensor named as a basis is not a tall matrix.
+    /// tensor named as a basis is not a tall matrix ([`Error::NotAMatrix`]) or does not
+    /// have orthonormal columns ([`Error::NotOrthonormal`]; see
+    /// [`orthonormalize`](crate::stiefel::orthonormalize)), or if `cfg` holds a setting out
+    /// of range ([`SdsConfig::validate`]).
     pub fn new(model: &M, cfg: C) -> Result<Self, Error> {
         Self::with_classifier(model, cfg, Classifier::by_name())
     }
@@ -168,11 +182,13 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     }
 
     fn with_classifier(model: &M, cfg: C, classifier: Classifier) -> Result<Self, Error> {
+        cfg.validate()?;
         let mut layout = BTreeMap::new();
         for t in walk::trainable(model) {
             let group = classifier.checked_group(&t.path, &t.dims)?;
             layout.insert(t.path, (t.dims, group));
         }
+        check_orthonormal(model, &layout)?;
         Ok(Self {
             cfg,
             state: OptimizerState::default(),
@@ -195,7 +211,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// the device.
     pub fn state(&self) -> OptimizerState<E> {
         if self.composed.is_none() {
-            return self.state.clone();
+            return self.state.clone().with_shapes(&self.layout);
         }
         let tensors = self
             .device_state
@@ -205,7 +221,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         OptimizerState {
             steps: self.state.steps,
             tensors,
+            shapes: BTreeMap::new(),
         }
+        .with_shapes(&self.layout)
     }
 
     /// Restores a saved state; errors if it does not fit this optimizer's model.
@@ -222,7 +240,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 self.device_state = device_state;
                 self.state = OptimizerState {
                     steps: state.steps,
-                    tensors: BTreeMap::new(),
+                    ..OptimizerState::default()
                 };
             }
         }
@@ -304,6 +322,27 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             })
     }
 
+    /// Refuses a step whose new values hold NaN or an infinity (an overflow).
+    fn refuse_non_finite(
+        &self,
+        values: &BTreeMap<String, Value<E, D>>,
+        ops: Option<&ComposedOps<D>>,
+    ) -> Result<(), Refusal> {
+        let bad = non_finite_values(values, ops).map_err(|error| Refusal {
+            error,
+            tensors: values.keys().cloned().collect(),
+        })?;
+        match bad.is_empty() {
+            true => Ok(()),
+            false => Err(Refusal {
+                error: Error::NonFinite {
+                    what: format!("the new value of {} (the step overflows)", bad.join(", ")),
+                },
+                tensors: bad,
+            }),
+        }
+    }
+
     /// The error behind the last failed [`Optimizer::update`] (dfdx's error type can only
     /// say which tensors were not updated).
     pub fn last_error(&self) -> Option<&Error> {
@@ -316,6 +355,10 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     }
 
     fn try_step(&mut self, module: &mut M, grads: &Gradients<E, D>) -> Result<(), Refusal> {
+        self.cfg.validate().map_err(|error| Refusal {
+            error,
+            tensors: self.layout.keys().cloned().collect(),
+        })?;
         let steps = self.state.steps.saturating_add(1);
         let reorthonormalize = self
             .cfg
@@ -330,6 +373,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             Some(ops) => {
                 let entries = self.grouped(walk::gather(module, grads))?;
                 let (values, states) = self.composed_step(&ops, entries, geometry)?;
+                self.refuse_non_finite(&values, Some(&ops))?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 self.device_state.extend(states);
                 values
@@ -340,6 +384,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                     let entries = self.grouped(walk::gather_to_host(module, grads))?;
                     self.host_step(entries, geometry)
                 })?;
+                self.refuse_non_finite(&values, None)?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 for (path, state) in states {
                     if let Some(old) = self.state.tensors.insert(path, state) {

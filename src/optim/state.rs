@@ -22,6 +22,11 @@ pub struct OptimizerState<E> {
     pub steps: u64,
     /// Per-tensor rule state.
     pub tensors: BTreeMap<String, RuleState<E>>,
+    /// The dimensions of each tensor in `tensors`, recorded when the state is taken and
+    /// checked when it is restored (a state saved without them is checked by buffer
+    /// lengths only).
+    #[serde(default)]
+    pub shapes: BTreeMap<String, Vec<usize>>,
 }
 
 /// Length of a tensor's state buffers.
@@ -33,17 +38,54 @@ pub(crate) fn buffer_len<E: Real>(group: Group, dims: &[usize]) -> usize {
 }
 
 impl<E: Real> OptimizerState<E> {
-    /// Checks that every entry names a trainable tensor of `layout` and that its buffers
-    /// are empty or of the right length.
+    /// This state with the dimensions of its tensors recorded from `layout`.
+    pub(crate) fn with_shapes(mut self, layout: &BTreeMap<String, (Vec<usize>, Group)>) -> Self {
+        self.shapes = self
+            .tensors
+            .keys()
+            .filter_map(|p| layout.get(p).map(|(dims, _)| (p.clone(), dims.clone())))
+            .collect();
+        self
+    }
+
+    /// Checks that every entry names a trainable tensor of `layout`, of the recorded
+    /// shape, that its buffers are empty or of the right length, that every value is
+    /// finite and every second moment `>= 0`.
     pub(crate) fn check(
         &self,
         layout: &BTreeMap<String, (Vec<usize>, Group)>,
     ) -> Result<(), Error> {
+        let mismatch = |what: String| Err(Error::StateMismatch(what));
+        for (path, dims) in &self.shapes {
+            match layout.get(path) {
+                Some((have, _)) if have == dims => {}
+                Some((have, _)) => {
+                    return mismatch(format!(
+                        "{path} was saved with shape {dims:?}; the model's is {have:?}"
+                    ))
+                }
+                None => return mismatch(format!("no trainable tensor {path}")),
+            }
+        }
         for (path, s) in &self.tensors {
             let (dims, group) = layout
                 .get(path)
                 .ok_or_else(|| Error::StateMismatch(format!("no trainable tensor {path}")))?;
             let len = buffer_len::<E>(*group, dims);
+            let finite = |v: &[E]| v.iter().all(|&x| Real::to_f64(x).is_finite());
+            let non_negative = |v: &[E]| v.iter().all(|&x| Real::to_f64(x) >= 0.0);
+            let scalars = [s.second_scalar, s.second_scalar_max];
+            if !finite(&s.first) || !finite(&s.second) || !finite(&s.second_max) {
+                return mismatch(format!("{path}: a moment holds NaN or an infinity"));
+            }
+            if !non_negative(&s.second)
+                || !non_negative(&s.second_max)
+                || !scalars.iter().all(|v| v.is_finite() && *v >= 0.0)
+            {
+                return mismatch(format!(
+                    "{path}: a second moment is negative or not finite (they are sums of squares)"
+                ));
+            }
             for (name, buf) in [
                 ("first", &s.first),
                 ("second", &s.second),

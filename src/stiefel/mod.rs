@@ -8,6 +8,7 @@
 //! callers (the optimizers) that load a tensor once and run several steps on it.
 
 mod checks;
+mod orthonormalize;
 mod projection;
 mod random;
 mod retraction;
@@ -15,6 +16,7 @@ pub mod retractions;
 mod transport;
 
 pub use checks::{is_tangent, orthogonality_error};
+pub use orthonormalize::orthonormalize;
 pub use projection::{project_mat, project_tangent};
 pub use random::random_point;
 pub use retraction::{retract, Retraction, SumRetraction};

@@ -1,0 +1,212 @@
+//! What an optimizer checks before it trusts its inputs: its settings (at construction
+//! and at every step, since `cfg` is public), the Stiefel tensors it is given (orthonormal
+//! when it is built), and every new value (finite before anything is written).
+
+use super::basis_update::AdapterRule;
+use super::groups::{Group, ParamGroups};
+use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
+use super::sds::StiefelConfig;
+use super::walk::{walk_ref, Value};
+use crate::kernels::{slices, ComposedOps, Real, StiefelDevice, TallOps};
+use crate::stiefel::Retraction;
+use crate::Error;
+use dfdx::nn::tensor_collection::{
+    TensorCollection, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef,
+};
+use dfdx::prelude::*;
+use std::collections::BTreeMap;
+
+/// An [`Error::Invalid`] naming the setting `what`.
+fn invalid(what: &str, value: impl std::fmt::Display, rule: &str) -> Error {
+    Error::Invalid(format!("{what} is {value}; it must be {rule}"))
+}
+
+/// Fails unless `x` is finite and `>= 0`.
+fn non_negative(what: &str, x: f64) -> Result<(), Error> {
+    match x.is_finite() && x >= 0.0 {
+        true => Ok(()),
+        false => Err(invalid(what, x, "finite and >= 0")),
+    }
+}
+
+/// Fails unless `x` is in `[0, 1)`.
+fn unit_interval(what: &str, x: f64) -> Result<(), Error> {
+    match (0.0..1.0).contains(&x) {
+        true => Ok(()),
+        false => Err(invalid(what, x, "in [0, 1)")),
+    }
+}
+
+impl WeightDecay {
+    /// Fails unless the decay is finite and `>= 0`.
+    pub fn validate(&self, what: &str) -> Result<(), Error> {
+        match *self {
+            WeightDecay::L2(wd) | WeightDecay::Decoupled(wd) => non_negative(what, wd),
+        }
+    }
+}
+
+impl ParamGroups {
+    /// Fails unless every learning rate and weight decay is finite and `>= 0`.
+    ///
+    /// ```
+    /// use sds_lora::optim::ParamGroups;
+    ///
+    /// assert!(ParamGroups::uniform(1e-3).validate().is_ok());
+    /// assert!(ParamGroups::uniform(f64::NAN).validate().is_err());
+    /// assert!(ParamGroups::uniform(-1e-3).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        non_negative("groups.bases_lr", self.bases_lr)?;
+        for (name, g) in [("core", self.core), ("others", self.others)] {
+            non_negative(&format!("groups.{name}.lr"), g.lr)?;
+            if let Some(wd) = g.weight_decay {
+                wd.validate(&format!("groups.{name}.weight_decay"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AdamRule {
+    /// Fails unless both betas are in `[0, 1)` and `eps` is finite and `> 0`.
+    pub fn validate(&self) -> Result<(), Error> {
+        unit_interval("rule.betas[0]", self.betas[0])?;
+        unit_interval("rule.betas[1]", self.betas[1])?;
+        match self.eps.is_finite() && self.eps > 0.0 {
+            true => Ok(()),
+            false => Err(invalid("rule.eps", self.eps, "finite and > 0")),
+        }
+    }
+}
+
+impl SgdRule {
+    /// Fails unless the momentum is in `[0, 1)` and the dampening in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = self.momentum {
+            unit_interval("rule.momentum", mu)?;
+        }
+        match (0.0..=1.0).contains(&self.dampening) {
+            true => Ok(()),
+            false => Err(invalid("rule.dampening", self.dampening, "in [0, 1]")),
+        }
+    }
+}
+
+impl AdapterRule {
+    /// The rule's own checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self {
+            AdapterRule::Sgd(rule) => rule.validate(),
+            AdapterRule::Adam(rule) => rule.validate(),
+        }
+    }
+}
+
+impl StiefelConfig {
+    /// Fails on a re-orthonormalisation period of 0 and on Newton-Schulz with no
+    /// iteration.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.reorthonormalize_every == Some(0) {
+            return Err(invalid(
+                "stiefel.reorthonormalize_every",
+                "Some(0)",
+                "None or at least 1",
+            ));
+        }
+        if let Retraction::NewtonSchulz { iters: 0 } = self.retraction {
+            return Err(invalid("stiefel.retraction's iters", 0, "at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The largest `||X^T X - I||_F` accepted for a Stiefel tensor of rank `r` when an
+/// optimizer is built: `sqrt(eps r)`, far above what rounding leaves after any number of
+/// steps and far below what a tensor set by hand shows.
+fn orthonormality_tolerance<E: Real>(r: usize) -> f64 {
+    (E::EPSILON.to_f64() * r as f64).sqrt()
+}
+
+/// Fails with [`Error::NotOrthonormal`] on the first Stiefel tensor of `layout` whose
+/// columns are not orthonormal (within [`orthonormality_tolerance`]).
+pub(crate) fn check_orthonormal<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+    model: &M,
+    layout: &BTreeMap<String, (Vec<usize>, Group)>,
+) -> Result<(), Error> {
+    struct Check<'a> {
+        layout: &'a BTreeMap<String, (Vec<usize>, Group)>,
+        found: Option<Error>,
+    }
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Check<'_> {
+        type Viewer = (ViewTensorRef, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            (t, path): (&Tensor<S, E, D>, String),
+        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
+            let Some((dims, Group::Stiefel)) = self.layout.get(&path) else {
+                return Ok(None);
+            };
+            if self.found.is_some() {
+                return Ok(None);
+            }
+            let (n, r) = (dims[0], dims[1]);
+            let x = nalgebra::DMatrix::from_row_iterator(
+                n,
+                r,
+                t.as_vec().into_iter().map(Real::to_f64),
+            );
+            let error = (x.transpose() * &x - nalgebra::DMatrix::identity(r, r)).norm();
+            // NaN fails too.
+            if error.is_nan() || error > orthonormality_tolerance::<E>(r) {
+                self.found = Some(Error::NotOrthonormal { path, error });
+            }
+            Ok(None)
+        }
+    }
+    let mut check = Check {
+        layout,
+        found: None,
+    };
+    walk_ref(model, &mut check);
+    check.found.map_or(Ok(()), Err)
+}
+
+/// The paths of the new values that hold NaN or an infinity (a step that overflowed),
+/// checked on the host or, for device values, by `ops` on the device.
+pub(crate) fn non_finite_values<E: Real, D: StiefelDevice<E>>(
+    values: &BTreeMap<String, Value<E, D>>,
+    ops: Option<&ComposedOps<D>>,
+) -> Result<Vec<String>, Error> {
+    let mut bad = Vec::new();
+    let mut on_device = Vec::new();
+    for (path, value) in values {
+        match value {
+            Value::Host(v) if !slices::all_finite(v) => bad.push(path.clone()),
+            Value::Host(_) => {}
+            Value::Device(t) => {
+                let rows = t
+                    .clone()
+                    .try_reshape_like(&(1, t.shape().0))
+                    .map_err(Error::device)?;
+                on_device.push((path, rows));
+            }
+        }
+    }
+    if let (Some(ops), false) = (ops, on_device.is_empty()) {
+        let mats: Vec<_> = on_device.iter().map(|(_, m)| m).collect();
+        let finite = ops.all_finite_each(&mats)?;
+        bad.extend(
+            on_device
+                .iter()
+                .zip(finite)
+                .filter(|(_, ok)| !ok)
+                .map(|((p, _), _)| (*p).clone()),
+        );
+    }
+    Ok(bad)
+}
