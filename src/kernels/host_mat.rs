@@ -1,5 +1,6 @@
 //! A dense row-major `n x r` matrix on the host: the CPU fast path's working type.
 
+use super::layout::padded_stride;
 use super::scratch;
 use super::tall_products::{self, Strided};
 use super::Real;
@@ -7,12 +8,8 @@ use super::{padding, slices};
 use nalgebra::DMatrix;
 use std::ops::Range;
 
-/// Rows are padded to a multiple of this many elements (one AVX2 register of `f32`), so
-/// that row kernels run over whole vector registers.
-pub const ROW_ALIGN: usize = 8;
-
 /// A row-major `rows x cols` matrix whose rows are `stride` elements apart
-/// (`stride = cols` rounded up to [`ROW_ALIGN`]); the padding holds zeros.
+/// (`stride = cols` rounded up to [`ROW_ALIGN`](super::layout::ROW_ALIGN)); the padding holds zeros.
 ///
 /// Storage comes from, and returns on drop to, a per-thread [pool](super::scratch).
 #[derive(Debug, PartialEq)]
@@ -40,7 +37,7 @@ impl<E: Real> Clone for HostMat<E> {
 impl<E: Real> HostMat<E> {
     /// The padded row length for `cols` columns.
     pub fn stride_for(cols: usize) -> usize {
-        cols.div_ceil(ROW_ALIGN).max(1) * ROW_ALIGN
+        padded_stride(cols)
     }
 
     /// A `rows x cols` matrix of zeros.
@@ -186,12 +183,10 @@ impl<E: Real> HostMat<E> {
     ///
     /// The replacement is allocated while the handed-over buffer is still alive. Allocated
     /// later (when the pool next runs short, after the caller has freed the results), it
-    /// let glibc return the freed results to the system and map them in again: measured
-    /// with `project_tangent` then `retract` on 4096 x 16 `f32` in a loop, both results
-    /// dropped, 48 page faults per pair and 1.4 to 1.9 times the time (287 to 301 against
-    /// 159 to 206 us, runs alternated). How a heap reuses memory is the allocator's
-    /// business, and some heap states still fault (16 per pair seen); dfdx's allocation
-    /// cache (`Cpu::enable_cache`) avoids the question.
+    /// let glibc return the freed results to the system and map them in again (page faults
+    /// on every call of a loop that drops its results). How a heap reuses memory is the
+    /// allocator's business; dfdx's allocation cache (`Cpu::enable_cache`) avoids the
+    /// question.
     pub fn into_exported(self) -> Vec<E> {
         let handed_over = self.stride == self.cols;
         let data = self.into_compact();

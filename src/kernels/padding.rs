@@ -1,10 +1,9 @@
 //! Copies between compact row-major storage (rows `cols` apart) and the padded storage of
 //! [`HostMat`](super::HostMat) (rows `stride` apart, `stride >= cols`, padding zero).
 //!
-//! A copy of one short row is a call to `memmove` when written as `copy_from_slice`: at
-//! `r = 4`, a 4096-row matrix took 4096 calls each way (and a zero-fill before padding),
-//! and the retraction `Qr` at 4096 x 4 `f32` spent about 60% of its time padding and
-//! compacting, which made it slower than at 4096 x 16, whose rows need neither. On CPUs
+//! A copy of one short row is a call to `memmove` when written as `copy_from_slice`, one
+//! call per row each way (and a zero-fill before padding): at small `r` padding and
+//! compacting would dominate the retractions. On CPUs
 //! with AVX-512F each register-wide part of a row is one load and one store (masked where
 //! the row is shorter), and the padding is written with the row, so nothing is
 //! zero-filled first.

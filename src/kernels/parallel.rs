@@ -1,8 +1,8 @@
 //! Splitting host work between the calling thread and one helper thread.
 //!
 //! The host kernels work on `n x r` matrices whose products take 5 to 50 microseconds:
-//! handing such work to a thread pool whose workers sleep costs more than it saves (a
-//! `rayon::join` from outside the pool measured 60 us here, for 2 x 20 us of work). So
+//! handing such work to a thread pool whose workers sleep costs more than it saves (waking
+//! a worker takes longer than the work). So
 //! there is one helper thread, started on first use, which spins for a while after each
 //! piece of work ([`SPIN`]) and then parks; work is cut into jobs that both threads claim
 //! one at a time (the caller from the front, the helper from the back), and the caller

@@ -11,6 +11,7 @@
 
 mod adapter_step;
 pub mod basis_update;
+mod config;
 pub mod groups;
 pub mod riemannian;
 pub mod rules;
@@ -25,9 +26,10 @@ pub use adapter_step::AdapterStep;
 pub use basis_update::{
     basis_update, AdapterGrad, AdapterMoments, AdapterPoint, AdapterRule, AdapterStepSizes,
 };
+pub use config::{SdsConfig, StiefelConfig};
 pub use groups::{Group, GroupConfig, ParamGroups};
 pub use rules::{AdamRule, Momentum, RuleState, SecondMoment, SgdRule, WeightDecay};
-pub use sds::{Sds, SdsConfig, StiefelConfig};
+pub use sds::Sds;
 pub use sds_adam::{SdsAdam, SdsAdamConfig};
 pub use sds_sgd::{SdsSgd, SdsSgdConfig};
 pub use state::OptimizerState;

@@ -1,103 +1,28 @@
 //! The optimizer shared by [`SdsAdam`](super::SdsAdam) and [`SdsSgd`](super::SdsSgd):
 //! parameter groups, the Riemannian composition for Stiefel tensors, transactional steps.
 
-use super::adapter_step::{
-    composed_adapter_steps, find_adapters, host_adapter_steps, AdapterPaths, AdapterStep,
-};
-use super::basis_update::{AdapterRule, AdapterStepSizes};
-use super::groups::{Classifier, Group, ParamGroups};
-use super::riemannian::{stiefel_step, stiefel_steps_composed, DeviceStiefel, Geometry};
-use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
+mod composed_step;
+mod host_step;
+mod refusal;
+
+use super::adapter_step::{find_adapters, AdapterPaths, AdapterStep};
+use super::basis_update::AdapterStepSizes;
+use super::config::SdsConfig;
+use super::groups::{Classifier, Group};
+use super::riemannian::Geometry;
+use super::rules::TensorRuleState;
 use super::state::OptimizerState;
 use super::validate::{check_orthonormal, non_finite_values};
-use super::walk::{self, Entry, TensorEntry, Value};
-use crate::kernels::{parallel, scratch, ComposedOps, Flat, HostMat, Real, StiefelDevice, TallOps};
-use crate::stiefel::Retraction;
+use super::walk::{self, Value};
+use crate::kernels::{parallel, scratch, ComposedOps, Real, StiefelDevice};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
-use dfdx::shapes::HasShape;
 use dfdx::tensor::Gradients;
-use dfdx::tensor_ops::{Device, ReshapeTo, TrySub};
+use dfdx::tensor_ops::Device;
+use refusal::Refusal;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-
-/// What differs between the optimizers: their rule and its settings.
-pub trait SdsConfig: Clone + std::fmt::Debug {
-    /// Learning rates and weight decays of the groups.
-    fn groups(&self) -> &ParamGroups;
-    /// Retraction and re-orthonormalisation period of the Stiefel tensors.
-    fn stiefel(&self) -> &StiefelConfig;
-    /// The Euclidean update: overwrites `g` with `u` (`p <- p - u`) and returns the new
-    /// state (`state` is read only).
-    fn euclidean_update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E>;
-    /// The rule on the Riemannian gradient of a Stiefel tensor (no weight decay), applied
-    /// piece by piece within the host step.
-    type StiefelRule: ElementwiseRule;
-    /// [`SdsConfig::StiefelRule`] with these settings.
-    fn stiefel_rule(&self) -> Self::StiefelRule;
-    /// [`SdsConfig::euclidean_update`] in dfdx ops on a device: returns `u`.
-    fn euclidean_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &mut TensorRuleState<E, D>,
-        p: &Flat<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error>;
-    /// The rule of the basis-update step on adapters ([`super::basis_update`](mod@super::basis_update)).
-    fn adapter_rule(&self) -> AdapterRule;
-
-    /// Fails with [`Error::Invalid`] naming the first setting out of range: learning rates
-    /// and weight decays finite and `>= 0`, betas and momentum in `[0, 1)`, dampening in
-    /// `[0, 1]`, `eps` finite and `> 0`, a re-orthonormalisation period of at least 1.
-    /// Checked when the optimizer is built and before every step.
-    fn validate(&self) -> Result<(), Error> {
-        self.groups().validate()?;
-        self.stiefel().validate()?;
-        self.adapter_rule().validate()
-    }
-    /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
-    fn stiefel_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        state: &mut TensorRuleState<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error>;
-}
-
-/// Settings of the Stiefel tensors' updates.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StiefelConfig {
-    /// How adapters (`basis_out`, `core`, `basis_in` under one path) are stepped: the
-    /// basis-update step by default.
-    #[serde(default)]
-    pub adapter_step: AdapterStep,
-    /// How per-tensor steps return to the manifold (Stiefel tensors outside adapters, and
-    /// adapters under [`AdapterStep::PerTensor`]; the basis-update step always takes the
-    /// Q factor of its QR).
-    pub retraction: Retraction,
-    /// Re-orthonormalise by Householder QR every this many steps (off by default;
-    /// per-tensor steps only).
-    pub reorthonormalize_every: Option<u64>,
-}
-
-impl Default for StiefelConfig {
-    fn default() -> Self {
-        Self {
-            adapter_step: AdapterStep::BasisUpdate,
-            retraction: Retraction::Qr,
-            reorthonormalize_every: None,
-        }
-    }
-}
 
 /// A Riemannian optimizer for dfdx modules. Each adapter (a `basis_out`, `core`,
 /// `basis_in` triple under one path, as [`SdsLinear`](crate::nn::SdsLinear) names them)
@@ -130,35 +55,6 @@ pub struct Sds<M, E: Real, D: Device<E>, C> {
     ops: E::Host,
     last_error: Option<Error>,
     marker: PhantomData<fn() -> M>,
-}
-
-/// A step's new values and rule states, by path (written only if the step succeeds).
-type Outcome<E, D, S> = (BTreeMap<String, Value<E, D>>, BTreeMap<String, S>);
-
-/// Why a step did not happen, with the tensors concerned (for dfdx's error type).
-struct Refusal {
-    error: Error,
-    tensors: Vec<String>,
-}
-
-impl Refusal {
-    /// Non-finite gradients of `tensors`.
-    fn non_finite(tensors: Vec<String>) -> Self {
-        Self {
-            error: Error::NonFinite {
-                what: format!("the gradient of {}", tensors.join(", ")),
-            },
-            tensors,
-        }
-    }
-
-    /// A device error while writing `values`.
-    fn device<E: Real, D: Device<E>>(e: D::Err, values: &BTreeMap<String, Value<E, D>>) -> Self {
-        Self {
-            error: Error::device(e),
-            tensors: values.keys().cloned().collect(),
-        }
-    }
 }
 
 impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<M, E, D, C> {
@@ -417,192 +313,6 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             .into_iter()
             .map(|(path, entry)| Ok((self.group(&path)?, path, entry)))
             .collect()
-    }
-
-    /// New values and rule states of every tensor, computed on the host.
-    #[allow(clippy::type_complexity)]
-    fn host_step(
-        &self,
-        entries: Vec<(Group, String, Entry<E>)>,
-        geometry: Geometry,
-    ) -> Result<
-        (
-            BTreeMap<String, Value<E, D>>,
-            BTreeMap<String, RuleState<E>>,
-        ),
-        Refusal,
-    > {
-        // Stiefel gradients are checked within their step, through `X^T E`.
-        let scanned = entries.iter().filter(|(g, _, _)| *g != Group::Stiefel);
-        let bad = walk::non_finite(scanned.map(|(_, p, e)| (p, e)));
-        if !bad.is_empty() {
-            return Err(Refusal::non_finite(bad));
-        }
-        let groups = *self.cfg.groups();
-        let mut values = BTreeMap::new();
-        let mut states = BTreeMap::new();
-        let fresh = RuleState::default();
-        let mut entries: BTreeMap<String, (Group, Entry<E>)> =
-            entries.into_iter().map(|(g, p, e)| (p, (g, e))).collect();
-        let stepped = host_adapter_steps(
-            &self.ops,
-            self.active_adapters(),
-            &mut entries,
-            &self.state.tensors,
-            self.cfg.adapter_rule(),
-            self.adapter_sizes(),
-        )
-        .map_err(|(error, tensors)| Refusal { error, tensors })?;
-        for (path, value, state) in stepped {
-            values.insert(path.clone(), Value::Host(value));
-            states.insert(path, state);
-        }
-        for (path, (group, entry)) in entries {
-            // The rules return new states: the stored ones change only when the whole
-            // step succeeds.
-            let old = self.state.tensors.get(&path).unwrap_or(&fresh);
-            let (value, state) = match group {
-                Group::Stiefel => self
-                    .stiefel(entry, old, geometry)
-                    .map_err(|error| Refusal {
-                        error: match error {
-                            Error::NonFinite { what } => Error::NonFinite {
-                                what: format!("{what} of {path}"),
-                            },
-                            error => error,
-                        },
-                        tensors: vec![path.clone()],
-                    })?,
-                Group::Core | Group::Euclidean => {
-                    let g = groups.of(group);
-                    let (mut param, mut u) = (entry.param, entry.grad);
-                    let state =
-                        self.cfg
-                            .euclidean_update(g.lr, g.weight_decay, old, &param, &mut u);
-                    param.iter_mut().zip(&u).for_each(|(p, &d)| *p -= d);
-                    scratch::recycle(u);
-                    (param, state)
-                }
-            };
-            values.insert(path.clone(), Value::Host(value));
-            states.insert(path, state);
-        }
-        Ok((values, states))
-    }
-
-    /// New values and rule states of every tensor, computed on the device with dfdx ops.
-    fn composed_step(
-        &self,
-        ops: &ComposedOps<D>,
-        entries: Vec<(Group, String, TensorEntry<E, D>)>,
-        geometry: Geometry,
-    ) -> Result<Outcome<E, D, TensorRuleState<E, D>>, Refusal> {
-        let all = |error: Error| Refusal {
-            error,
-            tensors: entries.iter().map(|(_, p, _)| p.clone()).collect(),
-        };
-        let grads: Vec<_> = entries
-            .iter()
-            .map(|(_, _, e)| e.grad.clone().try_reshape_like(&(1, e.grad.shape().0)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| all(Error::device(e)))?;
-        let finite = ops
-            .all_finite_each(&grads.iter().collect::<Vec<_>>())
-            .map_err(all)?;
-        let bad: Vec<String> = entries
-            .iter()
-            .zip(finite)
-            .filter(|(_, ok)| !ok)
-            .map(|((_, p, _), _)| p.clone())
-            .collect();
-        if !bad.is_empty() {
-            return Err(Refusal::non_finite(bad));
-        }
-        let groups = *self.cfg.groups();
-        // Copies of the states (sharing storage until written): the stored ones change
-        // only when the whole step succeeds. `states[i]` belongs to `entries[i]`.
-        let mut states: Vec<TensorRuleState<E, D>> = entries
-            .iter()
-            .map(|(_, p, _)| self.device_state.get(p).cloned().unwrap_or_default())
-            .collect();
-        let mut values = BTreeMap::new();
-        let (stepped, in_adapter) = composed_adapter_steps(
-            ops,
-            self.active_adapters(),
-            &entries,
-            &mut states,
-            self.cfg.adapter_rule(),
-            self.adapter_sizes(),
-        )
-        .map_err(|(error, tensors)| Refusal { error, tensors })?;
-        for (path, value) in stepped {
-            values.insert(path, Value::Device(value));
-        }
-        let mut stiefel_paths = Vec::new();
-        let mut batch = Vec::new();
-        let rest = entries.iter().zip(states.iter_mut()).zip(&in_adapter);
-        for (((group, path, entry), state), _) in rest.filter(|(_, &taken)| !taken) {
-            let TensorEntry { dims, param, grad } = entry;
-            if *group == Group::Stiefel {
-                let shape = (dims[0], dims[1]);
-                let as_mat = |t: &Flat<E, D>| t.clone().try_reshape_like(&shape);
-                let (x, egrad) = (as_mat(param), as_mat(grad));
-                let (x, egrad) = x
-                    .and_then(|x| egrad.map(|g| (x, g)))
-                    .map_err(|e| all(Error::device(e)))?;
-                stiefel_paths.push(path.clone());
-                batch.push(DeviceStiefel { x, egrad, state });
-                continue;
-            }
-            let g = groups.of(*group);
-            let new = self
-                .cfg
-                .euclidean_update_tensor(g.lr, g.weight_decay, state, param, grad.clone())
-                .and_then(|u| param.clone().try_sub(u).map_err(Error::device))
-                .map_err(|error| Refusal {
-                    error,
-                    tensors: vec![path.clone()],
-                })?;
-            values.insert(path.clone(), Value::Device(new));
-        }
-        let lr = groups.bases_lr;
-        let rule = |s: &mut TensorRuleState<E, D>, g| self.cfg.stiefel_update_tensor(lr, s, g);
-        let x_new =
-            stiefel_steps_composed(ops, batch, rule, geometry).map_err(|error| Refusal {
-                error,
-                tensors: stiefel_paths.clone(),
-            })?;
-        for (path, x) in stiefel_paths.into_iter().zip(x_new) {
-            let (n, r) = *x.shape();
-            let flat = x
-                .try_reshape_like(&(n * r,))
-                .map_err(|e| all(Error::device(e)))?;
-            values.insert(path, Value::Device(flat));
-        }
-        let paths = entries.into_iter().map(|(_, p, _)| p);
-        Ok((values, paths.zip(states).collect()))
-    }
-
-    /// The new value and rule state of a Stiefel tensor.
-    fn stiefel(
-        &self,
-        entry: Entry<E>,
-        state: &RuleState<E>,
-        geometry: Geometry,
-    ) -> Result<(Vec<E>, RuleState<E>), Error> {
-        let (n, r) = (entry.dims[0], entry.dims[1]);
-        let x = HostMat::new(n, r, entry.param);
-        let g = HostMat::new(n, r, entry.grad);
-        let (x_new, state) = stiefel_step(
-            &self.ops,
-            x,
-            g,
-            self.cfg.stiefel_rule(),
-            self.cfg.groups().bases_lr,
-            state,
-            geometry,
-        )?;
-        Ok((x_new.into_compact(), state))
     }
 }
 

@@ -1,9 +1,10 @@
 //! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
 
 use super::basis_update::AdapterRule;
+use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
 use super::rules::{AdamRule, AdamUpdate, RuleState, SecondMoment, TensorRuleState, WeightDecay};
-use super::sds::{Sds, SdsConfig, StiefelConfig};
+use super::sds::Sds;
 use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::Device;

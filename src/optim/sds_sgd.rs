@@ -1,9 +1,10 @@
 //! `SdsSgd`: SGD on every group, Riemannian on the Stiefel tensors.
 
 use super::basis_update::AdapterRule;
+use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
 use super::rules::{RuleState, SgdRule, TensorRuleState, WeightDecay};
-use super::sds::{Sds, SdsConfig, StiefelConfig};
+use super::sds::Sds;
 use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::Device;

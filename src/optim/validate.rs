@@ -3,9 +3,9 @@
 //! when it is built), and every new value (finite before anything is written).
 
 use super::basis_update::AdapterRule;
+use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
-use super::sds::StiefelConfig;
 use super::walk::{walk_ref, Value};
 use crate::kernels::{slices, ComposedOps, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;

@@ -1,5 +1,6 @@
 //! Householder QR of a tall matrix, returning the thin `Q` with `diag(R) >= 0`.
 
+mod blocking;
 mod sweep;
 #[cfg(target_arch = "x86_64")]
 mod sweep_avx512;

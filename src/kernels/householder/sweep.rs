@@ -1,13 +1,11 @@
 //! One reflection sweep of the row-major Householder factorisation: apply reflector `k`
 //! to the rows below it and collect the inner products the next reflector needs.
 
-use super::super::host_mat::ROW_ALIGN;
+use super::super::layout::ROW_ALIGN;
 use super::super::simd::Fma;
 use super::super::Real;
 
-/// Rows summed into a partial before it joins the running total: sums of `n` terms then
-/// carry about `(sqrt(SUM_BLOCK) + sqrt(n / SUM_BLOCK)) eps` relative error, not `sqrt(n) eps`.
-pub const SUM_BLOCK: usize = 32;
+use super::blocking::SUM_BLOCK;
 
 /// Lanes of the fixed-width inner loops: one AVX2 register of `f32`.
 const LANES: usize = ROW_ALIGN;

@@ -7,7 +7,7 @@
 //! accumulators so that the FMA latency does not serialise the sweep, and the partial sums
 //! join `u` every [`SUM_BLOCK`] rows, as in the portable sweep.
 
-use super::sweep::SUM_BLOCK;
+use super::blocking::SUM_BLOCK;
 use crate::kernels::Real;
 
 /// Registers per row handled by the tiled sweeps; wider rows take the portable sweep.
@@ -17,8 +17,7 @@ const MAX_CHUNKS: usize = 8;
 /// which only collects `u = A^T A[.., 0]`) over `rows` (`stride`-long rows below the pivot)
 /// and returns true, or returns false without touching anything when a row spans more
 /// than [`MAX_CHUNKS`] registers, or less than one: rows narrower than a register share
-/// cache lines, and a masked load right after a masked store to the same line stalls
-/// (measured: 4096 x 4 `f32` took longer than 4096 x 16).
+/// cache lines, and a masked load right after a masked store to the same line stalls.
 ///
 /// # Safety
 /// The CPU must support AVX-512F and the caller must be compiled with it enabled.
