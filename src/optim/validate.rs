@@ -6,13 +6,11 @@ use super::basis_update::AdapterRule;
 use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
-use super::walk::{walk_ref, Value};
+use super::walk::{read_f64, HostValue, Value};
 use crate::kernels::{slices, ComposedOps, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
 use crate::Error;
-use dfdx::nn::tensor_collection::{
-    TensorCollection, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 use std::collections::BTreeMap;
 
@@ -134,46 +132,20 @@ pub(crate) fn check_orthonormal<M: TensorCollection<E, D>, E: Real, D: Device<E>
     model: &M,
     layout: &BTreeMap<String, (Vec<usize>, Group)>,
 ) -> Result<(), Error> {
-    struct Check<'a> {
-        layout: &'a BTreeMap<String, (Vec<usize>, Group)>,
-        found: Option<Error>,
-    }
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Check<'_> {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _: TensorOptions<S, E, D>,
-            (t, path): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            let Some((dims, Group::Stiefel)) = self.layout.get(&path) else {
-                return Ok(None);
-            };
-            if self.found.is_some() {
-                return Ok(None);
-            }
-            let (n, r) = (dims[0], dims[1]);
-            let x = nalgebra::DMatrix::from_row_iterator(
-                n,
-                r,
-                t.as_vec().into_iter().map(Real::to_f64),
-            );
-            let error = (x.transpose() * &x - nalgebra::DMatrix::identity(r, r)).norm();
-            // NaN fails too.
-            if error.is_nan() || error > orthonormality_tolerance::<E>(r) {
-                self.found = Some(Error::NotOrthonormal { path, error });
-            }
-            Ok(None)
+    let is_stiefel = |path: &str| matches!(layout.get(path), Some((_, Group::Stiefel)));
+    for (path, value) in read_f64(model, is_stiefel) {
+        let HostValue::Tensor(dims, values) = value else {
+            continue;
+        };
+        let (n, r) = (dims[0], dims[1]);
+        let x = nalgebra::DMatrix::from_row_slice(n, r, &values);
+        let error = (x.transpose() * &x - nalgebra::DMatrix::identity(r, r)).norm();
+        // NaN fails too.
+        if error.is_nan() || error > orthonormality_tolerance::<E>(r) {
+            return Err(Error::NotOrthonormal { path, error });
         }
     }
-    let mut check = Check {
-        layout,
-        found: None,
-    };
-    walk_ref(model, &mut check);
-    check.found.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// The paths of the new values that hold NaN or an infinity (a step that overflowed),

@@ -3,17 +3,18 @@
 
 use crate::kernels::{gradient_of, scratch, slices, Flat, Read, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
+    RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
+    ViewTensorName, ViewTensorRef,
 };
 use dfdx::optim::UnusedTensors;
 use dfdx::shapes::{Dtype, HasShape, Shape};
 use dfdx::tensor::{Gradients, Tensor, UniqueId};
 use dfdx::tensor_ops::{Device, ReshapeTo};
+use num_traits::NumCast;
 use std::collections::BTreeMap;
 
 /// Runs `v` over `module`'s tensors, each with its dotted path.
-pub(crate) fn walk_ref<M, E, D, V>(module: &M, v: &mut V)
+fn walk_ref<M, E, D, V>(module: &M, v: &mut V)
 where
     M: TensorCollection<E, D>,
     E: Dtype,
@@ -28,7 +29,7 @@ where
 }
 
 /// Runs `v` over `module`'s tensors mutably, each with its dotted path.
-pub(crate) fn walk_mut<M, E, D, V>(module: &mut M, v: &mut V)
+fn walk_mut<M, E, D, V>(module: &mut M, v: &mut V)
 where
     M: TensorCollection<E, D>,
     E: Dtype,
@@ -39,6 +40,101 @@ where
         m: (module, String::new()),
         f: v,
     });
+}
+
+/// A tensor or scalar of a module, copied to the host in `f64`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum HostValue {
+    /// A tensor: its dimensions and row-major values.
+    Tensor(Vec<usize>, Vec<f64>),
+    /// A scalar (an `alpha`, a scaling's code).
+    Scalar(f64),
+}
+
+/// Copies to the host, in `f64`, every tensor and scalar of `module` whose dotted path
+/// `wanted` accepts (trainable or not).
+pub(crate) fn read_f64<M, E, D>(
+    module: &M,
+    wanted: impl FnMut(&str) -> bool,
+) -> BTreeMap<String, HostValue>
+where
+    M: TensorCollection<E, D>,
+    E: Real,
+    D: Device<E>,
+{
+    struct Read<F>(F, BTreeMap<String, HostValue>);
+    impl<E: Real, D: Device<E>, F: FnMut(&str) -> bool> TensorVisitor<E, D> for Read<F> {
+        type Viewer = (ViewTensorRef, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            (t, path): (&Tensor<S, E, D>, String),
+        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
+            if (self.0)(&path) {
+                let dims = t.shape().concrete().into_iter().collect();
+                let values = t.as_vec().into_iter().map(Real::to_f64).collect();
+                self.1.insert(path, HostValue::Tensor(dims, values));
+            }
+            Ok(None)
+        }
+        fn visit_scalar<N: NumCast>(
+            &mut self,
+            _: ScalarOptions<N>,
+            (n, path): (&N, String),
+        ) -> Result<Option<N>, D::Err> {
+            if let (true, Some(v)) = ((self.0)(&path), n.to_f64()) {
+                self.1.insert(path, HostValue::Scalar(v));
+            }
+            Ok(None)
+        }
+    }
+    let mut v = Read(wanted, BTreeMap::new());
+    walk_ref(module, &mut v);
+    v.1
+}
+
+/// Writes tensors (row-major `f64` values) and scalars into `module` by dotted path. The
+/// caller has checked every tensor's length; a scalar its type cannot hold is skipped.
+pub(crate) fn write_f64<M, E, D>(
+    module: &mut M,
+    tensors: &BTreeMap<String, Vec<f64>>,
+    scalars: &BTreeMap<String, f64>,
+) where
+    M: TensorCollection<E, D>,
+    E: Real,
+    D: Device<E>,
+{
+    struct Write<'a>(&'a BTreeMap<String, Vec<f64>>, &'a BTreeMap<String, f64>);
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Write<'_> {
+        type Viewer = (ViewTensorMut, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _: TensorOptions<S, E, D>,
+            (t, path): (&mut Tensor<S, E, D>, String),
+        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
+            if let Some(v) = self.0.get(&path) {
+                t.copy_from(&v.iter().map(|&x| E::of_f64(x)).collect::<Vec<_>>());
+            }
+            Ok(None)
+        }
+        fn visit_scalar<N: NumCast>(
+            &mut self,
+            _: ScalarOptions<N>,
+            (n, path): (&mut N, String),
+        ) -> Result<Option<N>, D::Err> {
+            if let Some(v) = self.1.get(&path).and_then(|&v| N::from(v)) {
+                *n = v;
+            }
+            Ok(None)
+        }
+    }
+    walk_mut(module, &mut Write(tensors, scalars));
 }
 
 /// A trainable tensor of a module: its dotted path, dimensions and id.

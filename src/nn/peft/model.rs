@@ -8,12 +8,9 @@ use crate::kernels::Real;
 use crate::nn::init::factor_lora_pair;
 use crate::nn::Scaling;
 use crate::optim::groups::{BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME, SCALES_NAME};
-use crate::optim::walk::{walk_mut, walk_ref};
+use crate::optim::walk::{read_f64, write_f64, HostValue};
 use crate::Error;
-use dfdx::nn::tensor_collection::{
-    ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use num_traits::{NumCast, ToPrimitive};
@@ -45,56 +42,32 @@ fn split(path: &str) -> (&str, &str) {
     }
 }
 
-/// Collects adapter tensors and scalars by layer path.
-struct Collect(BTreeMap<String, LayerParts>);
-
-impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Collect {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = D::Err;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, path): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-        let (prefix, name) = split(&path);
-        if let Some(&name) = ADAPTER_TENSORS.iter().find(|&&n| n == name) {
-            let dims = t.shape().concrete().into_iter().collect();
-            let data = t.as_vec().into_iter().map(Real::to_f64).collect();
-            let parts = self.0.entry(prefix.to_string()).or_default();
-            parts.tensors.insert(name, (dims, data));
-        }
-        Ok(None)
-    }
-
-    fn visit_scalar<N: NumCast>(
-        &mut self,
-        _: ScalarOptions<N>,
-        (n, path): (&N, String),
-    ) -> Result<Option<N>, D::Err> {
-        let (prefix, name) = split(&path);
-        let value = n.to_f64();
-        match (name, value) {
-            ("alpha", Some(v)) => self.0.entry(prefix.to_string()).or_default().alpha = Some(v),
-            ("scaling", Some(v)) => {
-                self.0.entry(prefix.to_string()).or_default().scaling =
-                    <Scaling as NumCast>::from(v)
-            }
-            _ => {}
-        }
-        Ok(None)
-    }
-}
-
+/// The adapter tensors and scalars of `model`, by layer path (layers without adapter
+/// tensors left out).
 fn collect<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     model: &M,
 ) -> BTreeMap<String, LayerParts> {
-    let mut v = Collect(BTreeMap::new());
-    walk_ref(model, &mut v);
-    v.0.retain(|_, p| !p.tensors.is_empty());
-    v.0
+    let wanted = |path: &str| {
+        let name = split(path).1;
+        ADAPTER_TENSORS.contains(&name) || name == "alpha" || name == "scaling"
+    };
+    let mut layers: BTreeMap<String, LayerParts> = BTreeMap::new();
+    for (path, value) in read_f64(model, wanted) {
+        let (prefix, name) = split(&path);
+        let parts = layers.entry(prefix.to_string()).or_default();
+        match (name, value) {
+            ("alpha", HostValue::Scalar(v)) => parts.alpha = Some(v),
+            ("scaling", HostValue::Scalar(v)) => parts.scaling = <Scaling as NumCast>::from(v),
+            (name, HostValue::Tensor(dims, data)) => {
+                if let Some(&name) = ADAPTER_TENSORS.iter().find(|&&n| n == name) {
+                    parts.tensors.insert(name, (dims, data));
+                }
+            }
+            _ => {}
+        }
+    }
+    layers.retain(|_, p| !p.tensors.is_empty());
+    layers
 }
 
 fn matrix((dims, data): &(Vec<usize>, Vec<f64>)) -> DMatrix<f64> {
@@ -219,42 +192,6 @@ pub fn export_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     Ok(config)
 }
 
-/// Writes precomputed tensors and scalars by dotted path.
-struct Assign<'a> {
-    tensors: &'a BTreeMap<String, Vec<f64>>,
-    scalars: &'a BTreeMap<String, f64>,
-}
-
-impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Assign<'_> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = D::Err;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, path): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-        if let Some(v) = self.tensors.get(&path) {
-            // import_peft checked every shape before this walk.
-            t.copy_from(&v.iter().map(|&x| E::of_f64(x)).collect::<Vec<_>>());
-        }
-        Ok(None)
-    }
-
-    fn visit_scalar<N: NumCast>(
-        &mut self,
-        _: ScalarOptions<N>,
-        (n, path): (&mut N, String),
-    ) -> Result<Option<N>, D::Err> {
-        if let Some(v) = self.scalars.get(&path).and_then(|&v| N::from(v)) {
-            *n = v;
-        }
-        Ok(None)
-    }
-}
-
 /// Loads `adapter` into `model`'s adapter layers of the same paths. Everything is checked
 /// before anything is written, so on error the model is unchanged: each path must name an
 /// adapter layer whose shapes take the pair (`lora_A: [R, I]`, `lora_B: [O, R]`), and the
@@ -300,11 +237,8 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         scalars.insert(at("alpha"), pair.alpha);
         scalars.insert(at("scaling"), pair.scaling.to_f64().unwrap_or(0.0));
     }
-    let mut v = Assign {
-        tensors: &tensors,
-        scalars: &scalars,
-    };
-    walk_mut(model, &mut v);
+    // Every shape was checked above.
+    write_f64(model, &tensors, &scalars);
     Ok(())
 }
 
