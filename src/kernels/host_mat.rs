@@ -9,9 +9,9 @@ use nalgebra::DMatrix;
 use std::ops::Range;
 
 /// A row-major `rows x cols` matrix whose rows are `stride` elements apart
-/// (`stride = cols` rounded up to [`ROW_ALIGN`](super::layout::ROW_ALIGN)); the padding holds zeros.
+/// (`stride = cols` rounded up to `ROW_ALIGN`); the padding holds zeros.
 ///
-/// Storage comes from, and returns on drop to, a per-thread [pool](super::scratch).
+/// Storage comes from, and returns on drop to, a per-thread pool.
 #[derive(Debug, PartialEq)]
 pub struct HostMat<E: Real> {
     rows: usize,
@@ -178,8 +178,8 @@ impl<E: Real> HostMat<E> {
 
     /// The compact row-major data, to leave the pool for good (as a tensor's storage).
     /// Compact storage itself is handed over, and an allocation as long takes its place
-    /// in the [`scratch`] pool at once, with nothing written to it
-    /// ([`scratch::replace`]); padded storage is copied out.
+    /// in the `scratch` pool at once, with nothing written to it
+    /// (`scratch::replace`); padded storage is copied out.
     ///
     /// The replacement is allocated while the handed-over buffer is still alive. Allocated
     /// later (when the pool next runs short, after the caller has freed the results), it
@@ -196,7 +196,7 @@ impl<E: Real> HostMat<E> {
         data
     }
 
-    /// This matrix as padded storage for the [`tall_products`] kernels.
+    /// This matrix as padded storage for the `tall_products` kernels.
     pub fn strided(&self) -> Strided<'_, E> {
         Strided {
             data: &self.data,
@@ -213,7 +213,7 @@ impl<E: Real> HostMat<E> {
     }
 
     /// `beta C + A M` for `c = Some((beta, C))`, computed in `C`'s storage, or `A M`
-    /// for `None`, written into a [spare](scratch::spare) buffer; `M` is a small host
+    /// for `None`, written into a spare buffer; `M` is a small host
     /// matrix (`cols x m.ncols()`).
     pub fn mul_small_add(&self, m: &DMatrix<f64>, c: Option<(E, Self)>) -> Self {
         let Some((beta, mut out)) = c else {
@@ -233,8 +233,8 @@ impl<E: Real> HostMat<E> {
     }
 
     /// `beta C + A M` in a new matrix, `C` only read: written into a
-    /// [spare](scratch::spare) buffer, with no zero-filling before
-    /// ([`tall_products::mul_small_add_into`]).
+    /// spare buffer, with no zero-filling before
+    /// (`tall_products::mul_small_add_into`).
     pub fn mul_small_add_new(&self, m: &DMatrix<f64>, beta: E, c: &Self) -> Self {
         self.product(m, Some((beta, c)))
     }
@@ -260,9 +260,9 @@ impl<E: Real> HostMat<E> {
         }
     }
 
-    /// `beta C + A M` in `C`'s storage, then `then(extra, piece)` on each [`Piece`] of rows of
+    /// `beta C + A M` in `C`'s storage, then `then(extra, piece)` on each `Piece` of rows of
     /// the result as soon as it is final, on the thread that formed it
-    /// ([`tall_products::mul_small_add_then`]; `extras` holds one value per piece of
+    /// (`tall_products::mul_small_add_then`; `extras` holds one value per piece of
     /// [`HostMat::pieces`]).
     pub fn mul_small_axpy_then<T: Send>(
         &self,
@@ -300,13 +300,13 @@ impl<E: Real> HostMat<E> {
     }
 
     /// The pieces of rows that products with this matrix are split into
-    /// ([`tall_products::pieces`]).
+    /// (`tall_products::pieces`).
     pub fn pieces(&self) -> Vec<Range<usize>> {
         tall_products::pieces(self.rows, self.stride)
     }
 
     /// This matrix cut into its [`HostMat::pieces`], for work on them that is not fused
-    /// with a product (run it with [`parallel::run`](super::parallel::run)).
+    /// with a product (run it with `parallel::run`).
     pub fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
         let (cols, stride) = (self.cols, self.stride);
         let ranges = self.pieces();
@@ -321,8 +321,8 @@ impl<E: Real> HostMat<E> {
             .collect()
     }
 
-    /// The Gram matrix from the parts that a product's [`Piece`]s gave
-    /// ([`Piece::gram`]): the same bits as [`HostMat::gram`] of the whole matrices.
+    /// The Gram matrix from the parts that a product's `Piece`s gave
+    /// (`Piece::gram`): the same bits as [`HostMat::gram`] of the whole matrices.
     pub fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
         to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
     }

@@ -7,10 +7,10 @@ use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 use nalgebra::DMatrix;
 
-/// [`TallOps`] on `Cpu`: a tensor is copied into a [`HostMat`] once, all work is fused
-/// loops and the [`tall_products`](super::tall_products) on its slice, and the result
-/// becomes a tensor: its storage itself ([`HostMat::into_exported`]), or, where the device
-/// caches allocations ([`device_cache`](super::device_cache)), a copy in a buffer from the
+/// [`TallOps`] on `Cpu`: a tensor is copied into a `HostMat` once, all work is fused
+/// loops and the `tall_products` on its slice, and the result
+/// becomes a tensor: its storage itself (`HostMat::into_exported`), or, where the device
+/// caches allocations (`device_cache`), a copy in a buffer from the
 /// device.
 #[derive(Debug, Clone, Default)]
 pub struct HostOps {
@@ -100,10 +100,10 @@ where
         Ok(a.mul_small_add_new(m, beta, c))
     }
 
-    /// Each product is written into a [spare](crate::kernels::scratch::spare) buffer, and
+    /// Each product is written into a spare buffer, and
     /// its input goes back to the pool at once, values kept, for the next load to copy
     /// into: a product handed out as a tensor's storage then leaves an empty allocation in
-    /// the pool, not one to zero-fill ([`HostMat::into_exported`]).
+    /// the pool, not one to zero-fill (`HostMat::into_exported`).
     fn transform_each(
         &self,
         pairs: Vec<(HostMat<E>, DMatrix<f64>)>,

@@ -3,7 +3,7 @@
 use dfdx::dtypes::{Dtype, NotMixedPrecision};
 use nalgebra::RealField;
 
-/// The register-level arithmetic of the host kernels: [`Avx512`](super::avx512::Avx512)
+/// The register-level arithmetic of the host kernels: `Avx512`
 /// on x86-64, nothing elsewhere.
 #[cfg(target_arch = "x86_64")]
 pub trait HostSimd: super::avx512::Avx512 {}
@@ -59,7 +59,7 @@ pub trait Real:
     /// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
     /// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's
     /// own `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread: the fallback of
-    /// [`tall_products`](super::tall_products) on CPUs without AVX-512F.
+    /// `tall_products` on CPUs without AVX-512F.
     ///
     /// # Safety
     /// The pointers and strides must describe valid, non-overlapping (for `c`) storage

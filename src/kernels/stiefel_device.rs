@@ -20,7 +20,7 @@ pub trait StiefelDevice<E: Real>: Device<E> {
     fn composed_steps(&self) -> Option<ComposedOps<Self>>;
 
     /// Makes the copies of a host read. On `Cpu` they are shared between two threads
-    /// ([`parallel::run`]): a gradient's copy (after the clone `Gradients::get` makes) on
+    /// (`parallel::run`): a gradient's copy (after the clone `Gradients::get` makes) on
     /// one while the tensor's own copy runs on the other.
     fn read_to_host(reads: Vec<Read<'_, E, Self>>, grads: &Gradients<E, Self>) {
         reads.into_iter().for_each(|read| read.run(grads));

@@ -1,6 +1,6 @@
 //! Optimizers: the basis-update step for adapters ([`basis_update`](mod@basis_update)), Euclidean rules
 //! ([`rules`]), parameter groups ([`groups`]), the per-tensor Riemannian composition
-//! ([`riemannian`]) and the dfdx optimizers [`SdsAdam`] and [`SdsSgd`].
+//! (`riemannian`) and the dfdx optimizers [`SdsAdam`] and [`SdsSgd`].
 //!
 //! Tensors are classified by dotted path: `*.basis_out` and `*.basis_in` (and any path a
 //! user predicate accepts) are Stiefel points, `*.core` and `*.scales` adapter cores, every
@@ -13,7 +13,7 @@ mod adapter_step;
 pub mod basis_update;
 mod config;
 pub mod groups;
-pub mod riemannian;
+pub(crate) mod riemannian;
 pub mod rules;
 mod sds;
 mod sds_adam;

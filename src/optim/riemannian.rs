@@ -222,3 +222,67 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
     }
     Ok(x_new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::HostOps;
+    use crate::optim::rules::AdamUpdate;
+    use crate::optim::{AdamRule, SecondMoment};
+    use crate::stiefel::random_point;
+    use dfdx::prelude::*;
+
+    /// Two steps of `stiefel_step` on a `[4096, 16]` basis, with the pieces shared between
+    /// threads or all run on this one.
+    fn two_steps<E: Real>(
+        split: bool,
+        rule: impl ElementwiseRule,
+        retraction: Retraction,
+    ) -> (Vec<E>, RuleState<E>)
+    where
+        Cpu: Device<E>,
+    {
+        let dev = Cpu::default();
+        let ops = HostOps::new(&dev);
+        let x: Tensor<(usize, usize), E, Cpu> = random_point(&dev, (4096, 16), 9).unwrap();
+        let g: Vec<E> = (0..4096 * 16)
+            .map(|i| E::of_f64(((i * 7919) % 1000) as f64 / 1000.0 - 0.5))
+            .collect();
+        let geometry = Geometry {
+            retraction,
+            reorthonormalize: false,
+        };
+        let mut x = HostMat::new(4096, 16, x.as_vec());
+        let mut state = RuleState::default();
+        for _ in 0..2 {
+            let grad = HostMat::new(4096, 16, g.clone());
+            let step = || stiefel_step(&ops, x, grad, rule, 1e-2, &state, geometry).unwrap();
+            (x, state) = if split {
+                parallel::splitting(step)
+            } else {
+                step()
+            };
+        }
+        (x.into_compact(), state)
+    }
+
+    #[test]
+    fn the_same_bits_whichever_thread_runs_a_piece() {
+        let adam = AdamUpdate {
+            rule: AdamRule::default(),
+            second_moment: SecondMoment::Elementwise,
+        };
+        for retraction in [Retraction::Qr, Retraction::Polar, Retraction::Cayley] {
+            assert_eq!(
+                two_steps::<f32>(true, adam, retraction),
+                two_steps::<f32>(false, adam, retraction),
+                "{retraction:?}"
+            );
+            assert_eq!(
+                two_steps::<f64>(true, adam, retraction),
+                two_steps::<f64>(false, adam, retraction),
+                "{retraction:?}"
+            );
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 /// Everything an optimizer carries between steps, keyed by the tensors' dotted paths so
 /// that it can be saved (serde) and restored into a fresh optimizer for the same model.
 /// Moments of a Stiefel tensor `[n, r]` are stored with rows padded to
-/// [`HostMat::stride_for`]`(r)`.
+/// `HostMat::stride_for``(r)`.
 ///
 /// Restoring gives bit-identical continuation only with a format that round-trips floats
 /// exactly: bincode, or serde_json with its `float_roundtrip` feature (its default parser

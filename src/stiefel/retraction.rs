@@ -168,7 +168,7 @@ impl SumRetraction {
     ///
     /// ```
     /// use dfdx::prelude::*;
-    /// use sds_lora::kernels::{HostMat, HostOps, TallOps};
+    /// use sds_lora::kernels::{HostOps, TallOps};
     /// use sds_lora::stiefel::retractions::Sums;
     /// use sds_lora::stiefel::{random_point, Retraction};
     ///

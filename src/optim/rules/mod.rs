@@ -5,7 +5,7 @@
 //! old state and returns the new one in fresh buffers (state in, state out): the stored
 //! state changes only when the caller keeps the result, so a step that fails later costs
 //! no copy to undo. The Riemannian composition
-//! ([`super::riemannian`]) calls the same rules on projected gradients. Each rule has two
+//! (`super::riemannian`) calls the same rules on projected gradients. Each rule has two
 //! forms of the same formulas: `update` on host slices (the CPU path) and `update_tensor`
 //! in dfdx ops on device tensors (the composed path, used on CUDA).
 
@@ -103,7 +103,7 @@ impl<E: Real> RuleState<E> {
             .collect()
     }
 
-    /// Gives the buffers back to the pool ([`scratch`]) when the state is replaced.
+    /// Gives the buffers back to the pool (`scratch`) when the state is replaced.
     pub fn recycle(self) {
         scratch::recycle(self.first);
         scratch::recycle(self.second);
@@ -113,7 +113,7 @@ impl<E: Real> RuleState<E> {
 
 /// A rule whose update of an element depends on that element's gradient and state alone
 /// (and on constants of the step), so that it can be applied to a tensor range by range:
-/// the host Stiefel step ([`super::riemannian::stiefel_step`]) runs it on each piece of
+/// the host Stiefel step (`super::riemannian::stiefel_step`) runs it on each piece of
 /// rows right after the product that forms the piece's gradient, while it is in cache.
 ///
 /// A step is [`ElementwiseRule::next_state`] once, then [`ElementwiseRule::apply`] on

@@ -11,7 +11,7 @@ use nalgebra::DMatrix;
 /// `R_X(xi) = [X, xi] expm([[A, -S], [I, A]]) [expm(-A); 0]`, `A = X^T xi`, `S = xi^T xi`.
 ///
 /// With `[C1; C2] = expm([[A, -S], [I, A]])[:, ..r] expm(-A)` (`2r x r`, host), the result
-/// is `X C1 + xi C2`. For tangent `xi`, `A` is skew. `C` is [polished](small::polish)
+/// is `X C1 + xi C2`. For tangent `xi`, `A` is skew. `C` is polished
 /// against the Gram matrix `[[X^T X, A], [A^T, S]]` of `[X, xi]`, which moves it by
 /// rounding only and keeps the result on the manifold to rounding.
 pub fn exp<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {

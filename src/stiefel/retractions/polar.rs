@@ -10,7 +10,7 @@ use nalgebra::DMatrix;
 /// which equals the formula for tangent `xi` (then `Y^T Y = I + xi^T xi`) and stays on the
 /// manifold to rounding even when `X` has drifted. The inverse square root of the `r x r`
 /// Gram matrix `G` comes from a coupled Newton-Schulz iteration on the host, then
-/// [polished](small::polish) against `G` so that the result is orthonormal to rounding.
+/// polished against `G` so that the result is orthonormal to rounding.
 pub fn polar<E: Real, B: TallOps<E>>(ops: &B, sums: Sums<B::Mat>) -> Result<Vec<B::Mat>, Error> {
     let Sums { ys, grams } = sums;
     let factors = grams

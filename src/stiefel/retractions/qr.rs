@@ -6,7 +6,7 @@ use crate::Error;
 use nalgebra::DMatrix;
 
 /// The largest bound on the condition number of `Y^T Y` (computed by
-/// [`small::conditioned_cholesky_upper_inverse`], at least `kappa_2(Y)^2`) for which the
+/// `small::conditioned_cholesky_upper_inverse`, at least `kappa_2(Y)^2`) for which the
 /// Q factor is taken from one Cholesky factorisation. One-pass Cholesky-QR loses
 /// orthogonality in proportion to `kappa_2(Y)^2` (Yamamoto, Nakatsukasa, Yanagisawa and
 /// Fukaya 2015); measured in `f32` at `kappa_2(Y)^2 = 4` it stays below the Householder
