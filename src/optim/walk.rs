@@ -7,38 +7,72 @@ use dfdx::nn::tensor_collection::{
     ViewTensorName, ViewTensorRef,
 };
 use dfdx::optim::UnusedTensors;
-use dfdx::shapes::{Dtype, HasShape, Shape};
+use dfdx::shapes::{HasShape, Shape};
 use dfdx::tensor::{Gradients, Tensor, UniqueId};
 use dfdx::tensor_ops::{Device, ReshapeTo};
 use num_traits::NumCast;
 use std::collections::BTreeMap;
 
-/// Runs `v` over `module`'s tensors, each with its dotted path.
-fn walk_ref<M, E, D, V>(module: &M, v: &mut V)
-where
-    M: TensorCollection<E, D>,
-    E: Dtype,
-    D: Device<E>,
-    V: TensorVisitor<E, D, Viewer = (ViewTensorRef, ViewTensorName)>,
-{
-    // Our visitors make no device calls that can fail: nothing to report.
-    let _ = M::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: v,
-    });
+/// One tensor of a module as [`each`] hands it over.
+struct Found<E: Real, D: Device<E>> {
+    /// Dotted path.
+    path: String,
+    /// Dimensions.
+    dims: Vec<usize>,
+    /// Whether the optimizer updates it.
+    trainable: bool,
+    /// The data as a flat view (no copy where the tensor is contiguous; same id).
+    flat: Flat<E, D>,
 }
 
-/// Runs `v` over `module`'s tensors mutably, each with its dotted path.
-fn walk_mut<M, E, D, V>(module: &mut M, v: &mut V)
+/// Calls `on_tensor` for every tensor of `module` and `on_scalar` for every scalar (in
+/// `f64`), in the module's order: the one read-only walk the others are made of.
+fn each<M, E, D>(module: &M, on_tensor: impl FnMut(Found<E, D>), on_scalar: impl FnMut(String, f64))
 where
     M: TensorCollection<E, D>,
-    E: Dtype,
+    E: Real,
     D: Device<E>,
-    V: TensorVisitor<E, D, Viewer = (ViewTensorMut, ViewTensorName)>,
 {
+    struct Each<T, S>(T, S);
+    impl<E, D, T, S> TensorVisitor<E, D> for Each<T, S>
+    where
+        E: Real,
+        D: Device<E>,
+        T: FnMut(Found<E, D>),
+        S: FnMut(String, f64),
+    {
+        type Viewer = (ViewTensorRef, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<Sh: Shape>(
+            &mut self,
+            opts: TensorOptions<Sh, E, D>,
+            (t, path): (&Tensor<Sh, E, D>, String),
+        ) -> Result<Option<Tensor<Sh, E, D>>, D::Err> {
+            (self.0)(Found {
+                path,
+                dims: t.shape().concrete().into_iter().collect(),
+                trainable: opts.do_gradient_update,
+                flat: t.clone().try_reshape_like(&(t.shape().num_elements(),))?,
+            });
+            Ok(None)
+        }
+        fn visit_scalar<N: NumCast>(
+            &mut self,
+            _: ScalarOptions<N>,
+            (n, path): (&N, String),
+        ) -> Result<Option<N>, D::Err> {
+            if let Some(v) = n.to_f64() {
+                (self.1)(path, v);
+            }
+            Ok(None)
+        }
+    }
+    // A reshape to a flat view cannot fail for the tensors dfdx modules hold.
     let _ = M::iter_tensors(&mut RecursiveWalker {
         m: (module, String::new()),
-        f: v,
+        f: &mut Each(on_tensor, on_scalar),
     });
 }
 
@@ -55,86 +89,55 @@ pub(crate) enum HostValue {
 /// `wanted` accepts (trainable or not).
 pub(crate) fn read_f64<M, E, D>(
     module: &M,
-    wanted: impl FnMut(&str) -> bool,
+    wanted: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, HostValue>
 where
     M: TensorCollection<E, D>,
     E: Real,
     D: Device<E>,
 {
-    struct Read<F>(F, BTreeMap<String, HostValue>);
-    impl<E: Real, D: Device<E>, F: FnMut(&str) -> bool> TensorVisitor<E, D> for Read<F> {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _: TensorOptions<S, E, D>,
-            (t, path): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if (self.0)(&path) {
-                let dims = t.shape().concrete().into_iter().collect();
-                let values = t.as_vec().into_iter().map(Real::to_f64).collect();
-                self.1.insert(path, HostValue::Tensor(dims, values));
+    let found = std::cell::RefCell::new(BTreeMap::new());
+    each(
+        module,
+        |t: Found<E, D>| {
+            if wanted(&t.path) {
+                let values = t.flat.as_vec().into_iter().map(Real::to_f64).collect();
+                let value = HostValue::Tensor(t.dims, values);
+                found.borrow_mut().insert(t.path, value);
             }
-            Ok(None)
-        }
-        fn visit_scalar<N: NumCast>(
-            &mut self,
-            _: ScalarOptions<N>,
-            (n, path): (&N, String),
-        ) -> Result<Option<N>, D::Err> {
-            if let (true, Some(v)) = ((self.0)(&path), n.to_f64()) {
-                self.1.insert(path, HostValue::Scalar(v));
+        },
+        |path, v| {
+            if wanted(&path) {
+                found.borrow_mut().insert(path, HostValue::Scalar(v));
             }
-            Ok(None)
-        }
-    }
-    let mut v = Read(wanted, BTreeMap::new());
-    walk_ref(module, &mut v);
-    v.1
+        },
+    );
+    found.into_inner()
 }
 
-/// Writes tensors (row-major `f64` values) and scalars into `module` by dotted path. The
-/// caller has checked every tensor's length; a scalar its type cannot hold is skipped.
+/// Writes tensors (row-major `f64` values) and scalars into `module` by dotted path, in
+/// place. The caller has checked every tensor's length; a scalar its type cannot hold is
+/// skipped.
 pub(crate) fn write_f64<M, E, D>(
     module: &mut M,
     tensors: &BTreeMap<String, Vec<f64>>,
     scalars: &BTreeMap<String, f64>,
-) where
+) -> Result<(), D::Err>
+where
     M: TensorCollection<E, D>,
     E: Real,
     D: Device<E>,
 {
-    struct Write<'a>(&'a BTreeMap<String, Vec<f64>>, &'a BTreeMap<String, f64>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Write<'_> {
-        type Viewer = (ViewTensorMut, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _: TensorOptions<S, E, D>,
-            (t, path): (&mut Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if let Some(v) = self.0.get(&path) {
-                t.copy_from(&v.iter().map(|&x| E::of_f64(x)).collect::<Vec<_>>());
-            }
-            Ok(None)
-        }
-        fn visit_scalar<N: NumCast>(
-            &mut self,
-            _: ScalarOptions<N>,
-            (n, path): (&mut N, String),
-        ) -> Result<Option<N>, D::Err> {
-            if let Some(v) = self.1.get(&path).and_then(|&v| N::from(v)) {
-                *n = v;
-            }
-            Ok(None)
-        }
-    }
-    walk_mut(module, &mut Write(tensors, scalars));
+    let values = tensors
+        .iter()
+        .map(|(p, v)| {
+            (
+                p.clone(),
+                Value::Host(v.iter().map(|&x| E::of_f64(x)).collect()),
+            )
+        })
+        .collect();
+    write(module, &values, scalars)
 }
 
 /// A trainable tensor of a module: its dotted path, dimensions and id.
@@ -150,34 +153,22 @@ pub struct Trainable {
 
 /// A module's trainable tensors (frozen ones skipped).
 pub fn trainable<M: TensorCollection<E, D>, E: Real, D: Device<E>>(module: &M) -> Vec<Trainable> {
-    struct Collect(Vec<Trainable>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Collect {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            opts: TensorOptions<S, E, D>,
-            (t, path): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if opts.do_gradient_update {
-                // dfdx exposes a tensor's id only through UnusedTensors::add.
-                let mut u = UnusedTensors::default();
-                u.add(t);
-                let dims = t.shape().concrete().into_iter().collect();
-                self.0.push(Trainable {
-                    path,
-                    dims,
-                    id: u.ids[0],
-                });
-            }
-            Ok(None)
+    let mut out = Vec::new();
+    let on_tensor = |t: Found<E, D>| {
+        if t.trainable {
+            // dfdx exposes a tensor's id only through UnusedTensors::add (a flat view
+            // keeps it).
+            let mut u = UnusedTensors::default();
+            u.add(&t.flat);
+            out.push(Trainable {
+                path: t.path,
+                dims: t.dims,
+                id: u.ids[0],
+            });
         }
-    }
-    let mut v = Collect(Vec::new());
-    walk_ref(module, &mut v);
-    v.0
+    };
+    each(module, on_tensor, |_, _| {});
+    out
 }
 
 /// One trainable tensor with its gradient, as flat views on the device (no copy).
@@ -216,28 +207,14 @@ pub struct Gathered<T> {
 fn views<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     module: &M,
 ) -> Vec<(String, Vec<usize>, Flat<E, D>)> {
-    struct Views<E: Real, D: Device<E>>(Vec<(String, Vec<usize>, Flat<E, D>)>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Views<E, D> {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            opts: TensorOptions<S, E, D>,
-            (t, path): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if opts.do_gradient_update {
-                let dims = t.shape().concrete().into_iter().collect();
-                let flat = t.clone().try_reshape_like(&(t.shape().num_elements(),))?;
-                self.0.push((path, dims, flat));
-            }
-            Ok(None)
+    let mut out = Vec::new();
+    let on_tensor = |t: Found<E, D>| {
+        if t.trainable {
+            out.push((t.path, t.dims, t.flat));
         }
-    }
-    let mut v = Views(Vec::new());
-    walk_ref(module, &mut v);
-    v.0
+    };
+    each(module, on_tensor, |_, _| {});
+    out
 }
 
 /// Every trainable tensor and its gradient as flat views (contiguous tensors: no copy;
@@ -316,26 +293,15 @@ pub fn non_finite<'a, E: Real + 'a>(
 
 /// The device of `module`'s first tensor (`None` for a module without tensors).
 pub fn device<M: TensorCollection<E, D>, E: Real, D: Device<E>>(module: &M) -> Option<D> {
-    struct First<D>(Option<D>);
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for First<D> {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _: TensorOptions<S, E, D>,
-            (t, _): (&Tensor<S, E, D>, String),
-        ) -> Result<Option<Tensor<S, E, D>>, D::Err> {
-            if self.0.is_none() {
-                self.0 = Some(t.device().clone());
-            }
-            Ok(None)
-        }
-    }
-    let mut v = First(None);
-    walk_ref(module, &mut v);
-    v.0
+    let mut first = None;
+    each(
+        module,
+        |t: Found<E, D>| {
+            first.get_or_insert_with(|| t.flat.device().clone());
+        },
+        |_, _| {},
+    );
+    first
 }
 
 /// A tensor's new data: on the host, or on the device.
@@ -353,10 +319,21 @@ pub fn commit<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
     module: &mut M,
     values: &BTreeMap<String, Value<E, D>>,
 ) -> Result<(), D::Err> {
-    struct Commit<'a, E: Real, D: Device<E>> {
+    write(module, values, &BTreeMap::new())
+}
+
+/// Writes `values[path]` into each tensor in place (ids unchanged) and `scalars[path]`
+/// into each scalar (one its type cannot hold is skipped): the one mutating walk.
+fn write<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+    module: &mut M,
+    values: &BTreeMap<String, Value<E, D>>,
+    scalars: &BTreeMap<String, f64>,
+) -> Result<(), D::Err> {
+    struct Write<'a, E: Real, D: Device<E>> {
         values: &'a BTreeMap<String, Value<E, D>>,
+        scalars: &'a BTreeMap<String, f64>,
     }
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Commit<'_, E, D> {
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Write<'_, E, D> {
         type Viewer = (ViewTensorMut, ViewTensorName);
         type Err = D::Err;
         type E2 = E;
@@ -378,10 +355,20 @@ pub fn commit<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
             }
             Ok(None)
         }
+        fn visit_scalar<N: NumCast>(
+            &mut self,
+            _: ScalarOptions<N>,
+            (n, path): (&mut N, String),
+        ) -> Result<Option<N>, D::Err> {
+            if let Some(v) = self.scalars.get(&path).and_then(|&v| N::from(v)) {
+                *n = v;
+            }
+            Ok(None)
+        }
     }
     M::iter_tensors(&mut RecursiveWalker {
         m: (module, String::new()),
-        f: &mut Commit { values },
+        f: &mut Write { values, scalars },
     })
     .map(|_| ())
 }

@@ -238,8 +238,7 @@ pub fn import_peft<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         scalars.insert(at("scaling"), pair.scaling.to_f64().unwrap_or(0.0));
     }
     // Every shape was checked above.
-    write_f64(model, &tensors, &scalars);
-    Ok(())
+    write_f64(model, &tensors, &scalars).map_err(Error::device)
 }
 
 /// Checks that `pair` is finite and fits the adapter layer `parts` at `path`.
