@@ -5,42 +5,23 @@
 use super::adapter_step::AdapterStep;
 use super::basis_update::AdapterRule;
 use super::groups::ParamGroups;
-use super::rules::{ElementwiseRule, RuleState, TensorRuleState, WeightDecay};
-use crate::kernels::{Flat, Real};
+use super::rules::Rule;
 use crate::stiefel::Retraction;
 use crate::Error;
-use dfdx::tensor_ops::Device;
 
 /// What differs between the optimizers: their rule and its settings.
 pub trait SdsConfig: Clone + std::fmt::Debug {
+    /// The rule, in its host and device forms.
+    type Rule: Rule;
     /// Learning rates and weight decays of the groups.
     fn groups(&self) -> &ParamGroups;
     /// Retraction and re-orthonormalisation period of the Stiefel tensors.
     fn stiefel(&self) -> &StiefelConfig;
-    /// The Euclidean update: overwrites `g` with `u` (`p <- p - u`) and returns the new
-    /// state (`state` is read only).
-    fn euclidean_update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E>;
-    /// The rule on the Riemannian gradient of a Stiefel tensor (no weight decay), applied
-    /// piece by piece within the host step.
-    type StiefelRule: ElementwiseRule;
-    /// [`SdsConfig::StiefelRule`] with these settings.
-    fn stiefel_rule(&self) -> Self::StiefelRule;
-    /// [`SdsConfig::euclidean_update`] in dfdx ops on a device: returns `u`.
-    fn euclidean_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &mut TensorRuleState<E, D>,
-        p: &Flat<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error>;
+    /// The rule of Euclidean tensors (and of cores outside the basis-update step), with
+    /// its group's weight decay.
+    fn euclidean_rule(&self) -> Self::Rule;
+    /// The rule on the Riemannian gradient of a Stiefel tensor (no weight decay).
+    fn stiefel_rule(&self) -> Self::Rule;
     /// The rule of the basis-update step on adapters ([`super::basis_update`](mod@super::basis_update)).
     fn adapter_rule(&self) -> AdapterRule;
 
@@ -53,13 +34,6 @@ pub trait SdsConfig: Clone + std::fmt::Debug {
         self.stiefel().validate()?;
         self.adapter_rule().validate()
     }
-    /// [`SdsConfig::stiefel_rule`] in dfdx ops on a device: returns `u`.
-    fn stiefel_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        state: &mut TensorRuleState<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error>;
 }
 
 /// Settings of the Stiefel tensors' updates.

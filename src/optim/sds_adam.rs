@@ -3,11 +3,8 @@
 use super::basis_update::AdapterRule;
 use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
-use super::rules::{AdamRule, AdamUpdate, RuleState, SecondMoment, TensorRuleState, WeightDecay};
+use super::rules::{AdamRule, AdamUpdate, SecondMoment};
 use super::sds::Sds;
-use crate::kernels::{Flat, Real};
-use crate::Error;
-use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
 
 /// Hyperparameters of [`SdsAdam`]. The default: learning rate `1e-3` for every group, no
@@ -37,6 +34,8 @@ impl Default for SdsAdamConfig {
 }
 
 impl SdsConfig for SdsAdamConfig {
+    type Rule = AdamUpdate;
+
     fn groups(&self) -> &ParamGroups {
         &self.groups
     }
@@ -45,23 +44,13 @@ impl SdsConfig for SdsAdamConfig {
         &self.stiefel
     }
 
-    fn euclidean_update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E> {
-        self.rule
-            .update(lr, weight_decay, SecondMoment::Elementwise, state, p, g)
+    /// Adam with an elementwise second moment, as dfdx's.
+    fn euclidean_rule(&self) -> AdamUpdate {
+        AdamUpdate {
+            rule: self.rule,
+            second_moment: SecondMoment::Elementwise,
+        }
     }
-
-    fn adapter_rule(&self) -> AdapterRule {
-        AdapterRule::Adam(self.rule)
-    }
-
-    type StiefelRule = AdamUpdate;
 
     fn stiefel_rule(&self) -> AdamUpdate {
         AdamUpdate {
@@ -70,32 +59,8 @@ impl SdsConfig for SdsAdamConfig {
         }
     }
 
-    fn euclidean_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &mut TensorRuleState<E, D>,
-        p: &Flat<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error> {
-        self.rule.update_tensor(
-            lr,
-            weight_decay,
-            SecondMoment::Elementwise,
-            state,
-            Some(p),
-            g,
-        )
-    }
-
-    fn stiefel_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        state: &mut TensorRuleState<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error> {
-        self.rule
-            .update_tensor(lr, None, self.second_moment, state, None, g)
+    fn adapter_rule(&self) -> AdapterRule {
+        AdapterRule::Adam(self.rule)
     }
 }
 

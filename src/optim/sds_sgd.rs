@@ -3,11 +3,8 @@
 use super::basis_update::AdapterRule;
 use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
-use super::rules::{RuleState, SgdRule, TensorRuleState, WeightDecay};
+use super::rules::SgdRule;
 use super::sds::Sds;
-use crate::kernels::{Flat, Real};
-use crate::Error;
-use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
 
 /// Hyperparameters of [`SdsSgd`]. The default: learning rate `1e-2` for every group (as
@@ -33,6 +30,8 @@ impl Default for SdsSgdConfig {
 }
 
 impl SdsConfig for SdsSgdConfig {
+    type Rule = SgdRule;
+
     fn groups(&self) -> &ParamGroups {
         &self.groups
     }
@@ -41,45 +40,16 @@ impl SdsConfig for SdsSgdConfig {
         &self.stiefel
     }
 
-    fn euclidean_update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E> {
-        self.rule.update(lr, weight_decay, state, p, g)
+    fn euclidean_rule(&self) -> SgdRule {
+        self.rule
     }
-
-    fn adapter_rule(&self) -> AdapterRule {
-        AdapterRule::Sgd(self.rule)
-    }
-
-    type StiefelRule = SgdRule;
 
     fn stiefel_rule(&self) -> SgdRule {
         self.rule
     }
 
-    fn euclidean_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &mut TensorRuleState<E, D>,
-        p: &Flat<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error> {
-        self.rule.update_tensor(lr, weight_decay, state, Some(p), g)
-    }
-
-    fn stiefel_update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        state: &mut TensorRuleState<E, D>,
-        g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error> {
-        self.rule.update_tensor(lr, None, state, None, g)
+    fn adapter_rule(&self) -> AdapterRule {
+        AdapterRule::Sgd(self.rule)
     }
 }
 

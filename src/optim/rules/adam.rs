@@ -1,7 +1,7 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
 use super::{
-    old_range, update_whole, ElementwiseRule, RuleState, StateRange, TensorRuleState, WeightDecay,
+    old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
 };
 use crate::kernels::simd::{dispatch, Loop};
 use crate::kernels::{scratch, Flat, Real};
@@ -54,28 +54,9 @@ impl Default for AdamRule {
 }
 
 impl AdamRule {
-    /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
-    /// decay and may be empty without it) and returns the new state; `state` is read
-    /// only.
-    pub fn update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        second_moment: SecondMoment,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E> {
-        let rule = AdamUpdate {
-            rule: *self,
-            second_moment,
-        };
-        update_whole(rule, lr, weight_decay, state, p, g)
-    }
-
-    /// [`AdamRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
-    /// (`p` is needed only with weight decay).
-    pub fn update_tensor<E: Real, D: Device<E>>(
+    /// [`TensorRule::update_tensor`] with the second moment kept as `second_moment` says.
+    #[allow(clippy::too_many_arguments)]
+    fn update_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,
@@ -151,6 +132,20 @@ pub struct AdamUpdate {
     pub rule: AdamRule,
     /// How the second moment is kept.
     pub second_moment: SecondMoment,
+}
+
+impl TensorRule for AdamUpdate {
+    fn update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut TensorRuleState<E, D>,
+        p: Option<&Flat<E, D>>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error> {
+        self.rule
+            .update_tensor(lr, weight_decay, self.second_moment, state, p, g)
+    }
 }
 
 impl ElementwiseRule for AdamUpdate {

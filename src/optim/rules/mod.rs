@@ -5,9 +5,11 @@
 //! old state and returns the new one in fresh buffers (state in, state out): the stored
 //! state changes only when the caller keeps the result, so a step that fails later costs
 //! no copy to undo. The Riemannian composition
-//! (`super::riemannian`) calls the same rules on projected gradients. Each rule has two
-//! forms of the same formulas: `update` on host slices (the CPU path) and `update_tensor`
-//! in dfdx ops on device tensors (the composed path, used on CUDA).
+//! (`super::riemannian`) calls the same rules on projected gradients. A [`Rule`] has two
+//! forms of the same formulas: [`ElementwiseRule`] on host slices (the CPU path, applied
+//! over pieces of a tensor) and [`TensorRule`] in dfdx ops on device tensors (the composed
+//! path, used on CUDA); an optimizer's config names one rule type for both
+//! ([`SdsConfig::Rule`](super::SdsConfig::Rule)).
 
 mod adam;
 mod sgd;
@@ -17,7 +19,9 @@ pub use adam::{AdamRule, AdamUpdate, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
 pub use tensor_state::TensorRuleState;
 
-use crate::kernels::{scratch, Real};
+use crate::kernels::{scratch, Flat, Real};
+use crate::Error;
+use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
 
 /// Weight decay of a parameter group.
@@ -135,7 +139,44 @@ pub trait ElementwiseRule: Copy + Send + Sync {
     /// (`p <- p - u`, learning rate `lr` included), reading `old`'s buffers over that range
     /// and writing `next`'s. Ranges of one step can be applied on several threads at once.
     fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]);
+
+    /// The whole-tensor update with weight decay (`g <- g + wd p` before the rule for
+    /// [`WeightDecay::L2`], `u <- u + lr wd p` after it for [`WeightDecay::Decoupled`]):
+    /// overwrites `g` with `u` (`p <- p - u`; `p` is read only for weight decay and may be
+    /// empty without it) and returns the new state; `state` is read only.
+    fn update<E: Real>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &RuleState<E>,
+        p: &[E],
+        g: &mut [E],
+    ) -> RuleState<E> {
+        update_whole(*self, lr, weight_decay, state, p, g)
+    }
 }
+
+/// A rule's device form: [`ElementwiseRule::update`]'s formulas in dfdx ops on whole
+/// tensors, for the composed path.
+pub trait TensorRule: Copy {
+    /// Returns the update `u` for the gradient `g` (`p <- p - u`, weight decay as in
+    /// [`ElementwiseRule::update`]) and advances `state`; `p` is needed only with weight
+    /// decay.
+    fn update_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        weight_decay: Option<WeightDecay>,
+        state: &mut TensorRuleState<E, D>,
+        p: Option<&Flat<E, D>>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error>;
+}
+
+/// A rule in both forms: host slices ([`ElementwiseRule`]) and device tensors
+/// ([`TensorRule`]).
+pub trait Rule: ElementwiseRule + TensorRule {}
+
+impl<R: ElementwiseRule + TensorRule> Rule for R {}
 
 /// A range of elements of a new state ([`RuleState::ranges`]): its buffers' parts (empty
 /// for a buffer the state does not have) and the state's scalars.
@@ -173,7 +214,7 @@ fn cut_into<'a, E>(buf: &'a mut [E], lens: &[usize]) -> Vec<&'a mut [E]> {
 /// A whole-tensor update by an [`ElementwiseRule`], with weight decay: `g <- g + wd p`
 /// before the rule for [`WeightDecay::L2`], `u <- u + lr wd p` after it for
 /// [`WeightDecay::Decoupled`]. Overwrites `g` with `u`, returns the new state.
-pub(crate) fn update_whole<E: Real, R: ElementwiseRule>(
+fn update_whole<E: Real, R: ElementwiseRule>(
     rule: R,
     lr: f64,
     weight_decay: Option<WeightDecay>,
@@ -283,28 +324,18 @@ mod tests {
     #[test]
     fn unused_buffers_survive_a_step() {
         let g0 = [0.5f64, -1.0, 2.0];
-        let on = AdamRule {
+        let elementwise = |rule| AdamUpdate {
+            rule,
+            second_moment: SecondMoment::Elementwise,
+        };
+        let on = elementwise(AdamRule {
             amsgrad: true,
             ..AdamRule::default()
-        };
-        let s1 = on.update(
-            0.1,
-            None,
-            SecondMoment::Elementwise,
-            &RuleState::default(),
-            &[],
-            &mut g0.clone(),
-        );
+        });
+        let s1 = on.update(0.1, None, &RuleState::default(), &[], &mut g0.clone());
         assert_eq!(s1.second_max.len(), 3);
-        let off = AdamRule::default();
-        let s2 = off.update(
-            0.1,
-            None,
-            SecondMoment::Elementwise,
-            &s1,
-            &[],
-            &mut g0.clone(),
-        );
+        let off = elementwise(AdamRule::default());
+        let s2 = off.update(0.1, None, &s1, &[], &mut g0.clone());
         assert_eq!(s2.second_max, s1.second_max, "AMSGrad maximum kept");
         assert_ne!(s2.second, s1.second, "second moment advanced");
         assert_eq!(s2.step, 2);

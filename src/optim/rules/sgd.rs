@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
 use super::{
-    old_range, update_whole, ElementwiseRule, RuleState, StateRange, TensorRuleState, WeightDecay,
+    old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
 };
 use crate::kernels::simd::{dispatch, Loop};
 use crate::kernels::{scratch, Flat, Real};
@@ -43,24 +43,8 @@ impl Default for SgdRule {
     }
 }
 
-impl SgdRule {
-    /// Overwrites `g` with the update `u` (`p <- p - u`; `p` is read only for weight
-    /// decay and may be empty without it) and returns the new state; `state` is read
-    /// only.
-    pub fn update<E: Real>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        state: &RuleState<E>,
-        p: &[E],
-        g: &mut [E],
-    ) -> RuleState<E> {
-        update_whole(*self, lr, weight_decay, state, p, g)
-    }
-
-    /// [`SgdRule::update`] in dfdx ops on a device: returns `u` for the gradient `g`
-    /// (`p` is needed only with weight decay).
-    pub fn update_tensor<E: Real, D: Device<E>>(
+impl TensorRule for SgdRule {
+    fn update_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
         weight_decay: Option<WeightDecay>,

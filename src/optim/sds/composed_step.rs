@@ -9,7 +9,7 @@ use crate::optim::adapter_step::composed_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
 use crate::optim::riemannian::{stiefel_steps_composed, DeviceStiefel, Geometry};
-use crate::optim::rules::TensorRuleState;
+use crate::optim::rules::{TensorRule, TensorRuleState};
 use crate::optim::walk::{TensorEntry, Value};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -85,7 +85,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             let g = groups.of(*group);
             let new = self
                 .cfg
-                .euclidean_update_tensor(g.lr, g.weight_decay, state, param, grad.clone())
+                .euclidean_rule()
+                .update_tensor(g.lr, g.weight_decay, state, Some(param), grad.clone())
                 .and_then(|u| param.clone().try_sub(u).map_err(Error::device))
                 .map_err(|error| Refusal {
                     error,
@@ -94,7 +95,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             values.insert(path.clone(), Value::Device(new));
         }
         let lr = groups.bases_lr;
-        let rule = |s: &mut TensorRuleState<E, D>, g| self.cfg.stiefel_update_tensor(lr, s, g);
+        let stiefel_rule = self.cfg.stiefel_rule();
+        let rule =
+            |s: &mut TensorRuleState<E, D>, g| stiefel_rule.update_tensor(lr, None, s, None, g);
         let x_new =
             stiefel_steps_composed(ops, batch, rule, geometry).map_err(|error| Refusal {
                 error,

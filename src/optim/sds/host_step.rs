@@ -9,7 +9,7 @@ use crate::optim::adapter_step::host_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
 use crate::optim::riemannian::{stiefel_step, Geometry};
-use crate::optim::rules::RuleState;
+use crate::optim::rules::{ElementwiseRule, RuleState};
 use crate::optim::walk::{self, Entry, Value};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -73,9 +73,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                 Group::Core | Group::Euclidean => {
                     let g = groups.of(group);
                     let (mut param, mut u) = (entry.param, entry.grad);
-                    let state =
-                        self.cfg
-                            .euclidean_update(g.lr, g.weight_decay, old, &param, &mut u);
+                    let rule = self.cfg.euclidean_rule();
+                    let state = rule.update(g.lr, g.weight_decay, old, &param, &mut u);
                     param.iter_mut().zip(&u).for_each(|(p, &d)| *p -= d);
                     scratch::recycle(u);
                     (param, state)
