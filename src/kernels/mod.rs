@@ -34,6 +34,6 @@ pub(crate) use host_mat::Piece;
 pub use host_ops::HostOps;
 pub(crate) use host_read::{gradient_of, Read};
 pub(crate) use householder::householder_q;
-pub use real::{HostSimd, Real};
+pub use real::{HostElement, Real};
 pub use stiefel_device::StiefelDevice;
 pub use tall_ops::{Flat, TallOps, TallTensor};

@@ -1,19 +1,42 @@
-//! The element types the crate computes in (`f32`, `f64`) and their GEMM.
+//! The element types the crate computes in (`f32`, `f64`): their numerics ([`Real`]) and
+//! what the host kernels need of them besides ([`HostElement`]).
 
 use dfdx::dtypes::{Dtype, NotMixedPrecision};
 use nalgebra::RealField;
 
-/// The register-level arithmetic of the host kernels: `Avx512`
-/// on x86-64, nothing elsewhere.
+/// What the host kernels need of an element type besides its numerics: its 512-bit
+/// register arithmetic (`Avx512`, on x86-64) and its thread-local pool of spare buffers.
+/// A supertrait of [`Real`], so that code generic over `E: Real` reaches the host kernels
+/// without naming it.
 #[cfg(target_arch = "x86_64")]
-pub trait HostSimd: super::avx512::Avx512 {}
+pub trait HostElement: super::avx512::Avx512 + Sized {
+    /// Runs `f` on this thread's pool of spare buffers of this type.
+    fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R;
+}
 
-/// The register-level arithmetic of the host kernels: none off x86-64.
+/// What the host kernels need of an element type besides its numerics: its thread-local
+/// pool of spare buffers.
 #[cfg(not(target_arch = "x86_64"))]
-pub trait HostSimd {}
+pub trait HostElement: Sized {
+    /// Runs `f` on this thread's pool of spare buffers of this type.
+    fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R;
+}
 
-impl HostSimd for f32 {}
-impl HostSimd for f64 {}
+macro_rules! impl_host_element {
+    ($t:ty) => {
+        impl HostElement for $t {
+            fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R {
+                thread_local! {
+                    static POOL: super::scratch::Pool<$t> = const { super::scratch::Pool::new() };
+                }
+                POOL.with(f)
+            }
+        }
+    };
+}
+
+impl_host_element!(f32);
+impl_host_element!(f64);
 
 /// A real floating-point element type usable on every layer of the crate.
 ///
@@ -30,7 +53,7 @@ pub trait Real:
     + std::fmt::Debug
     + serde::Serialize
     + serde::de::DeserializeOwned
-    + HostSimd
+    + HostElement
     + 'static
 {
     /// The fused host backend for this type: [`HostOps`](super::HostOps), named here so
@@ -52,35 +75,6 @@ pub trait Real:
 
     /// Converts from `f64` (rounded to nearest).
     fn of_f64(v: f64) -> Self;
-
-    /// Runs `f` on this thread's pool of spare buffers of this type.
-    fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R;
-
-    /// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
-    /// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's
-    /// own `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread: the fallback of
-    /// `tall_products` on CPUs without AVX-512F.
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid, non-overlapping (for `c`) storage
-    /// of the stated sizes.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
 }
 
 macro_rules! impl_real {
@@ -100,56 +94,6 @@ macro_rules! impl_real {
 
             fn of_f64(v: f64) -> Self {
                 v as $t
-            }
-
-            fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R {
-                thread_local! {
-                    static POOL: super::scratch::Pool<$t> = const { super::scratch::Pool::new() };
-                }
-                POOL.with(f)
-            }
-
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // gemm's convention: dst = alpha_dst * dst + beta_prod * lhs * rhs.
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c,
-                    csc,
-                    rsc,
-                    beta != 0.0,
-                    a,
-                    csa,
-                    rsa,
-                    b,
-                    csb,
-                    rsb,
-                    beta,
-                    alpha,
-                    false,
-                    false,
-                    false,
-                    // One thread: for this crate's thin shapes (n x r by r x r, r <= 64)
-                    // rayon made every measured case slower (4096 x 16 by 16 x 16: 43 us
-                    // on one thread, 82 us on two; 4096 x 64 Qr: 4.2 ms against 4.8 ms).
-                    gemm::Parallelism::None,
-                )
             }
         }
     };

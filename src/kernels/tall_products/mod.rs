@@ -285,12 +285,62 @@ pub fn mul_small_add_into<E: Real>(
     mul_small_add(a, m, beta, out, c_stride);
 }
 
+/// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
+/// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's own
+/// `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread: the products' fallback on
+/// CPUs without AVX-512F. One thread, because waking a pool costs more than these thin
+/// products take.
+///
+/// # Safety
+/// The pointers and strides must describe valid, non-overlapping (for `c`) storage of the
+/// stated sizes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<E: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: E,
+    a: *const E,
+    rsa: isize,
+    csa: isize,
+    b: *const E,
+    rsb: isize,
+    csb: isize,
+    beta: E,
+    c: *mut E,
+    rsc: isize,
+    csc: isize,
+) {
+    // gemm's convention: dst = alpha_dst * dst + beta_prod * lhs * rhs.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        csc,
+        rsc,
+        beta != E::zero(),
+        a,
+        csa,
+        rsa,
+        b,
+        csb,
+        rsb,
+        beta,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// [`gram`] by the `gemm` crate (checked arguments).
 fn gemm_gram<E: Real>(a: Strided<'_, E>, b: Strided<'_, E>, out: &mut [E]) {
     // SAFETY: A^T is `ra x n` with strides (1, stride_a); B is `n x rb` with strides
     // (stride_b, 1); the output is `ra x rb` row-major and owned here.
     unsafe {
-        E::gemm(
+        gemm(
             a.cols,
             a.rows,
             b.cols,
@@ -314,7 +364,7 @@ fn gemm_mul_small_add<E: Real>(a: Strided<'_, E>, m: &[E], beta: E, c: &mut [E],
     // SAFETY: A is `n x k` with row stride `stride`, M is `k x c_stride` row-major, C is
     // `n x c_stride` row-major; all borrowed here, C exclusively.
     unsafe {
-        E::gemm(
+        gemm(
             a.rows,
             a.cols,
             c_stride,
