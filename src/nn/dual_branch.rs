@@ -81,18 +81,7 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
         visitor.visit_fields(
             (
                 (
-                    Self::tensor(
-                        "weight",
-                        |s| &s.weight,
-                        |s| &mut s.weight,
-                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
-                    ),
-                    Self::tensor(
-                        "bias",
-                        |s| &s.bias,
-                        |s| &mut s.bias,
-                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
-                    ),
+                    frozen_weight_and_bias!(I),
                     Self::tensor(
                         "lora_a",
                         |s| &s.lora_a,
@@ -119,18 +108,7 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                     ),
                 ),
                 (
-                    Self::scalar(
-                        "alpha",
-                        |s| &s.alpha,
-                        |s| &mut s.alpha,
-                        ScalarOptions::from_default(R as f64),
-                    ),
-                    Self::scalar(
-                        "scaling",
-                        |s| &s.scaling,
-                        |s| &mut s.scaling,
-                        ScalarOptions::from_default(Scaling::Standard),
-                    ),
+                    alpha_and_scaling!(R),
                     Self::scalar(
                         "phase",
                         |s| &s.phase,
@@ -139,16 +117,18 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> Tens
                     ),
                 ),
             ),
-            |((weight, bias, lora_a, lora_b, q_a, q_b), (alpha, scaling, phase))| SdsDualBranch {
-                weight,
-                bias,
-                lora_a,
-                lora_b,
-                q_a,
-                q_b,
-                alpha,
-                scaling,
-                phase,
+            |(((weight, bias), lora_a, lora_b, q_a, q_b), ((alpha, scaling), phase))| {
+                SdsDualBranch {
+                    weight,
+                    bias,
+                    lora_a,
+                    lora_b,
+                    q_a,
+                    q_b,
+                    alpha,
+                    scaling,
+                    phase,
+                }
             },
         )
     }

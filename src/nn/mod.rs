@@ -36,6 +36,8 @@
 //! model.2.merge().unwrap();
 //! ```
 
+#[macro_use]
+mod fields;
 mod adapter;
 mod core;
 mod dual_branch;

@@ -9,6 +9,7 @@ use super::init::{
 use super::options::{GradientMode, MergeState, Scaling};
 use super::sds_adapter_op::{sds_adapter, SdsFactors};
 use crate::kernels::Real;
+use crate::optim::groups::{BASIS_IN_NAME, BASIS_OUT_NAME};
 use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
@@ -124,20 +125,9 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
         visitor.visit_fields(
             (
                 (
+                    frozen_weight_and_bias!(I),
                     Self::tensor(
-                        "weight",
-                        |s| &s.weight,
-                        |s| &mut s.weight,
-                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
-                    ),
-                    Self::tensor(
-                        "bias",
-                        |s| &s.bias,
-                        |s| &mut s.bias,
-                        TensorOptions::detached(kaiming_uniform::<I, _, _, _>),
-                    ),
-                    Self::tensor(
-                        "basis_out",
+                        BASIS_OUT_NAME,
                         |s| &s.basis_out,
                         |s| &mut s.basis_out,
                         TensorOptions::reset_with(fill_stiefel),
@@ -149,25 +139,14 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
                         TensorOptions::reset_to_zeros(),
                     ),
                     Self::tensor(
-                        "basis_in",
+                        BASIS_IN_NAME,
                         |s| &s.basis_in,
                         |s| &mut s.basis_in,
                         TensorOptions::reset_with(fill_stiefel),
                     ),
                 ),
                 (
-                    Self::scalar(
-                        "alpha",
-                        |s| &s.alpha,
-                        |s| &mut s.alpha,
-                        ScalarOptions::from_default(R as f64),
-                    ),
-                    Self::scalar(
-                        "scaling",
-                        |s| &s.scaling,
-                        |s| &mut s.scaling,
-                        ScalarOptions::from_default(Scaling::Standard),
-                    ),
+                    alpha_and_scaling!(R),
                     Self::scalar(
                         "gradient_mode",
                         |s| &s.gradient_mode,
@@ -183,8 +162,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
                 ),
             ),
             |(
-                (weight, bias, basis_out, core, basis_in),
-                (alpha, scaling, gradient_mode, merge_state),
+                ((weight, bias), basis_out, core, basis_in),
+                ((alpha, scaling), gradient_mode, merge_state),
             )| {
                 SdsLinear {
                     weight,
