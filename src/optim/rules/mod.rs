@@ -152,7 +152,23 @@ pub trait ElementwiseRule: Copy + Send + Sync {
         p: &[E],
         g: &mut [E],
     ) -> RuleState<E> {
-        update_whole(*self, lr, weight_decay, state, p, g)
+        if let Some(WeightDecay::L2(wd)) = weight_decay {
+            let wd = E::of_f64(wd);
+            g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
+        }
+        let norm2 = if self.needs_grad_norm() {
+            squared_norm(g)
+        } else {
+            0.0
+        };
+        let mut next = self.next_state(state, g.len(), norm2);
+        let whole = next.ranges(&[g.len()]).remove(0);
+        self.apply(lr, state, whole, g);
+        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
+            let wd_lr = E::of_f64(wd * lr);
+            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
+        }
+        next
     }
 }
 
@@ -209,36 +225,6 @@ fn cut_into<'a, E>(buf: &'a mut [E], lens: &[usize]) -> Vec<&'a mut [E]> {
             part
         })
         .collect()
-}
-
-/// A whole-tensor update by an [`ElementwiseRule`], with weight decay: `g <- g + wd p`
-/// before the rule for [`WeightDecay::L2`], `u <- u + lr wd p` after it for
-/// [`WeightDecay::Decoupled`]. Overwrites `g` with `u`, returns the new state.
-fn update_whole<E: Real, R: ElementwiseRule>(
-    rule: R,
-    lr: f64,
-    weight_decay: Option<WeightDecay>,
-    state: &RuleState<E>,
-    p: &[E],
-    g: &mut [E],
-) -> RuleState<E> {
-    if let Some(WeightDecay::L2(wd)) = weight_decay {
-        let wd = E::of_f64(wd);
-        g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
-    }
-    let norm2 = if rule.needs_grad_norm() {
-        squared_norm(g)
-    } else {
-        0.0
-    };
-    let mut next = rule.next_state(state, g.len(), norm2);
-    let whole = next.ranges(&[g.len()]).remove(0);
-    rule.apply(lr, state, whole, g);
-    if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-        let wd_lr = E::of_f64(wd * lr);
-        g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
-    }
-    next
 }
 
 pub(crate) use crate::kernels::slices::squared_norm;
