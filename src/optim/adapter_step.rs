@@ -14,7 +14,7 @@ use super::groups::{Group, BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME};
 use super::rules::{RuleState, TensorRuleState};
 use super::walk::{Entry, TensorEntry};
 use crate::kernels::small::{from_row_major, to_row_major};
-use crate::kernels::{scratch, ComposedOps, Flat, HostMat, Real, TallOps};
+use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo};
@@ -185,7 +185,7 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
 ) -> Result<TripleStepped<E>, Error> {
     let ((o, r), i) = ((out.dims[0], out.dims[1]), inn.dims[0]);
     let moment = |n: usize, s: &RuleState<E>| {
-        (!s.first.is_empty()).then(|| HostMat::from_storage(n, r, scratch::copied(&s.first)))
+        (!s.first.is_empty()).then(|| HostMat::from_storage(n, r, E::pooled_copy(&s.first)))
     };
     let moments = AdapterMoments {
         step: old[1].step,
@@ -205,8 +205,8 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
         m: from_row_major(r, r, &core.grad),
         q: HostMat::new(i, r, inn.grad),
     };
-    scratch::recycle(core.param);
-    scratch::recycle(core.grad);
+    E::recycle(core.param);
+    E::recycle(core.grad);
     let (x1, next) = basis_update(ops, x, g, moments, rule, sizes).map_err(|e| named(e, paths))?;
     let state = |old: &RuleState<E>, first: Vec<E>| {
         let mut s = old.successor();

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{gradient_of, scratch, slices, Flat, Read, Real, StiefelDevice};
+use crate::kernels::{gradient_of, slices, Flat, Read, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
     ViewTensorName, ViewTensorRef,
@@ -252,7 +252,7 @@ pub fn gather_to_host<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
         .iter()
         .map(|(_, _, t)| {
             let len = t.shape().0;
-            (scratch::overwritten(len), scratch::overwritten(len), false)
+            (E::pooled(len), E::pooled(len), false)
         })
         .collect();
     let reads = views
@@ -273,8 +273,8 @@ pub fn gather_to_host<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
         if found {
             out.entries.insert(path, Entry { dims, param, grad });
         } else {
-            scratch::recycle(param);
-            scratch::recycle(grad);
+            E::recycle(param);
+            E::recycle(grad);
             out.unused.push(path);
         }
     }

@@ -3,8 +3,7 @@
 use super::{
     old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
 };
-use crate::kernels::simd::{dispatch, Loop};
-use crate::kernels::{scratch, Flat, Real};
+use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::shapes::{HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
@@ -155,12 +154,12 @@ impl ElementwiseRule for AdamUpdate {
 
     fn next_state<E: Real>(&self, old: &RuleState<E>, len: usize, grad_norm2: f64) -> RuleState<E> {
         let mut next = old.successor();
-        next.first = scratch::overwritten(len);
+        next.first = E::pooled(len);
         match self.second_moment {
             SecondMoment::Elementwise => {
-                next.second = scratch::overwritten(len);
+                next.second = E::pooled(len);
                 if self.rule.amsgrad {
-                    next.second_max = scratch::overwritten(len);
+                    next.second_max = E::pooled(len);
                 }
             }
             SecondMoment::Matrix => {
@@ -191,13 +190,13 @@ impl ElementwiseRule for AdamUpdate {
                 let v_old = old_range(&old.second, range.clone());
                 let moments = first.iter_mut().zip(next.second.iter_mut());
                 let old = m_old.iter().zip(v_old.iter());
-                dispatch(Loop(|| {
+                E::vectorised(|| {
                     for ((gi, (m, v)), (&m0, &v0)) in g.iter_mut().zip(moments).zip(old) {
                         *m = m0 * b1 + *gi * keep1;
                         *v = v0 * b2 + *gi * *gi * keep2;
                         *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
                     }
-                }));
+                });
             }
             (SecondMoment::Elementwise, true) => {
                 let v_old = old_range(&old.second, range.clone());
@@ -207,7 +206,7 @@ impl ElementwiseRule for AdamUpdate {
                     .zip(next.second.iter_mut())
                     .zip(next.second_max.iter_mut());
                 let old = m_old.iter().zip(v_old.iter()).zip(vm_old.iter());
-                dispatch(Loop(|| {
+                E::vectorised(|| {
                     for ((gi, ((m, v), vm)), ((&m0, &v0), &vm0)) in
                         g.iter_mut().zip(moments).zip(old)
                     {
@@ -216,7 +215,7 @@ impl ElementwiseRule for AdamUpdate {
                         *vm = if *v > vm0 { *v } else { vm0 };
                         *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
                     }
-                }));
+                });
             }
             (SecondMoment::Matrix, amsgrad) => {
                 let v = if amsgrad {
@@ -226,12 +225,12 @@ impl ElementwiseRule for AdamUpdate {
                 };
                 let b2f = rule.betas[1];
                 let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + rule.eps);
-                dispatch(Loop(|| {
+                E::vectorised(|| {
                     for ((gi, m), &m0) in g.iter_mut().zip(first.iter_mut()).zip(m_old.iter()) {
                         *m = m0 * b1 + *gi * keep1;
                         *gi = lr_e * (*m * m_scale) / denominator;
                     }
-                }));
+                });
             }
         }
     }

@@ -19,7 +19,7 @@ pub use adam::{AdamRule, AdamUpdate, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
 pub use tensor_state::TensorRuleState;
 
-use crate::kernels::{scratch, Flat, Real};
+use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,7 @@ impl<E: Real> RuleState<E> {
             (&mut self.second_max, &old.second_max),
         ] {
             if new.is_empty() && !old.is_empty() {
-                *new = scratch::copied(old);
+                *new = E::pooled_copy(old);
             }
         }
         self
@@ -109,9 +109,9 @@ impl<E: Real> RuleState<E> {
 
     /// Gives the buffers back to the pool (`scratch`) when the state is replaced.
     pub fn recycle(self) {
-        scratch::recycle(self.first);
-        scratch::recycle(self.second);
-        scratch::recycle(self.second_max);
+        E::recycle(self.first);
+        E::recycle(self.second);
+        E::recycle(self.second_max);
     }
 }
 

@@ -3,8 +3,7 @@
 use super::{
     old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
 };
-use crate::kernels::simd::{dispatch, Loop};
-use crate::kernels::{scratch, Flat, Real};
+use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::{Device, TryMul};
 use serde::{Deserialize, Serialize};
@@ -90,7 +89,7 @@ impl ElementwiseRule for SgdRule {
     fn next_state<E: Real>(&self, old: &RuleState<E>, len: usize, _: f64) -> RuleState<E> {
         let mut next = old.successor();
         if self.momentum.is_some() {
-            next.first = scratch::overwritten(len);
+            next.first = E::pooled(len);
         }
         next.keep_unused(old)
     }
@@ -108,7 +107,7 @@ impl ElementwiseRule for SgdRule {
         let range = next.offset..next.offset + g.len();
         let v_old = old_range(&old.first, range);
         let velocity = next.first.iter_mut().zip(v_old.iter());
-        dispatch(Loop(|| {
+        E::vectorised(|| {
             for (gi, (v, &v0)) in g.iter_mut().zip(velocity) {
                 *v = if first_step {
                     *gi
@@ -121,6 +120,6 @@ impl ElementwiseRule for SgdRule {
                     *v * lr_e
                 };
             }
-        }));
+        });
     }
 }

@@ -4,7 +4,7 @@
 
 use super::refusal::Refusal;
 use super::Sds;
-use crate::kernels::{scratch, HostMat, Real, StiefelDevice};
+use crate::kernels::{HostMat, Real, StiefelDevice};
 use crate::optim::adapter_step::host_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
@@ -76,7 +76,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
                     let rule = self.cfg.euclidean_rule();
                     let state = rule.update(g.lr, g.weight_decay, old, &param, &mut u);
                     param.iter_mut().zip(&u).for_each(|(p, &d)| *p -= d);
-                    scratch::recycle(u);
+                    E::recycle(u);
                     (param, state)
                 }
             };
