@@ -4,54 +4,23 @@
 use dfdx::dtypes::{Dtype, NotMixedPrecision};
 use nalgebra::RealField;
 
-/// What the host kernels need of an element type besides its numerics: its 512-bit
-/// register arithmetic (`Avx512`, on x86-64), its thread-local pool of spare buffers and
-/// vectorised loops. Code outside the kernels reaches the pool and the loops through
-/// these methods only.
-/// A supertrait of [`Real`], so that code generic over `E: Real` reaches the host kernels
-/// without naming it.
+/// The register-level arithmetic of the host kernels: `Avx512` on x86-64.
 #[cfg(target_arch = "x86_64")]
-pub trait HostElement: super::avx512::Avx512 + Sized {
-    /// Runs `f` on this thread's pool of spare buffers of this type.
-    fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R;
+pub trait Registers: super::avx512::Avx512 {}
 
-    /// A buffer of `len` elements from this thread's pool, contents unspecified: for a
-    /// caller that overwrites all of it.
-    fn pooled(len: usize) -> Vec<Self>
-    where
-        Self: Real,
-    {
-        super::scratch::overwritten(len)
-    }
-
-    /// A pooled copy of `src`.
-    fn pooled_copy(src: &[Self]) -> Vec<Self>
-    where
-        Self: Real,
-    {
-        super::scratch::copied(src)
-    }
-
-    /// Gives a buffer back to this thread's pool.
-    fn recycle(buf: Vec<Self>)
-    where
-        Self: Real,
-    {
-        super::scratch::recycle(buf)
-    }
-
-    /// Runs the loop `f` compiled for the widest vector unit the CPU has (AVX-512F, or
-    /// AVX2 with FMA, else the baseline), so that it is vectorised.
-    #[inline(always)]
-    fn vectorised<R>(f: impl FnOnce() -> R) -> R {
-        super::simd::dispatch(super::simd::Loop(f))
-    }
-}
-
-/// What the host kernels need of an element type besides its numerics: its thread-local
-/// pool of spare buffers.
+/// The register-level arithmetic of the host kernels: none off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-pub trait HostElement: Sized {
+pub trait Registers {}
+
+impl Registers for f32 {}
+impl Registers for f64 {}
+
+/// What the host kernels need of an element type besides its numerics: its register
+/// arithmetic (`Registers`), its thread-local pool of spare buffers and vectorised
+/// loops. Code outside the kernels reaches the pool and the loops through these methods
+/// only. A supertrait of [`Real`], so that code generic over `E: Real` reaches the host
+/// kernels without naming it.
+pub trait HostElement: Registers + Sized {
     /// Runs `f` on this thread's pool of spare buffers of this type.
     fn with_pool<R>(f: impl FnOnce(&super::scratch::Pool<Self>) -> R) -> R;
 
