@@ -7,7 +7,7 @@ use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
 use super::walk::{read_f64, HostValue, Value};
-use crate::kernels::{slices, ComposedOps, Real, StiefelDevice, TallOps};
+use crate::kernels::{slices, ComposedOps, Flat, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -148,37 +148,50 @@ pub(crate) fn check_orthonormal<M: TensorCollection<E, D>, E: Real, D: Device<E>
     Ok(())
 }
 
-/// The paths of the new values that hold NaN or an infinity (a step that overflowed),
-/// checked on the host or, for device values, by `ops` on the device.
+/// The paths of `tensors` (flat device tensors) that hold NaN or an infinity, checked on
+/// the device by `ops` in one transfer for all of them.
+pub(crate) fn non_finite_on_device<'a, E: Real, D: StiefelDevice<E>>(
+    ops: &ComposedOps<D>,
+    tensors: impl Iterator<Item = (&'a String, &'a Flat<E, D>)>,
+) -> Result<Vec<String>, Error> {
+    let (paths, rows): (Vec<&String>, Vec<_>) = tensors
+        .map(|(path, t)| {
+            let rows = t.clone().try_reshape_like(&(1, t.shape().0));
+            rows.map(|rows| (path, rows)).map_err(Error::device)
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let finite = ops.all_finite_each(&rows.iter().collect::<Vec<_>>())?;
+    Ok(paths
+        .into_iter()
+        .zip(finite)
+        .filter(|(_, ok)| !ok)
+        .map(|(p, _)| p.clone())
+        .collect())
+}
+
+/// The paths of the new values that hold NaN or an infinity (a step that overflowed):
+/// host values checked on the host, device values by `ops` on the device (the composed
+/// path, the only one with device values, passes it).
 pub(crate) fn non_finite_values<E: Real, D: StiefelDevice<E>>(
     values: &BTreeMap<String, Value<E, D>>,
     ops: Option<&ComposedOps<D>>,
 ) -> Result<Vec<String>, Error> {
-    let mut bad = Vec::new();
-    let mut on_device = Vec::new();
-    for (path, value) in values {
-        match value {
-            Value::Host(v) if !slices::all_finite(v) => bad.push(path.clone()),
-            Value::Host(_) => {}
-            Value::Device(t) => {
-                let rows = t
-                    .clone()
-                    .try_reshape_like(&(1, t.shape().0))
-                    .map_err(Error::device)?;
-                on_device.push((path, rows));
-            }
-        }
-    }
-    if let (Some(ops), false) = (ops, on_device.is_empty()) {
-        let mats: Vec<_> = on_device.iter().map(|(_, m)| m).collect();
-        let finite = ops.all_finite_each(&mats)?;
-        bad.extend(
-            on_device
-                .iter()
-                .zip(finite)
-                .filter(|(_, ok)| !ok)
-                .map(|((p, _), _)| (*p).clone()),
-        );
+    let mut bad: Vec<String> = values
+        .iter()
+        .filter(|(_, v)| matches!(v, Value::Host(v) if !slices::all_finite(v)))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let on_device = values.iter().filter_map(|(p, v)| match v {
+        Value::Device(t) => Some((p, t)),
+        Value::Host(_) => None,
+    });
+    if let Some(ops) = ops {
+        bad.extend(non_finite_on_device(ops, on_device)?);
     }
     Ok(bad)
 }

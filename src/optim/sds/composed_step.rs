@@ -4,12 +4,13 @@
 
 use super::refusal::{Outcome, Refusal};
 use super::Sds;
-use crate::kernels::{ComposedOps, Flat, Real, StiefelDevice, TallOps};
+use crate::kernels::{ComposedOps, Flat, Real, StiefelDevice};
 use crate::optim::adapter_step::composed_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
 use crate::optim::riemannian::{stiefel_steps_composed, DeviceStiefel, Geometry};
 use crate::optim::rules::{TensorRule, TensorRuleState};
+use crate::optim::validate::non_finite_on_device;
 use crate::optim::walk::{TensorEntry, Value};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -29,20 +30,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             error,
             tensors: entries.iter().map(|(_, p, _)| p.clone()).collect(),
         };
-        let grads: Vec<_> = entries
-            .iter()
-            .map(|(_, _, e)| e.grad.clone().try_reshape_like(&(1, e.grad.shape().0)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| all(Error::device(e)))?;
-        let finite = ops
-            .all_finite_each(&grads.iter().collect::<Vec<_>>())
-            .map_err(all)?;
-        let bad: Vec<String> = entries
-            .iter()
-            .zip(finite)
-            .filter(|(_, ok)| !ok)
-            .map(|((_, p, _), _)| p.clone())
-            .collect();
+        let grads = entries.iter().map(|(_, p, e)| (p, &e.grad));
+        let bad = non_finite_on_device(ops, grads).map_err(all)?;
         if !bad.is_empty() {
             return Err(Refusal::non_finite(bad));
         }
