@@ -1,6 +1,7 @@
 //! A dense row-major `n x r` matrix on the host: the CPU fast path's working type.
 
 use super::layout::padded_stride;
+use super::row_pieces::{PieceOfRows, RowPieces};
 use super::scratch;
 use super::tall_products::{self, Strided};
 use super::Real;
@@ -260,73 +261,6 @@ impl<E: Real> HostMat<E> {
         }
     }
 
-    /// `beta C + A M` in `C`'s storage, then `then(extra, piece)` on each `Piece` of rows of
-    /// the result as soon as it is final, on the thread that formed it
-    /// (`tall_products::mul_small_add_then`; `extras` holds one value per piece of
-    /// [`HostMat::pieces`]).
-    pub fn mul_small_axpy_then<T: Send>(
-        &self,
-        m: &DMatrix<f64>,
-        beta: E,
-        mut c: Self,
-        extras: Vec<T>,
-        then: impl Fn(T, Piece<'_, E>) + Sync,
-    ) -> Self {
-        assert_eq!(
-            (self.cols, self.rows, c.rows, c.cols),
-            (m.nrows(), c.rows, self.rows, m.ncols()),
-            "HostMat::mul_small_axpy_then"
-        );
-        let (cols, stride) = (c.cols, c.stride);
-        let m_e = Self::padded_small(m, stride);
-        tall_products::mul_small_add_then(
-            self.strided(),
-            &m_e,
-            beta,
-            &mut c.data,
-            stride,
-            extras,
-            |extra, rows, data| {
-                let piece = Piece {
-                    rows,
-                    data,
-                    cols,
-                    stride,
-                };
-                then(extra, piece)
-            },
-        );
-        c
-    }
-
-    /// The pieces of rows that products with this matrix are split into
-    /// (`tall_products::pieces`).
-    pub fn pieces(&self) -> Vec<Range<usize>> {
-        tall_products::pieces(self.rows, self.stride)
-    }
-
-    /// This matrix cut into its [`HostMat::pieces`], for work on them that is not fused
-    /// with a product (run it with `parallel::run`).
-    pub fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
-        let (cols, stride) = (self.cols, self.stride);
-        let ranges = self.pieces();
-        tall_products::cut_at_pieces(&mut self.data, ranges, stride)
-            .into_iter()
-            .map(|(data, rows)| Piece {
-                rows,
-                data,
-                cols,
-                stride,
-            })
-            .collect()
-    }
-
-    /// The Gram matrix from the parts that a product's `Piece`s gave
-    /// (`Piece::gram`): the same bits as [`HostMat::gram`] of the whole matrices.
-    pub fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
-        to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
-    }
-
     /// `M` in `E`, rows padded with zeros to `stride` (an output's row length).
     fn padded_small(m: &DMatrix<f64>, stride: usize) -> Vec<E> {
         let mut m_e = vec![E::zero(); m.nrows() * stride];
@@ -365,13 +299,11 @@ fn to_dmatrix<E: Real>(c: Vec<E>, rows: usize, cols: usize) -> DMatrix<f64> {
     super::small::from_row_major(rows, cols, &c)
 }
 
-/// One piece of rows of a product ([`HostMat::mul_small_axpy_then`]) as the work fused with
-/// it sees it: which rows, and those rows of the product `P`, final.
+/// One piece of rows of a product ([`RowPieces::mul_small_axpy_then`]) as the work fused
+/// with it sees it: which rows, and those rows of the product `P`, final.
 pub struct Piece<'a, E> {
-    /// The rows.
-    pub rows: Range<usize>,
-    /// The product's rows, in padded storage.
-    pub data: &'a mut [E],
+    rows: Range<usize>,
+    data: &'a mut [E],
     cols: usize,
     stride: usize,
 }
@@ -385,27 +317,120 @@ impl<E: Real> Piece<'_, E> {
             stride: self.stride,
         }
     }
+}
 
-    /// `P^T B[rows]`: this piece's part of the Gram product of the product and `b` (a
-    /// matrix of as many rows), for [`HostMat::sum_grams`].
-    pub fn gram(&self, b: &HostMat<E>) -> Vec<E> {
+impl<'a, E: Real> PieceOfRows<'a, E, HostMat<E>> for Piece<'a, E> {
+    fn rows_mut(&mut self) -> &mut [E] {
+        self.data
+    }
+
+    fn into_rows(self) -> &'a mut [E] {
+        self.data
+    }
+
+    fn gram(&self, b: &HostMat<E>) -> Vec<E> {
         tall_products::gram_piece(self.strided(), b.strided().rows(self.rows.clone()))
     }
 
-    /// `A[rows]^T P`: this piece's part of the Gram product of `a` and the product.
-    pub fn gram_of(&self, a: &HostMat<E>) -> Vec<E> {
+    fn gram_of(&self, a: &HostMat<E>) -> Vec<E> {
         tall_products::gram_piece(a.strided().rows(self.rows.clone()), self.strided())
     }
 
-    /// `P^T P`: this piece's part of the product's own Gram matrix.
-    pub fn self_gram(&self) -> Vec<E> {
+    fn self_gram(&self) -> Vec<E> {
         tall_products::gram_piece(self.strided(), self.strided())
     }
 
-    /// `C[rows] <- C[rows] + P M`, where `c_rows` holds those rows of a matrix `C` laid
-    /// out like the product.
-    pub fn mul_small_add_to(&self, m: &DMatrix<f64>, c_rows: &mut [E]) {
+    fn mul_small_add_to(&self, m: &DMatrix<f64>, c_rows: &mut [E]) {
         let m_e = HostMat::<E>::padded_small(m, self.stride);
         tall_products::mul_small_add_piece(self.strided(), &m_e, E::one(), c_rows, self.stride);
+    }
+}
+
+/// The pieces are those of `tall_products::pieces`, and their work is fused with
+/// `tall_products::mul_small_add_then`.
+impl<E: Real> RowPieces<E> for HostMat<E> {
+    type Rows<'a> = Piece<'a, E>;
+
+    fn from_compact(rows: usize, cols: usize, data: Vec<E>) -> Self {
+        Self::new(rows, cols, data)
+    }
+
+    fn from_padded(rows: usize, cols: usize, data: Vec<E>) -> Self {
+        Self::from_storage(rows, cols, data)
+    }
+
+    fn into_padded(self) -> Vec<E> {
+        self.into_storage()
+    }
+
+    fn into_compact(self) -> Vec<E> {
+        HostMat::into_compact(self)
+    }
+
+    fn padded(&self) -> &[E] {
+        &self.data
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn piece_lens(&self) -> Vec<usize> {
+        let pieces = tall_products::pieces(self.rows, self.stride);
+        pieces.iter().map(|p| p.len() * self.stride).collect()
+    }
+
+    fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
+        let (cols, stride) = (self.cols, self.stride);
+        let ranges = tall_products::pieces(self.rows, stride);
+        tall_products::cut_at_pieces(&mut self.data, ranges, stride)
+            .into_iter()
+            .map(|(data, rows)| Piece {
+                rows,
+                data,
+                cols,
+                stride,
+            })
+            .collect()
+    }
+
+    fn mul_small_axpy_then<T: Send>(
+        &self,
+        m: &DMatrix<f64>,
+        beta: E,
+        mut c: Self,
+        extras: Vec<T>,
+        then: impl Fn(T, Piece<'_, E>) + Sync,
+    ) -> Self {
+        assert_eq!(
+            (self.cols, self.rows, c.rows, c.cols),
+            (m.nrows(), c.rows, self.rows, m.ncols()),
+            "HostMat::mul_small_axpy_then"
+        );
+        let (cols, stride) = (c.cols, c.stride);
+        let m_e = Self::padded_small(m, stride);
+        tall_products::mul_small_add_then(
+            self.strided(),
+            &m_e,
+            beta,
+            &mut c.data,
+            stride,
+            extras,
+            |extra, rows, data| {
+                let piece = Piece {
+                    rows,
+                    data,
+                    cols,
+                    stride,
+                };
+                then(extra, piece)
+            },
+        );
+        c
+    }
+
+    /// Sums the parts in the order `tall_products::sum_pieces` fixes.
+    fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
+        to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
     }
 }

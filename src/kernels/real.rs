@@ -49,6 +49,44 @@ pub trait HostElement: Registers + Sized {
         super::scratch::recycle(buf)
     }
 
+    /// The storage length of a `rows x cols` host matrix, its rows padded for the vector
+    /// unit (the layout in which the optimizer keeps a Stiefel tensor's moments).
+    fn padded_len(rows: usize, cols: usize) -> usize {
+        rows * super::layout::padded_stride(cols)
+    }
+
+    /// Compact row-major `data` of a `rows x cols` matrix in the padded layout.
+    fn padded(rows: usize, cols: usize, data: Vec<Self>) -> Vec<Self>
+    where
+        Self: Real,
+    {
+        super::HostMat::new(rows, cols, data).into_storage()
+    }
+
+    /// Padded storage of a `rows x cols` matrix as compact row-major data.
+    fn compact(rows: usize, cols: usize, padded: Vec<Self>) -> Vec<Self>
+    where
+        Self: Real,
+    {
+        super::HostMat::from_storage(rows, cols, padded).into_compact()
+    }
+
+    /// Whether every element of `v` is finite.
+    fn all_finite(v: &[Self]) -> bool
+    where
+        Self: Real,
+    {
+        super::slices::all_finite(v)
+    }
+
+    /// `||v||^2`, accumulated in `f64`.
+    fn squared_norm(v: &[Self]) -> f64
+    where
+        Self: Real,
+    {
+        super::slices::squared_norm(v)
+    }
+
     /// Runs the loop `f` compiled for the widest vector unit the CPU has (AVX-512F, or
     /// AVX2 with FMA, else the baseline), so that it is vectorised.
     #[inline(always)]
@@ -93,11 +131,7 @@ pub trait Real:
 {
     /// The fused host backend for this type: [`HostOps`](super::HostOps), named here so
     /// that generic code can use it without a `Cpu: Device<E>` bound.
-    type Host: super::TallOps<Self, Mat = super::HostMat<Self>>
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync;
+    type Host: super::HostBackend<Self> + Clone + std::fmt::Debug + Send + Sync;
 
     /// The host backend.
     fn host_ops() -> Self::Host;

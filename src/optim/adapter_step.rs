@@ -14,7 +14,7 @@ use super::groups::{Group, BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME};
 use super::rules::{RuleState, TensorRuleState};
 use super::walk::{Entry, TensorEntry};
 use crate::kernels::small::{from_row_major, to_row_major};
-use crate::kernels::{ComposedOps, Flat, HostMat, Real, TallOps};
+use crate::kernels::{ComposedOps, Flat, HostBackend, Real, RowPieces};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo};
@@ -109,7 +109,7 @@ pub(crate) type DeviceStepped<E, D> = (Vec<(String, Flat<E, D>)>, Vec<bool>);
 /// Takes every adapter whose three tensors are all in `entries` out of it and steps it on
 /// the host: the new values (compact, row-major) and rule states, by path. `stored` (the
 /// optimizer's states) is read only.
-pub(crate) fn host_adapter_steps<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+pub(crate) fn host_adapter_steps<E: Real, B: HostBackend<E>>(
     ops: &B,
     adapters: &[AdapterPaths],
     entries: &mut BTreeMap<String, (Group, Entry<E>)>,
@@ -175,7 +175,7 @@ pub(crate) fn composed_adapter_steps<E: Real, D: Device<E>>(
 
 /// One adapter's step on the host: the new values (compact, row-major) and rule states of
 /// `[out, core, in]`. `old` is read only.
-fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+fn host_adapter_step<E: Real, B: HostBackend<E>>(
     ops: &B,
     paths: &AdapterPaths,
     [out, core, inn]: [Entry<E>; 3],
@@ -185,7 +185,7 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
 ) -> Result<TripleStepped<E>, Error> {
     let ((o, r), i) = ((out.dims[0], out.dims[1]), inn.dims[0]);
     let moment = |n: usize, s: &RuleState<E>| {
-        (!s.first.is_empty()).then(|| HostMat::from_storage(n, r, E::pooled_copy(&s.first)))
+        (!s.first.is_empty()).then(|| B::Mat::from_padded(n, r, E::pooled_copy(&s.first)))
     };
     let moments = AdapterMoments {
         step: old[1].step,
@@ -196,14 +196,14 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
         v_max: old[1].second_scalar_max,
     };
     let x = AdapterPoint {
-        u: HostMat::new(o, r, out.param),
+        u: B::Mat::from_compact(o, r, out.param),
         s: from_row_major(r, r, &core.param),
-        v: HostMat::new(i, r, inn.param),
+        v: B::Mat::from_compact(i, r, inn.param),
     };
     let g = AdapterGrad {
-        p: HostMat::new(o, r, out.grad),
+        p: B::Mat::from_compact(o, r, out.grad),
         m: from_row_major(r, r, &core.grad),
-        q: HostMat::new(i, r, inn.grad),
+        q: B::Mat::from_compact(i, r, inn.grad),
     };
     E::recycle(core.param);
     E::recycle(core.grad);
@@ -222,12 +222,12 @@ fn host_adapter_step<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
     let states = [
         state(
             old[0],
-            next.p.map(HostMat::into_storage).unwrap_or_default(),
+            next.p.map(RowPieces::into_padded).unwrap_or_default(),
         ),
         core_state,
         state(
             old[2],
-            next.q.map(HostMat::into_storage).unwrap_or_default(),
+            next.q.map(RowPieces::into_padded).unwrap_or_default(),
         ),
     ];
     let values = [

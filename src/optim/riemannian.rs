@@ -1,8 +1,8 @@
 //! The Riemannian composition: one optimizer step on a Stiefel point.
 
-use super::rules::{squared_norm, ElementwiseRule, RuleState, StateRange, TensorRuleState};
+use super::rules::{ElementwiseRule, RuleState, StateRange, TensorRuleState};
 use crate::kernels::{
-    parallel, small, ComposedOps, Flat, HostMat, Piece, Real, TallOps, TallTensor,
+    small, ComposedOps, Flat, HostBackend, PieceOfRows, Real, RowPieces, TallOps, TallTensor,
 };
 use crate::stiefel::retractions::{non_finite_input, Sums};
 use crate::stiefel::{transport_mat, Retraction};
@@ -36,7 +36,7 @@ pub struct Geometry {
 /// All of it in `E`'s storage (which holds `g`, then `u`, then the sum or the step) and
 /// `X`'s (which receives `X+` where the retraction allows), with `r x r` work between the
 /// products. The rule runs on the same pieces of rows as the products, on up to two
-/// threads ([`HostMat::pieces`]). For the retractions that depend on
+/// threads ([`RowPieces`]). For the retractions that depend on
 /// `Y = X + xi = X (I + S_2) - u` alone ([`Retraction::sum_form`]), `Y` is formed with
 /// `Y^T Y`; where the retraction is `Y T` for a small `T` of `Y^T Y`
 /// ([`SumRetraction::gram_factor`](crate::stiefel::SumRetraction::gram_factor): `Qr` with
@@ -47,47 +47,48 @@ pub struct Geometry {
 /// Errors (a non-finite gradient, value or sum, a failed factorisation) come before
 /// anything is returned;
 /// `state` is read only, and the new state is returned with `X+`.
-pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule>(
+pub fn stiefel_step<E: Real, B: HostBackend<E>, R: ElementwiseRule>(
     ops: &B,
-    x: HostMat<E>,
-    egrad: HostMat<E>,
+    x: B::Mat,
+    egrad: B::Mat,
     rule: R,
     lr: f64,
     state: &RuleState<E>,
     geometry: Geometry,
-) -> Result<(HostMat<E>, RuleState<E>), Error> {
-    let (n, r) = (x.rows(), x.cols());
-    Error::check_shape((n, r), (egrad.rows(), egrad.cols()))?;
-    // Each piece of rows gives its part of every Gram product ([`HostMat::sum_grams`]).
-    let lens: Vec<usize> = x.pieces().iter().map(|p| p.len() * x.stride()).collect();
+) -> Result<(B::Mat, RuleState<E>), Error> {
+    let (n, r) = x.shape();
+    Error::check_shape((n, r), egrad.shape())?;
+    // Each piece of rows gives its part of every Gram product ([`RowPieces::sum_grams`]).
+    let lens = x.piece_lens();
     let parts = || vec![Vec::new(); lens.len()];
 
     // Steps 1 and 2, and X^T u: `E`'s storage ends holding `u`.
-    let xte = x.gram(&egrad);
+    let xte = ops.gram(&x, &egrad)?;
     check_finite(ops, &x, &egrad, &xte)?;
     let minus_s1 = -small::sym(&xte);
     let mut xtu = parts();
-    let rule_then_gram = |(range, part): (StateRange<'_, E>, &mut Vec<E>), piece: Piece<'_, E>| {
-        rule.apply(lr, state, range, piece.data);
+    let rule_then_gram = |(range, part): (StateRange<'_, E>, &mut Vec<E>),
+                          mut piece: <B::Mat as RowPieces<E>>::Rows<'_>| {
+        rule.apply(lr, state, range, piece.rows_mut());
         *part = piece.gram_of(&x);
     };
     let (u, mut next) = if rule.needs_grad_norm() {
         // The rule's constants need ||g||_F^2: all of g first.
-        let mut g = x.mul_small_add(&minus_s1, Some((E::one(), egrad)));
-        let mut next = rule.next_state(state, g.storage().len(), squared_norm(g.storage()));
+        let mut g = ops.mul_small_add(&x, &minus_s1, egrad)?;
+        let mut next = rule.next_state(state, g.padded().len(), E::squared_norm(g.padded()));
         let extras = next.ranges(&lens).into_iter().zip(xtu.iter_mut());
         let jobs: Vec<_> = extras.zip(g.pieces_mut()).collect();
-        parallel::run(jobs, |(extra, piece)| rule_then_gram(extra, piece));
+        ops.run_pieces(jobs, |(extra, piece)| rule_then_gram(extra, piece));
         (g, next)
     } else {
-        let mut next = rule.next_state(state, egrad.storage().len(), 0.0);
+        let mut next = rule.next_state(state, egrad.padded().len(), 0.0);
         let extras = next.ranges(&lens).into_iter().zip(xtu.iter_mut()).collect();
         let u = x.mul_small_axpy_then(&minus_s1, E::one(), egrad, extras, rule_then_gram);
         (u, next)
     };
-    let s2 = small::sym(&HostMat::sum_grams(xtu, r, r));
+    let s2 = small::sym(&B::Mat::sum_grams(xtu, r, r));
     let mut m = (!next.first.is_empty())
-        .then(|| HostMat::from_storage(n, r, std::mem::take(&mut next.first)));
+        .then(|| B::Mat::from_padded(n, r, std::mem::take(&mut next.first)));
 
     // Steps 3 and 4 (and 5, where the retraction's factor allows).
     let mut transported = false;
@@ -106,7 +107,7 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
                     *ym = piece.gram(m);
                 }
             });
-            let sums = Sums::with_grams(vec![y], vec![HostMat::sum_grams(yty, r, r)])?;
+            let sums = Sums::with_grams(vec![y], vec![B::Mat::sum_grams(yty, r, r)])?;
             let factor = match by_factor {
                 true => sum.gram_factor(&sums.grams()[0])?,
                 false => None,
@@ -114,23 +115,22 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
             match (factor, m.as_mut()) {
                 (Some(t), Some(m)) => {
                     // X+ = Y T in X's storage; m <- m - X+ sym(X+^T m), X+^T m = T^T Y^T m.
-                    let minus_sym = -small::sym(&(t.transpose() * HostMat::sum_grams(ytm, r, r)));
-                    let m_pieces = m.pieces_mut().into_iter().map(|p| p.data).collect();
+                    let minus_sym = -small::sym(&(t.transpose() * B::Mat::sum_grams(ytm, r, r)));
+                    let m_pieces = m.pieces_mut().into_iter().map(|p| p.into_rows()).collect();
                     let y = sums.into_sums().remove(0);
                     transported = true;
                     y.mul_small_axpy_then(&t, E::zero(), x, m_pieces, |m_rows, piece| {
                         piece.mul_small_add_to(&minus_sym, m_rows)
                     })
                 }
-                (Some(t), None) => sums
-                    .into_sums()
-                    .remove(0)
-                    .mul_small_add(&t, Some((E::zero(), x))),
+                (Some(t), None) => {
+                    ops.mul_small_axpy(&sums.into_sums().remove(0), &t, E::zero(), x)?
+                }
                 (None, _) => sum.apply_batch(ops, sums)?.remove(0),
             }
         }
         None => {
-            let xi = x.mul_small_add(&s2, Some((-E::one(), u)));
+            let xi = ops.mul_small_axpy(&x, &s2, -E::one(), u)?;
             geometry.retraction.apply(ops, &x, &xi)?
         }
     };
@@ -142,7 +142,7 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
             true => m,
             false => transport_mat(ops, &x_new, m)?,
         }
-        .into_storage();
+        .into_padded();
     }
     Ok((x_new, next))
 }
@@ -150,10 +150,10 @@ pub fn stiefel_step<E: Real, B: TallOps<E, Mat = HostMat<E>>, R: ElementwiseRule
 /// Fails with [`Error::NonFinite`] where `X^T E` is not finite, naming what is not: a NaN
 /// or an infinity in `E` (or `X`) makes a whole column (or row) of `X^T E` non-finite, so
 /// the inputs themselves are scanned only then.
-fn check_finite<E: Real, B: TallOps<E, Mat = HostMat<E>>>(
+fn check_finite<E: Real, B: TallOps<E>>(
     ops: &B,
-    x: &HostMat<E>,
-    egrad: &HostMat<E>,
+    x: &B::Mat,
+    egrad: &B::Mat,
     xte: &DMatrix<f64>,
 ) -> Result<(), Error> {
     if xte.iter().all(|v| v.is_finite()) {
@@ -252,16 +252,12 @@ mod tests {
             retraction,
             reorthonormalize: false,
         };
-        let mut x = HostMat::new(4096, 16, x.as_vec());
+        let mut x = RowPieces::from_compact(4096, 16, x.as_vec());
         let mut state = RuleState::default();
         for _ in 0..2 {
-            let grad = HostMat::new(4096, 16, g.clone());
+            let grad = RowPieces::from_compact(4096, 16, g.clone());
             let step = || stiefel_step(&ops, x, grad, rule, 1e-2, &state, geometry).unwrap();
-            (x, state) = if split {
-                parallel::splitting(step)
-            } else {
-                step()
-            };
+            (x, state) = if split { ops.splitting(step) } else { step() };
         }
         (x.into_compact(), state)
     }

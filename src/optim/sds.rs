@@ -14,7 +14,7 @@ use super::rules::TensorRuleState;
 use super::state::OptimizerState;
 use super::validate::{check_orthonormal, non_finite_values};
 use super::walk::{self, Value};
-use crate::kernels::{parallel, scratch, ComposedOps, Real, StiefelDevice};
+use crate::kernels::{ComposedOps, HostBackend, Real, StiefelDevice};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
@@ -276,7 +276,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             }
             None => {
                 // The step's passes go over the same pieces of rows: worth two threads.
-                let (values, states) = parallel::splitting(|| {
+                let (values, states) = self.ops.splitting(|| {
                     let entries = self.grouped(walk::gather_to_host(module, grads))?;
                     self.host_step(entries, geometry)
                 })?;
@@ -292,7 +292,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         };
         for value in values.into_values() {
             if let Value::Host(v) = value {
-                scratch::recycle(v);
+                E::recycle(v);
             }
         }
         self.state.steps = steps;

@@ -2,7 +2,7 @@
 
 use super::groups::Group;
 use super::rules::RuleState;
-use crate::kernels::{HostMat, Real};
+use crate::kernels::Real;
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 /// Everything an optimizer carries between steps, keyed by the tensors' dotted paths so
 /// that it can be saved (serde) and restored into a fresh optimizer for the same model.
 /// Moments of a Stiefel tensor `[n, r]` are stored with rows padded to
-/// `HostMat::stride_for``(r)`.
+/// the host's vector unit ([`HostElement::padded_len`](crate::kernels::HostElement::padded_len)).
 ///
 /// Restoring gives bit-identical continuation only with a format that round-trips floats
 /// exactly: bincode, or serde_json with its `float_roundtrip` feature (its default parser
@@ -32,7 +32,7 @@ pub struct OptimizerState<E> {
 /// Length of a tensor's state buffers.
 pub(crate) fn buffer_len<E: Real>(group: Group, dims: &[usize]) -> usize {
     match (group, dims) {
-        (Group::Stiefel, [n, r]) => n * HostMat::<E>::stride_for(*r),
+        (Group::Stiefel, [n, r]) => E::padded_len(*n, *r),
         _ => dims.iter().product(),
     }
 }

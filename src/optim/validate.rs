@@ -7,7 +7,7 @@ use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
 use super::walk::{read_f64, HostValue, Value};
-use crate::kernels::{slices, ComposedOps, Flat, Real, StiefelDevice, TallOps};
+use crate::kernels::{ComposedOps, Flat, Real, StiefelDevice, TallOps};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -183,7 +183,7 @@ pub(crate) fn non_finite_values<E: Real, D: StiefelDevice<E>>(
 ) -> Result<Vec<String>, Error> {
     let mut bad: Vec<String> = values
         .iter()
-        .filter(|(_, v)| matches!(v, Value::Host(v) if !slices::all_finite(v)))
+        .filter(|(_, v)| matches!(v, Value::Host(v) if !E::all_finite(v)))
         .map(|(p, _)| p.clone())
         .collect();
     let on_device = values.iter().filter_map(|(p, v)| match v {

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{gradient_of, slices, Flat, Read, Real, StiefelDevice};
+use crate::kernels::{gradient_of, Flat, Read, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
     ViewTensorName, ViewTensorRef,
@@ -286,7 +286,7 @@ pub fn non_finite<'a, E: Real + 'a>(
     entries: impl Iterator<Item = (&'a String, &'a Entry<E>)>,
 ) -> Vec<String> {
     entries
-        .filter(|(_, e)| !slices::all_finite(&e.grad))
+        .filter(|(_, e)| !E::all_finite(&e.grad))
         .map(|(p, _)| p.clone())
         .collect()
 }

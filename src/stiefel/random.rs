@@ -1,6 +1,6 @@
 //! Haar-distributed random points on St(n, r).
 
-use crate::kernels::{householder_q, HostMat, Real};
+use crate::kernels::{Real, RowPieces, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, Shape};
 use dfdx::tensor::{Tensor, TensorFromVec};
@@ -32,7 +32,7 @@ pub fn random_point<E: Real, N: Dim, R: Dim, D: TensorFromVec<E>>(
     let data: Vec<E> = (0..n * r)
         .map(|_| E::of_f64(StandardNormal.sample(&mut rng)))
         .collect();
-    let q = householder_q(HostMat::new(n, r, data));
-    dev.try_tensor_from_vec(q.into_compact(), shape)
+    let q = E::host_ops().qr_q(RowPieces::from_compact(n, r, data))?;
+    dev.try_tensor_from_vec(RowPieces::into_compact(q), shape)
         .map_err(Error::device)
 }

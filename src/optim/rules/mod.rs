@@ -157,7 +157,7 @@ pub trait ElementwiseRule: Copy + Send + Sync {
             g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
         }
         let norm2 = if self.needs_grad_norm() {
-            squared_norm(g)
+            E::squared_norm(g)
         } else {
             0.0
         };
@@ -227,8 +227,6 @@ fn cut_into<'a, E>(buf: &'a mut [E], lens: &[usize]) -> Vec<&'a mut [E]> {
         .collect()
 }
 
-pub(crate) use crate::kernels::slices::squared_norm;
-
 /// Elements `range` of an old buffer: `buf[range]`, or zeros for a buffer not used yet
 /// (empty).
 pub(crate) fn old_range<E: Real>(
@@ -246,6 +244,7 @@ pub(crate) fn old_range<E: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::HostElement;
 
     /// Applied over uneven ranges (in reverse order), a rule gives the whole-tensor
     /// update's bits, and so does the following step.
@@ -262,7 +261,7 @@ mod tests {
                     .map(|g| g * (1.0 + step as f64))
                     .collect::<Vec<_>>();
                 let mut gs = gw.clone();
-                let norm2 = squared_norm(&gw);
+                let norm2 = f64::squared_norm(&gw);
                 let mut next = rule.next_state(&whole, gw.len(), norm2);
                 let part = next.ranges(&[gw.len()]).remove(0);
                 rule.apply(0.1, &whole, part, &mut gw);

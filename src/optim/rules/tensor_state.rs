@@ -1,7 +1,7 @@
 //! A rule's state kept on a device, for the composed path.
 
 use super::RuleState;
-use crate::kernels::{Flat, HostMat, Real};
+use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::shapes::{HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
@@ -57,7 +57,7 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
                 return Ok(None);
             }
             let data = match stiefel {
-                Some((n, r)) => HostMat::from_storage(n, r, v.clone()).into_compact(),
+                Some((n, r)) => E::compact(n, r, v.clone()),
                 None => v.clone(),
             };
             let len = data.len();
@@ -84,7 +84,7 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
     pub fn to_host(&self, stiefel: Option<(usize, usize)>) -> RuleState<E> {
         let buf = |t: &Option<Flat<E, D>>| match (t, stiefel) {
             (None, _) => Vec::new(),
-            (Some(t), Some((n, r))) => HostMat::new(n, r, t.as_vec()).into_storage(),
+            (Some(t), Some((n, r))) => E::padded(n, r, t.as_vec()),
             (Some(t), None) => t.as_vec(),
         };
         let scalar =

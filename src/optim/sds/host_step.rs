@@ -4,7 +4,7 @@
 
 use super::refusal::Refusal;
 use super::Sds;
-use crate::kernels::{HostMat, Real, StiefelDevice};
+use crate::kernels::{Real, RowPieces, StiefelDevice};
 use crate::optim::adapter_step::host_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
@@ -94,8 +94,8 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         geometry: Geometry,
     ) -> Result<(Vec<E>, RuleState<E>), Error> {
         let (n, r) = (entry.dims[0], entry.dims[1]);
-        let x = HostMat::new(n, r, entry.param);
-        let g = HostMat::new(n, r, entry.grad);
+        let x = RowPieces::from_compact(n, r, entry.param);
+        let g = RowPieces::from_compact(n, r, entry.grad);
         let (x_new, state) = stiefel_step(
             &self.ops,
             x,
