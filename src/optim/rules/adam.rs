@@ -1,13 +1,12 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
-use super::{
-    old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
-};
+use super::lane::{Lane, OnDevice};
+use super::{old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState};
 use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::shapes::{HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
-use dfdx::tensor_ops::{BroadcastTo, Device, SumTo, TryAdd, TryDiv, TryMul};
+use dfdx::tensor_ops::{BroadcastTo, Device, SumTo};
 use serde::{Deserialize, Serialize};
 
 /// How Adam's second moment is kept for a Stiefel tensor.
@@ -24,12 +23,12 @@ pub enum SecondMoment {
 /// Adam (Kingma and Ba 2015) as dfdx defines it, plus AMSGrad and a per-matrix second
 /// moment:
 ///
-/// - `g <- g + wd p` for [`WeightDecay::L2`];
+/// - `g <- g + wd p` for [`WeightDecay::L2`](super::WeightDecay::L2);
 /// - `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2` (or, per matrix,
 ///   `v <- b2 v + (1 - b2) ||g||_F^2`); with AMSGrad `v_max <- max(v_max, v)` replaces `v`;
 /// - `u = lr m_hat / (sqrt(v_hat) + eps)` with `m_hat = m / (1 - b1^t)`,
 ///   `v_hat = v / (1 - b2^t)`;
-/// - `u <- u + lr wd p` for [`WeightDecay::Decoupled`] (AdamW).
+/// - `u <- u + lr wd p` for [`WeightDecay::Decoupled`](super::WeightDecay::Decoupled) (AdamW).
 ///
 /// Elementwise, without AMSGrad, this is dfdx's `Adam` kernel operation for operation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -52,74 +51,60 @@ impl Default for AdamRule {
     }
 }
 
-impl AdamRule {
-    /// [`TensorRule::update_tensor`] with the second moment kept as `second_moment` says.
-    #[allow(clippy::too_many_arguments)]
-    fn update_tensor<E: Real, D: Device<E>>(
-        &self,
-        lr: f64,
-        weight_decay: Option<WeightDecay>,
-        second_moment: SecondMoment,
-        state: &mut TensorRuleState<E, D>,
-        p: Option<&Flat<E, D>>,
-        mut g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error> {
-        state.step = state.step.saturating_add(1);
-        let t = i32::try_from(state.step).unwrap_or(i32::MAX);
-        let [b1, b2] = self.betas;
-        let (m_scale, v_scale) = (1.0 / (1.0 - b1.powi(t)), 1.0 / (1.0 - b2.powi(t)));
-        let param = || p.expect("AdamRule::update_tensor: weight decay needs the parameter");
-        if let Some(WeightDecay::L2(wd)) = weight_decay {
-            g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
+/// Adam's constants at one step, in the type `S` its formulas run in, and the formulas
+/// themselves, written once for both paths (on `E` in the host loops, on tensors in the
+/// composed path: [`Lane`]).
+struct AdamStep<S> {
+    b1: S,
+    b2: S,
+    keep1: S,
+    keep2: S,
+    m_scale: S,
+    v_scale: S,
+    eps: S,
+    lr: S,
+}
+
+impl<S: Real> AdamStep<S> {
+    /// The constants of `rule` at learning rate `lr` on its `step`-th update (from 1):
+    /// `m_scale = 1 / (1 - b1^t)`, `v_scale = 1 / (1 - b2^t)`.
+    fn new(rule: &AdamRule, lr: f64, step: u64) -> Self {
+        let t = i32::try_from(step).unwrap_or(i32::MAX);
+        let [b1, b2] = rule.betas.map(S::of_f64);
+        Self {
+            b1,
+            b2,
+            keep1: S::one() - b1,
+            keep2: S::one() - b2,
+            m_scale: (S::one() - b1.powi(t)).recip(),
+            v_scale: (S::one() - b2.powi(t)).recip(),
+            eps: S::of_f64(rule.eps),
+            lr: S::of_f64(lr),
         }
-        let m = TensorRuleState::zeros_if_none(&mut state.first, &g);
-        m.try_axpy(b1, &g, 1.0 - b1).map_err(Error::device)?;
-        let m = m.clone();
-        let square = g.clone().try_square().map_err(Error::device)?;
-        let denominator = match second_moment {
-            SecondMoment::Elementwise => {
-                self.denominator(&mut state.second, &mut state.second_max, square, v_scale)
-            }
-            SecondMoment::Matrix => {
-                let norm2 = square.try_sum::<Rank0, _>().map_err(Error::device)?;
-                let (v, v_max) = (&mut state.second_scalar, &mut state.second_scalar_max);
-                self.denominator(v, v_max, norm2, v_scale)
-                    .and_then(|d| d.try_broadcast_like(g.shape()))
-            }
-        }
-        .map_err(Error::device)?;
-        let mut u = m
-            .try_mul(E::of_f64(lr * m_scale))
-            .and_then(|m| m.try_div(denominator))
-            .map_err(Error::device)?;
-        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-            u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
-        }
-        Ok(u)
     }
 
-    /// The device form's second moment: `v <- b2 v + (1 - b2) sq` (elementwise, or one
-    /// scalar per matrix with `sq = ||g||_F^2`), then `sqrt(v_used / (1 - b2^t)) + eps`
-    /// with `v_used = v`, or under AMSGrad the running maximum `v_max <- max(v_max, v)`.
-    fn denominator<S: Shape, E: Real, D: Device<E>>(
-        &self,
-        v: &mut Option<Tensor<S, E, D>>,
-        v_max: &mut Option<Tensor<S, E, D>>,
-        sq: Tensor<S, E, D>,
-        v_scale: f64,
-    ) -> Result<Tensor<S, E, D>, D::Err> {
-        let b2 = self.betas[1];
-        let v = TensorRuleState::zeros_if_none(v, &sq);
-        v.try_axpy(b2, &sq, 1.0 - b2)?;
-        let mut used = v.clone();
-        if self.amsgrad {
-            let vm = TensorRuleState::zeros_if_none(v_max, &sq);
-            *vm = vm.clone().try_maximum(used)?;
-            used = vm.clone();
-        }
-        used.try_mul(E::of_f64(v_scale))?
-            .try_sqrt()?
-            .try_add(E::of_f64(self.eps))
+    /// `m <- b1 m + (1 - b1) g`.
+    #[inline(always)]
+    fn first<L: Lane<S>>(&self, m: L, g: L) -> L {
+        m * self.b1 + g * self.keep1
+    }
+
+    /// `v <- b2 v + (1 - b2) sq`, with `sq = g^2` (or `||g||_F^2` per matrix).
+    #[inline(always)]
+    fn second<L: Lane<S>>(&self, v: L, sq: L) -> L {
+        v * self.b2 + sq * self.keep2
+    }
+
+    /// `sqrt(v_hat) + eps`, `v_hat = v / (1 - b2^t)`.
+    #[inline(always)]
+    fn denominator<L: Lane<S>>(&self, v: L) -> L {
+        (v * self.v_scale).sqrt_of() + self.eps
+    }
+
+    /// `u = lr m_hat / denominator`, `m_hat = m / (1 - b1^t)`.
+    #[inline(always)]
+    fn update<L: Lane<S>>(&self, m: L, denominator: L) -> L {
+        m * self.m_scale * self.lr / denominator
     }
 }
 
@@ -134,16 +119,60 @@ pub struct AdamUpdate {
 }
 
 impl TensorRule for AdamUpdate {
-    fn update_tensor<E: Real, D: Device<E>>(
+    fn step_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
-        weight_decay: Option<WeightDecay>,
         state: &mut TensorRuleState<E, D>,
-        p: Option<&Flat<E, D>>,
         g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error> {
-        self.rule
-            .update_tensor(lr, weight_decay, self.second_moment, state, p, g)
+        state.step = state.step.saturating_add(1);
+        let c = AdamStep::<E>::new(&self.rule, lr, state.step);
+        let m = c.first(OnDevice::stored(&state.first, &g), OnDevice::of(g.clone()));
+        let m = state.first.insert(m.into_tensor()?).clone();
+        let square = OnDevice::of(g.clone()) * OnDevice::of(g.clone());
+        let denominator = match self.second_moment {
+            SecondMoment::Elementwise => {
+                let v = c
+                    .second(OnDevice::stored(&state.second, &g), square)
+                    .into_tensor()?;
+                let v = state.second.insert(v).clone();
+                self.used(&mut state.second_max, v, &c)?
+            }
+            SecondMoment::Matrix => {
+                let norm2 = square.into_tensor()?.try_sum::<Rank0, _>();
+                let norm2 = norm2.map_err(Error::device)?;
+                let v = c.second(
+                    OnDevice::stored(&state.second_scalar, &norm2),
+                    OnDevice::of(norm2),
+                );
+                let v = state.second_scalar.insert(v.into_tensor()?).clone();
+                let used = self.used(&mut state.second_scalar_max, v, &c)?;
+                used.try_broadcast_like(g.shape()).map_err(Error::device)?
+            }
+        };
+        c.update(OnDevice::of(m), OnDevice::of(denominator))
+            .into_tensor()
+    }
+}
+
+impl AdamUpdate {
+    /// The device form's `sqrt(v_hat) + eps` from the new second moment `v`, or under
+    /// AMSGrad from the running maximum `v_max <- max(v, v_max)`, kept in `v_max`.
+    fn used<S: Shape, E: Real, D: Device<E>>(
+        &self,
+        v_max: &mut Option<Tensor<S, E, D>>,
+        v: Tensor<S, E, D>,
+        c: &AdamStep<E>,
+    ) -> Result<Tensor<S, E, D>, Error> {
+        let used = match (self.rule.amsgrad, v_max.clone()) {
+            (false, _) => v,
+            (true, None) => v_max.insert(v).clone(),
+            (true, Some(old)) => {
+                let vm = OnDevice::of(v).max_with(OnDevice::of(old));
+                v_max.insert(vm.into_tensor()?).clone()
+            }
+        };
+        c.denominator(OnDevice::of(used)).into_tensor()
     }
 }
 
@@ -163,38 +192,32 @@ impl ElementwiseRule for AdamUpdate {
                 }
             }
             SecondMoment::Matrix => {
-                // v <- b2 v + (1 - b2) ||g||_F^2, one scalar for the matrix (in f64).
-                let b2 = self.rule.betas[1];
-                next.second_scalar = b2 * old.second_scalar + (1.0 - b2) * grad_norm2;
-                next.second_scalar_max = old.second_scalar_max.max(next.second_scalar);
+                // One scalar for the matrix, in f64.
+                let c = AdamStep::<f64>::new(&self.rule, 0.0, next.step);
+                next.second_scalar = c.second(old.second_scalar, grad_norm2);
+                next.second_scalar_max = next.second_scalar.max_with(old.second_scalar_max);
             }
         }
         next.keep_unused(old)
     }
 
     fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]) {
-        let rule = &self.rule;
-        let t = i32::try_from(next.step).unwrap_or(i32::MAX);
-        let [b1, b2] = rule.betas.map(E::of_f64);
-        let (eps, lr_e) = (E::of_f64(rule.eps), E::of_f64(lr));
-        let m_scale = (E::one() - b1.powi(t)).recip();
-        let v_scale = (E::one() - b2.powi(t)).recip();
-        let (keep1, keep2) = (E::one() - b1, E::one() - b2);
+        let c = AdamStep::<E>::new(&self.rule, lr, next.step);
         let range = next.offset..next.offset + g.len();
         let m_old = old_range(&old.first, range.clone());
         let first = next.first;
         // Each case is its own loop over zipped slices, with no branch inside, so that it
         // is vectorised (compiled for the widest vector unit: `dispatch`).
-        match (self.second_moment, rule.amsgrad) {
+        match (self.second_moment, self.rule.amsgrad) {
             (SecondMoment::Elementwise, false) => {
                 let v_old = old_range(&old.second, range.clone());
                 let moments = first.iter_mut().zip(next.second.iter_mut());
                 let old = m_old.iter().zip(v_old.iter());
                 E::vectorised(|| {
                     for ((gi, (m, v)), (&m0, &v0)) in g.iter_mut().zip(moments).zip(old) {
-                        *m = m0 * b1 + *gi * keep1;
-                        *v = v0 * b2 + *gi * *gi * keep2;
-                        *gi = lr_e * (*m * m_scale) / ((*v * v_scale).sqrt() + eps);
+                        *m = c.first(m0, *gi);
+                        *v = c.second(v0, *gi * *gi);
+                        *gi = c.update(*m, c.denominator(*v));
                     }
                 });
             }
@@ -210,25 +233,25 @@ impl ElementwiseRule for AdamUpdate {
                     for ((gi, ((m, v), vm)), ((&m0, &v0), &vm0)) in
                         g.iter_mut().zip(moments).zip(old)
                     {
-                        *m = m0 * b1 + *gi * keep1;
-                        *v = v0 * b2 + *gi * *gi * keep2;
-                        *vm = if *v > vm0 { *v } else { vm0 };
-                        *gi = lr_e * (*m * m_scale) / ((*vm * v_scale).sqrt() + eps);
+                        *m = c.first(m0, *gi);
+                        *v = c.second(v0, *gi * *gi);
+                        *vm = v.max_with(vm0);
+                        *gi = c.update(*m, c.denominator(*vm));
                     }
                 });
             }
             (SecondMoment::Matrix, amsgrad) => {
-                let v = if amsgrad {
-                    next.second_scalar_max
-                } else {
-                    next.second_scalar
+                let v = match amsgrad {
+                    true => next.second_scalar_max,
+                    false => next.second_scalar,
                 };
-                let b2f = rule.betas[1];
-                let denominator = E::of_f64((v / (1.0 - b2f.powi(t))).sqrt() + rule.eps);
+                // In f64, as the scalar is kept.
+                let step = AdamStep::<f64>::new(&self.rule, lr, next.step);
+                let denominator = E::of_f64(step.denominator(v));
                 E::vectorised(|| {
                     for ((gi, m), &m0) in g.iter_mut().zip(first.iter_mut()).zip(m_old.iter()) {
-                        *m = m0 * b1 + *gi * keep1;
-                        *gi = lr_e * (*m * m_scale) / denominator;
+                        *m = c.first(m0, *gi);
+                        *gi = c.update(*m, denominator);
                     }
                 });
             }

@@ -12,6 +12,7 @@
 //! ([`SdsConfig::Rule`](super::SdsConfig::Rule)).
 
 mod adam;
+mod lane;
 mod sgd;
 mod tensor_state;
 
@@ -22,6 +23,7 @@ pub use tensor_state::TensorRuleState;
 use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::Device;
+use lane::{Lane, OnDevice};
 use serde::{Deserialize, Serialize};
 
 /// Weight decay of a parameter group.
@@ -154,7 +156,9 @@ pub trait ElementwiseRule: Copy + Send + Sync {
     ) -> RuleState<E> {
         if let Some(WeightDecay::L2(wd)) = weight_decay {
             let wd = E::of_f64(wd);
-            g.iter_mut().zip(p).for_each(|(gi, &pi)| *gi += wd * pi);
+            g.iter_mut()
+                .zip(p)
+                .for_each(|(gi, &pi)| *gi = decay(*gi, pi, wd));
         }
         let norm2 = if self.needs_grad_norm() {
             E::squared_norm(g)
@@ -166,18 +170,28 @@ pub trait ElementwiseRule: Copy + Send + Sync {
         self.apply(lr, state, whole, g);
         if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
             let wd_lr = E::of_f64(wd * lr);
-            g.iter_mut().zip(p).for_each(|(u, &pi)| *u += wd_lr * pi);
+            g.iter_mut()
+                .zip(p)
+                .for_each(|(u, &pi)| *u = decay(*u, pi, wd_lr));
         }
         next
     }
 }
 
-/// A rule's device form: [`ElementwiseRule::update`]'s formulas in dfdx ops on whole
-/// tensors, for the composed path.
+/// A rule's device form: the same formulas as [`ElementwiseRule::apply`] (written once,
+/// over a [`Lane`](lane::Lane)) in dfdx ops on whole tensors, for the composed path.
 pub trait TensorRule: Copy {
-    /// Returns the update `u` for the gradient `g` (`p <- p - u`, weight decay as in
-    /// [`ElementwiseRule::update`]) and advances `state`; `p` is needed only with weight
-    /// decay.
+    /// Returns the update `u` for the gradient `g` (`p <- p - u`, learning rate `lr`
+    /// included, no weight decay) and advances `state`.
+    fn step_tensor<E: Real, D: Device<E>>(
+        &self,
+        lr: f64,
+        state: &mut TensorRuleState<E, D>,
+        g: Flat<E, D>,
+    ) -> Result<Flat<E, D>, Error>;
+
+    /// [`TensorRule::step_tensor`] with weight decay, as [`ElementwiseRule::update`] has
+    /// it; `p` is needed only with weight decay.
     fn update_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
@@ -185,7 +199,28 @@ pub trait TensorRule: Copy {
         state: &mut TensorRuleState<E, D>,
         p: Option<&Flat<E, D>>,
         g: Flat<E, D>,
-    ) -> Result<Flat<E, D>, Error>;
+    ) -> Result<Flat<E, D>, Error> {
+        let decayed = |x: Flat<E, D>, c: f64| {
+            let p = p.expect("TensorRule::update_tensor: weight decay needs the parameter");
+            decay(OnDevice::of(x), OnDevice::of(p.clone()), E::of_f64(c)).into_tensor()
+        };
+        let g = match weight_decay {
+            Some(WeightDecay::L2(wd)) => decayed(g, wd)?,
+            _ => g,
+        };
+        let u = self.step_tensor(lr, state, g)?;
+        match weight_decay {
+            Some(WeightDecay::Decoupled(wd)) => decayed(u, wd * lr),
+            _ => Ok(u),
+        }
+    }
+}
+
+/// Weight decay's one formula, `x + c p`: `g <- g + wd p` before the rule
+/// ([`WeightDecay::L2`]), `u <- u + lr wd p` after it ([`WeightDecay::Decoupled`]).
+#[inline(always)]
+fn decay<E: Real, L: Lane<E>>(x: L, p: L, c: E) -> L {
+    x + p * c
 }
 
 /// A rule in both forms: host slices ([`ElementwiseRule`]) and device tensors

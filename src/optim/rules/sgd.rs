@@ -1,11 +1,10 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
-use super::{
-    old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState, WeightDecay,
-};
+use super::lane::{Lane, OnDevice};
+use super::{old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState};
 use crate::kernels::{Flat, Real};
 use crate::Error;
-use dfdx::tensor_ops::{Device, TryMul};
+use dfdx::tensor_ops::Device;
 use serde::{Deserialize, Serialize};
 
 /// Momentum of [`SgdRule`].
@@ -19,10 +18,10 @@ pub enum Momentum {
 
 /// SGD as PyTorch and dfdx define it:
 ///
-/// - `g <- g + wd p` for [`WeightDecay::L2`];
+/// - `g <- g + wd p` for [`WeightDecay::L2`](super::WeightDecay::L2);
 /// - with momentum `mu`: `v <- g` on the first step, then `v <- mu v + (1 - dampening) g`;
 ///   `u = lr v` (classic) or `u = lr (g + mu v)` (Nesterov); without momentum `u = lr g`;
-/// - `u <- u + lr wd p` for [`WeightDecay::Decoupled`].
+/// - `u <- u + lr wd p` for [`WeightDecay::Decoupled`](super::WeightDecay::Decoupled).
 ///
 /// With `dampening = 0` this is exactly dfdx's `Sgd` kernel, operation for operation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -42,46 +41,72 @@ impl Default for SgdRule {
     }
 }
 
+/// SGD's constants at one step and its formulas, written once for both paths (on `E` in
+/// the host loops, on tensors in the composed path: [`Lane`]).
+struct SgdStep<S> {
+    lr: S,
+    /// `mu` and `1 - dampening`, with momentum.
+    momentum: Option<(S, S)>,
+    nesterov: bool,
+}
+
+impl<S: Real> SgdStep<S> {
+    fn new(rule: &SgdRule, lr: f64) -> Self {
+        let keep = S::one() - S::of_f64(rule.dampening);
+        Self {
+            lr: S::of_f64(lr),
+            momentum: match rule.momentum {
+                Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) => Some((S::of_f64(mu), keep)),
+                None => None,
+            },
+            nesterov: matches!(rule.momentum, Some(Momentum::Nesterov(_))),
+        }
+    }
+
+    /// `v <- g` on the first step (`v = None`), then `v <- mu v + (1 - dampening) g`.
+    #[inline(always)]
+    fn velocity<L: Lane<S>>(mu: S, keep: S, v: Option<L>, g: L) -> L {
+        match v {
+            None => g,
+            Some(v) => g * keep + v * mu,
+        }
+    }
+
+    /// `u = lr (g + mu v)` (Nesterov) or `u = lr v` with momentum, `u = lr g` without.
+    #[inline(always)]
+    fn update<L: Lane<S>>(&self, g: L, v: Option<L>) -> L {
+        match (self.momentum, v) {
+            (Some((mu, _)), Some(v)) if self.nesterov => (g + v * mu) * self.lr,
+            (_, Some(v)) => v * self.lr,
+            (_, None) => g * self.lr,
+        }
+    }
+}
+
 impl TensorRule for SgdRule {
-    fn update_tensor<E: Real, D: Device<E>>(
+    fn step_tensor<E: Real, D: Device<E>>(
         &self,
         lr: f64,
-        weight_decay: Option<WeightDecay>,
         state: &mut TensorRuleState<E, D>,
-        p: Option<&Flat<E, D>>,
-        mut g: Flat<E, D>,
+        g: Flat<E, D>,
     ) -> Result<Flat<E, D>, Error> {
         let first_step = state.step == 0;
         state.step = state.step.saturating_add(1);
-        let param = || p.expect("SgdRule::update_tensor: weight decay needs the parameter");
-        if let Some(WeightDecay::L2(wd)) = weight_decay {
-            g.try_axpy(1.0, param(), wd).map_err(Error::device)?;
-        }
-        let mut u = match self.momentum {
-            Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) => {
-                let v = match state.first.as_mut() {
-                    Some(v) if !first_step => {
-                        v.try_axpy(mu, &g, 1.0 - self.dampening)
-                            .map_err(Error::device)?;
-                        v
-                    }
-                    _ => state.first.insert(g.clone()),
-                };
-                if matches!(self.momentum, Some(Momentum::Nesterov(_))) {
-                    // lr (g + mu v)
-                    let mut u = g;
-                    u.try_axpy(lr, v, lr * mu).map_err(Error::device)?;
-                    u
-                } else {
-                    v.clone().try_mul(E::of_f64(lr)).map_err(Error::device)?
-                }
+        let c = SgdStep::<E>::new(self, lr);
+        let g = OnDevice::of(g);
+        let v = match c.momentum {
+            Some((mu, keep)) => {
+                let v0 = state
+                    .first
+                    .clone()
+                    .filter(|_| !first_step)
+                    .map(OnDevice::of);
+                let v = SgdStep::velocity(mu, keep, v0, g.clone()).into_tensor()?;
+                Some(OnDevice::of(state.first.insert(v).clone()))
             }
-            None => g.try_mul(E::of_f64(lr)).map_err(Error::device)?,
+            None => None,
         };
-        if let Some(WeightDecay::Decoupled(wd)) = weight_decay {
-            u.try_axpy(1.0, param(), wd * lr).map_err(Error::device)?;
-        }
-        Ok(u)
+        c.update(g, v).into_tensor()
     }
 }
 
@@ -95,30 +120,19 @@ impl ElementwiseRule for SgdRule {
     }
 
     fn apply<E: Real>(&self, lr: f64, old: &RuleState<E>, next: StateRange<'_, E>, g: &mut [E]) {
-        let lr_e = E::of_f64(lr);
-        let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = self.momentum else {
-            g.iter_mut().for_each(|gi| *gi *= lr_e);
+        let c = SgdStep::<E>::new(self, lr);
+        let Some((mu, keep)) = c.momentum else {
+            E::vectorised(|| g.iter_mut().for_each(|gi| *gi = c.update(*gi, None)));
             return;
         };
         let first_step = old.step == 0;
-        let keep = E::one() - E::of_f64(self.dampening);
-        let nesterov = matches!(self.momentum, Some(Momentum::Nesterov(_)));
-        let mu = E::of_f64(mu);
         let range = next.offset..next.offset + g.len();
         let v_old = old_range(&old.first, range);
         let velocity = next.first.iter_mut().zip(v_old.iter());
         E::vectorised(|| {
             for (gi, (v, &v0)) in g.iter_mut().zip(velocity) {
-                *v = if first_step {
-                    *gi
-                } else {
-                    *gi * keep + mu * v0
-                };
-                *gi = if nesterov {
-                    (*gi + mu * *v) * lr_e
-                } else {
-                    *v * lr_e
-                };
+                *v = SgdStep::velocity(mu, keep, (!first_step).then_some(v0), *gi);
+                *gi = c.update(*gi, Some(*v));
             }
         });
     }

@@ -3,7 +3,7 @@
 use super::RuleState;
 use crate::kernels::{Flat, Real};
 use crate::Error;
-use dfdx::shapes::{HasShape, Rank0, Shape};
+use dfdx::shapes::Rank0;
 use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::Device;
 
@@ -36,14 +36,6 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
             second_scalar: None,
             second_scalar_max: None,
         }
-    }
-
-    /// `buf`, created as zeros shaped like `like` on first use.
-    pub(crate) fn zeros_if_none<'a, S: Shape>(
-        buf: &'a mut Option<Tensor<S, E, D>>,
-        like: &Tensor<S, E, D>,
-    ) -> &'a mut Tensor<S, E, D> {
-        buf.get_or_insert_with(|| like.device().zeros_like(like.shape()))
     }
 
     /// Uploads a host state; `stiefel = Some((n, r))` unpads a Stiefel tensor's buffers.
