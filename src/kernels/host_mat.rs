@@ -43,23 +43,22 @@ impl<E: Real> HostMat<E> {
 
     /// A `rows x cols` matrix of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        let stride = Self::stride_for(cols);
-        Self {
-            rows,
-            cols,
-            stride,
-            data: scratch::zeroed(rows * stride),
-        }
+        Self::with_buffer(rows, cols, scratch::zeroed)
     }
 
     /// A matrix whose every element (padding included) the caller will overwrite.
     fn overwritten(rows: usize, cols: usize) -> Self {
+        Self::with_buffer(rows, cols, scratch::overwritten)
+    }
+
+    /// A `rows x cols` matrix in the storage `buffer(len)` gives.
+    fn with_buffer(rows: usize, cols: usize, buffer: fn(usize) -> Vec<E>) -> Self {
         let stride = Self::stride_for(cols);
         Self {
             rows,
             cols,
             stride,
-            data: scratch::overwritten(rows * stride),
+            data: buffer(rows * stride),
         }
     }
 

@@ -45,35 +45,13 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
     /// Folds the adapter into the frozen weight: `W0 <- W0 + dW`; the forward pass then
     /// skips the adapter. Errors if already merged.
     fn merge(&mut self) -> Result<(), Error> {
-        let dw = self.delta_weight().map_err(Error::device)?;
-        let FrozenMut {
-            weight,
-            merge_state: state,
-            ..
-        } = self.frozen_mut();
-        if *state == MergeState::Merged {
-            return Err(Error::StateMismatch("the adapter is already merged".into()));
-        }
-        *weight = weight.clone().try_add(dw).map_err(Error::device)?;
-        *state = MergeState::Merged;
-        Ok(())
+        fold(self, MergeState::Merged, "the adapter is already merged")
     }
 
     /// Undoes [`Adapter::merge`]: `W0 <- W0 - dW` (exact up to one rounding per entry).
     /// Errors if not merged.
     fn unmerge(&mut self) -> Result<(), Error> {
-        let dw = self.delta_weight().map_err(Error::device)?;
-        let FrozenMut {
-            weight,
-            merge_state: state,
-            ..
-        } = self.frozen_mut();
-        if *state == MergeState::Separate {
-            return Err(Error::StateMismatch("the adapter is not merged".into()));
-        }
-        *weight = weight.clone().try_sub(dw).map_err(Error::device)?;
-        *state = MergeState::Separate;
-        Ok(())
+        fold(self, MergeState::Separate, "the adapter is not merged")
     }
 
     /// The adapter for an existing linear layer: `W0` and `b` copied from it, the
@@ -86,4 +64,30 @@ pub trait Adapter<const I: usize, const O: usize, E: Real, D: Device<E>>:
         *frozen.bias = linear.bias.clone();
         Ok(layer)
     }
+}
+
+/// Moves `adapter` to the merge state `to`: `W0 <- W0 + dW` into [`MergeState::Merged`],
+/// `W0 <- W0 - dW` into [`MergeState::Separate`]; fails with `already` (and changes
+/// nothing) where it is in that state.
+fn fold<const I: usize, const O: usize, E: Real, D: Device<E>, A: Adapter<I, O, E, D>>(
+    adapter: &mut A,
+    to: MergeState,
+    already: &str,
+) -> Result<(), Error> {
+    let dw = adapter.delta_weight().map_err(Error::device)?;
+    let FrozenMut {
+        weight,
+        merge_state: state,
+        ..
+    } = adapter.frozen_mut();
+    if *state == to {
+        return Err(Error::StateMismatch(already.into()));
+    }
+    let folded = match to {
+        MergeState::Merged => weight.clone().try_add(dw),
+        MergeState::Separate => weight.clone().try_sub(dw),
+    };
+    *weight = folded.map_err(Error::device)?;
+    *state = to;
+    Ok(())
 }

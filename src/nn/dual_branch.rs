@@ -50,19 +50,7 @@ pub struct SdsDualBranch<const I: usize, const O: usize, const R: usize, E: Dtyp
     pub phase: Phase,
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> NonMutableModule
-    for SdsDualBranch<I, O, R, E, D>
-{
-}
-
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> BuildOnDevice<D, E>
-    for builder::SdsDualBranch<I, O, R>
-{
-    type Built = SdsDualBranch<I, O, R, E, D>;
-    fn try_build_on_device(device: &D) -> Result<Self::Built, D::Err> {
-        Self::Built::try_build(device)
-    }
-}
+module_and_builder!(SdsDualBranch);
 
 impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> TensorCollection<E, D>
     for SdsDualBranch<I, O, R, E, D>

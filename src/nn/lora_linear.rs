@@ -51,19 +51,7 @@ pub struct LoraLinear<const I: usize, const O: usize, const R: usize, E: Dtype, 
     pub merge_state: MergeState,
 }
 
-impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>> NonMutableModule
-    for LoraLinear<I, O, R, E, D>
-{
-}
-
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> BuildOnDevice<D, E>
-    for builder::LoraLinear<I, O, R>
-{
-    type Built = LoraLinear<I, O, R, E, D>;
-    fn try_build_on_device(device: &D) -> Result<Self::Built, D::Err> {
-        Self::Built::try_build(device)
-    }
-}
+module_and_builder!(LoraLinear);
 
 impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>> TensorCollection<E, D>
     for LoraLinear<I, O, R, E, D>

@@ -94,19 +94,7 @@ pub struct SdsLinear<
 pub type SdsDiagLinear<const I: usize, const O: usize, const R: usize, E, D> =
     SdsLinear<I, O, R, E, D, DiagonalCore>;
 
-impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Storage<E>, K: CoreKind<R>>
-    NonMutableModule for SdsLinear<I, O, R, E, D, K>
-{
-}
-
-impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
-    BuildOnDevice<D, E> for builder::SdsLinear<I, O, R, K>
-{
-    type Built = SdsLinear<I, O, R, E, D, K>;
-    fn try_build_on_device(device: &D) -> Result<Self::Built, D::Err> {
-        Self::Built::try_build(device)
-    }
-}
+module_and_builder!(SdsLinear, K: CoreKind<R>);
 
 impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: CoreKind<R>>
     TensorCollection<E, D> for SdsLinear<I, O, R, E, D, K>

@@ -1,9 +1,9 @@
 //! Vector transport by projection.
 
-use super::project_mat;
+use super::{project_mat, project_tangent};
 use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
-use dfdx::shapes::{Dim, HasShape};
+use dfdx::shapes::Dim;
 use dfdx::tensor::Tensor;
 
 /// Carries `v` (a tangent vector at an earlier point, or any `n x r` matrix) to the
@@ -31,7 +31,5 @@ pub fn transport<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     x_new: &Tensor<(N, R), E, D>,
     v: &Tensor<(N, R), E, D>,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
-    let ops = x_new.device().tall_ops();
-    let t = transport_mat(&ops, &ops.load(x_new)?, ops.load(v)?)?;
-    ops.store(t, *x_new.shape())
+    project_tangent(x_new, v)
 }

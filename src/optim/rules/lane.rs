@@ -86,39 +86,30 @@ impl<S: Shape, E: Real, D: Device<E>> OnDevice<S, E, D> {
     }
 }
 
-impl<S: Shape, E: Real, D: Device<E>> Add for OnDevice<S, E, D> {
-    type Output = Self;
-    fn add(self, other: Self) -> Self {
-        self.zip(other, |a, b| a.try_add(b))
-    }
+/// `impl $op for OnDevice` (`$f` of two tensors) and `impl $op<E> for OnDevice` (`$f` of
+/// a tensor and a scalar), each one dfdx op.
+macro_rules! device_ops {
+    ($($op:ident, $method:ident, $f:ident;)+) => {$(
+        impl<S: Shape, E: Real, D: Device<E>> $op for OnDevice<S, E, D> {
+            type Output = Self;
+            fn $method(self, other: Self) -> Self {
+                self.zip(other, |a, b| a.$f(b))
+            }
+        }
+
+        impl<S: Shape, E: Real, D: Device<E>> $op<E> for OnDevice<S, E, D> {
+            type Output = Self;
+            fn $method(self, c: E) -> Self {
+                self.map(|a| a.$f(c))
+            }
+        }
+    )+};
 }
 
-impl<S: Shape, E: Real, D: Device<E>> Add<E> for OnDevice<S, E, D> {
-    type Output = Self;
-    fn add(self, c: E) -> Self {
-        self.map(|a| a.try_add(c))
-    }
-}
-
-impl<S: Shape, E: Real, D: Device<E>> Mul for OnDevice<S, E, D> {
-    type Output = Self;
-    fn mul(self, other: Self) -> Self {
-        self.zip(other, |a, b| a.try_mul(b))
-    }
-}
-
-impl<S: Shape, E: Real, D: Device<E>> Mul<E> for OnDevice<S, E, D> {
-    type Output = Self;
-    fn mul(self, c: E) -> Self {
-        self.map(|a| a.try_mul(c))
-    }
-}
-
-impl<S: Shape, E: Real, D: Device<E>> Div for OnDevice<S, E, D> {
-    type Output = Self;
-    fn div(self, other: Self) -> Self {
-        self.zip(other, |a, b| a.try_div(b))
-    }
+device_ops! {
+    Add, add, try_add;
+    Mul, mul, try_mul;
+    Div, div, try_div;
 }
 
 impl<S: Shape, E: Real, D: Device<E>> Lane<E> for OnDevice<S, E, D> {

@@ -1,6 +1,6 @@
 //! Cayley retraction.
 
-use super::{step_grams, Steps};
+use super::{from_step_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 use nalgebra::DMatrix;
@@ -21,15 +21,7 @@ pub fn cayley<E: Real, B: TallOps<E>>(
     ops: &B,
     steps: &Steps<B::Mat>,
 ) -> Result<Vec<B::Mat>, Error> {
-    let outputs = steps
-        .iter()
-        .zip(step_grams(ops, steps)?)
-        .map(|(&(x, xi), g)| {
-            let [c_x, c_xi] = coefficients(&g[0], &g[1], &g[2])?;
-            Ok(vec![(x, c_x), (xi, c_xi)])
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    ops.combine(outputs)
+    from_step_grams(ops, steps, |[k, a, s]| coefficients(&k, &a, &s))
 }
 
 /// The coefficients `[I + Z2 - A Z1 / 2, Z1]` of `X` and `xi` from `K`, `A`, `S`.

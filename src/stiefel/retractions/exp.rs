@@ -1,6 +1,6 @@
 //! Exponential map (geodesic) of the Euclidean metric.
 
-use super::{step_grams, Steps};
+use super::{from_step_grams, Steps};
 use crate::kernels::{small, Real, TallOps};
 use crate::Error;
 use nalgebra::DMatrix;
@@ -15,19 +15,11 @@ use nalgebra::DMatrix;
 /// against the Gram matrix `[[X^T X, A], [A^T, S]]` of `[X, xi]`, which moves it by
 /// rounding only and keeps the result on the manifold to rounding.
 pub fn exp<E: Real, B: TallOps<E>>(ops: &B, steps: &Steps<B::Mat>) -> Result<Vec<B::Mat>, Error> {
-    let outputs = steps
-        .iter()
-        .zip(step_grams(ops, steps)?)
-        .map(|(&(x, xi), g)| {
-            let c = coefficients(&g[0], &g[1], &g[2])?;
-            let r = g[0].nrows();
-            Ok(vec![
-                (x, c.rows(0, r).into_owned()),
-                (xi, c.rows(r, r).into_owned()),
-            ])
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    ops.combine(outputs)
+    from_step_grams(ops, steps, |[xtx, a, s]| {
+        let c = coefficients(&xtx, &a, &s)?;
+        let r = a.nrows();
+        Ok([c.rows(0, r).into_owned(), c.rows(r, r).into_owned()])
+    })
 }
 
 /// `C = [C1; C2]` from `X^T X`, `A` and `S`.

@@ -135,12 +135,15 @@ fn self_grams<E: Real, B: TallOps<E>>(ops: &B, ys: &[B::Mat]) -> Result<Vec<DMat
     ops.grams(&pairs)
 }
 
-/// `[X^T X, X^T xi, xi^T xi]` for every step, in one batch, [checked](check_finite) for
-/// non-finite inputs.
-fn step_grams<E: Real, B: TallOps<E>>(
+/// `X C_x + xi C_xi` for every step, with `[C_x, C_xi] = coefficients([X^T X, X^T xi,
+/// xi^T xi])` (`r x r`, host): the form of the retractions computed from the step's Gram
+/// matrices alone (`Cayley`, `Exp`). The Gram matrices come in one batch,
+/// [checked](check_finite) for non-finite inputs, and the products go out in one.
+fn from_step_grams<E: Real, B: TallOps<E>>(
     ops: &B,
     steps: &Steps<B::Mat>,
-) -> Result<Vec<[DMatrix<f64>; 3]>, Error> {
+    coefficients: impl Fn([DMatrix<f64>; 3]) -> Result<[DMatrix<f64>; 2], Error>,
+) -> Result<Vec<B::Mat>, Error> {
     let pairs: Vec<_> = steps
         .iter()
         .flat_map(|&(x, xi)| [(x, x), (x, xi), (xi, xi)])
@@ -148,11 +151,13 @@ fn step_grams<E: Real, B: TallOps<E>>(
     let grams = ops.grams(&pairs)?;
     check_finite(ops, steps, &grams)?;
     let mut grams = grams.into_iter();
-    Ok(steps
+    let outputs = steps
         .iter()
-        .map(|_| {
+        .map(|&(x, xi)| {
             let mut next = || grams.next().expect("three Gram matrices per step");
-            [next(), next(), next()]
+            let [c_x, c_xi] = coefficients([next(), next(), next()])?;
+            Ok(vec![(x, c_x), (xi, c_xi)])
         })
-        .collect())
+        .collect::<Result<Vec<_>, Error>>()?;
+    ops.combine(outputs)
 }
