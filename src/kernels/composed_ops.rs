@@ -4,9 +4,7 @@ use super::{householder_q, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Axes2, Dim, HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
-use dfdx::tensor_ops::{
-    Device, PermuteTo, ReshapeTo, SumTo, TryAdd, TryMatMul, TryMul, TryStack, TrySub,
-};
+use dfdx::tensor_ops::{Device, PermuteTo, ReshapeTo, SumTo, TryAdd, TryMatMul, TryMul, TryStack};
 use nalgebra::DMatrix;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +160,7 @@ fn product<E: Real, D: Device<E>>(a: &Mat<E, D>, b: &Mat<E, D>) -> Result<Mat<E,
 impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
     type Device = D;
     type Mat = Mat<E, D>;
+    type Kept = Mat<E, D>;
 
     fn dims(&self, a: &Mat<E, D>) -> (usize, usize) {
         *a.shape()
@@ -234,23 +233,43 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         Ok(self.qr_qs(vec![a])?.remove(0))
     }
 
-    /// On the device: `S = X^T G`, `G - X (S + S^T) / 2`.
-    fn project(&self, x: &Mat<E, D>, g: Mat<E, D>) -> Result<Mat<E, D>, Error> {
-        Error::check_shape(*x.shape(), *g.shape())?;
-        let s = product(x, &g)?;
+    fn gram_kept(&self, a: &Mat<E, D>, b: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
+        product(a, b)
+    }
+
+    fn sym_kept(&self, s: Mat<E, D>) -> Result<Mat<E, D>, Error> {
         let st = s.clone().try_permute::<_, Axes2<1, 0>>();
         st.and_then(|st| s.try_add(st))
             .and_then(|sum| sum.try_mul(E::of_f64(0.5)))
-            .and_then(|sym| x.clone().try_matmul(sym))
-            .and_then(|x_sym| g.try_sub(x_sym))
             .map_err(Error::device)
     }
 
-    /// On the device: `Y^T Y`, then `(3/2) Y - (1/2) Y (Y^T Y)`.
-    fn newton_schulz_step(&self, y: &Mat<E, D>) -> Result<Mat<E, D>, Error> {
-        let gram = product(y, y)?;
-        let mut out = y.clone().try_matmul(gram).map_err(Error::device)?;
-        out.try_axpy(-0.5, y, 1.5).map_err(Error::device)?;
+    /// On the device: `A S`, then `C + beta A S + alpha A` by `axpy` (the `alpha` term
+    /// only where `alpha != 0`).
+    fn mul_kept_add(
+        &self,
+        a: &Mat<E, D>,
+        alpha: f64,
+        s: &Mat<E, D>,
+        beta: f64,
+        c: Option<Mat<E, D>>,
+    ) -> Result<Mat<E, D>, Error> {
+        let a_s = a.clone().try_matmul(s.clone()).map_err(Error::device)?;
+        let out = match c {
+            Some(mut c) => {
+                Error::check_shape(*c.shape(), *a_s.shape())?;
+                c.try_axpy(1.0, &a_s, beta).map_err(Error::device)?;
+                if alpha != 0.0 {
+                    c.try_axpy(1.0, a, alpha).map_err(Error::device)?;
+                }
+                c
+            }
+            None => {
+                let mut out = a_s;
+                out.try_axpy(beta, a, alpha).map_err(Error::device)?;
+                out
+            }
+        };
         Ok(out)
     }
 

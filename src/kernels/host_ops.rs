@@ -30,6 +30,7 @@ where
 {
     type Device = Cpu;
     type Mat = HostMat<E>;
+    type Kept = DMatrix<f64>;
 
     fn dims(&self, a: &HostMat<E>) -> (usize, usize) {
         (a.rows(), a.cols())
@@ -116,9 +117,25 @@ where
 
     /// In a new buffer, as [`HostOps::transform_each`] forms its products: `G`'s goes
     /// back to the pool with its values.
-    fn project(&self, x: &HostMat<E>, g: HostMat<E>) -> Result<HostMat<E>, Error> {
-        let s = small::sym(&x.gram(&g));
-        Ok(x.mul_small_add_new(&(-s), E::one(), &g))
+    fn gram_kept(&self, a: &HostMat<E>, b: &HostMat<E>) -> Result<DMatrix<f64>, Error> {
+        Ok(a.gram(b))
+    }
+
+    fn sym_kept(&self, s: DMatrix<f64>) -> Result<DMatrix<f64>, Error> {
+        Ok(small::sym(&s))
+    }
+
+    /// `alpha I + beta S` formed on the host, then one product.
+    fn mul_kept_add(
+        &self,
+        a: &HostMat<E>,
+        alpha: f64,
+        s: &DMatrix<f64>,
+        beta: f64,
+        c: Option<HostMat<E>>,
+    ) -> Result<HostMat<E>, Error> {
+        let m = small::identity_plus(alpha, beta, s);
+        Ok(a.mul_small_add(&m, c.map(|c| (E::one(), c))))
     }
 
     fn lincomb(

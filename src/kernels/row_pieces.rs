@@ -85,7 +85,7 @@ pub trait PieceOfRows<'a, E, M> {
 
 /// A host backend whose working form is held in pieces of rows, with the thread split for
 /// work on them.
-pub trait HostBackend<E: Real>: TallOps<E, Mat: RowPieces<E>> {
+pub trait HostBackend<E: Real>: TallOps<E, Mat: RowPieces<E>, Kept = DMatrix<f64>> {
     /// Runs `f` on every job, sharing the jobs with a helper thread inside
     /// [`HostBackend::splitting`]: the results do not depend on which thread runs a job.
     fn run_pieces<T: Send>(&self, jobs: Vec<T>, f: impl Fn(T) + Sync);
@@ -97,7 +97,7 @@ pub trait HostBackend<E: Real>: TallOps<E, Mat: RowPieces<E>> {
 
 impl<E: Real> HostBackend<E> for HostOps
 where
-    HostOps: TallOps<E, Mat = HostMat<E>>,
+    HostOps: TallOps<E, Mat = HostMat<E>, Kept = DMatrix<f64>>,
 {
     fn run_pieces<T: Send>(&self, jobs: Vec<T>, f: impl Fn(T) + Sync) {
         super::parallel::run(jobs, f)

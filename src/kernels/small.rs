@@ -127,8 +127,18 @@ pub fn inv_sqrt_spd(g: &DMatrix<f64>, what: &'static str) -> Result<DMatrix<f64>
 /// The Newton-Schulz factor `(3I - M) / 2`: `Y (3I - Y^T Y) / 2` moves `Y` towards
 /// orthonormal columns, and the coupled iterations below use the same factor.
 pub fn newton_schulz_factor(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let [alpha, beta] = NEWTON_SCHULZ;
+    identity_plus(alpha, beta, m)
+}
+
+/// A Newton-Schulz step's coefficients `[alpha, beta]`: `Y <- Y (alpha I + beta Y^T Y)`,
+/// `(3I - Y^T Y) / 2`.
+pub const NEWTON_SCHULZ: [f64; 2] = [1.5, -0.5];
+
+/// `alpha I + beta M` for a square `M`.
+pub fn identity_plus(alpha: f64, beta: f64, m: &DMatrix<f64>) -> DMatrix<f64> {
     let k = m.nrows();
-    (DMatrix::identity(k, k) * 3.0 - m) * 0.5
+    DMatrix::identity(k, k) * alpha + m * beta
 }
 
 /// One Newton-Schulz polish of a coefficient matrix `C` against a Gram matrix `H`:

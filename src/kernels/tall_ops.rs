@@ -26,6 +26,9 @@ pub trait TallOps<E: Real> {
     type Device: Device<E>;
     /// A tall matrix in this backend's working form.
     type Mat: Clone;
+    /// A small `r x r` matrix kept where this backend computes (on the host in `f64`, or
+    /// on the device), for work that needs no host round trip.
+    type Kept;
 
     /// `(rows, cols)` of `a`.
     fn dims(&self, a: &Self::Mat) -> (usize, usize);
@@ -103,19 +106,22 @@ pub trait TallOps<E: Real> {
     /// `a`'s storage where the backend can.
     fn qr_q(&self, a: Self::Mat) -> Result<Self::Mat, Error>;
 
-    /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`: the tangent projection
-    /// (by default in `G`'s storage, where the backend can). A device backend keeps the
-    /// `r x r` product on the device (no host round trip).
-    fn project(&self, x: &Self::Mat, g: Self::Mat) -> Result<Self::Mat, Error> {
-        let s = super::small::sym(&self.gram(x, &g)?);
-        self.mul_small_add(x, &(-s), g)
-    }
+    /// `A^T B`, kept on the backend.
+    fn gram_kept(&self, a: &Self::Mat, b: &Self::Mat) -> Result<Self::Kept, Error>;
 
-    /// One Newton-Schulz step towards the polar factor, `Y (3I - Y^T Y) / 2`. A device
-    /// backend keeps `Y^T Y` on the device.
-    fn newton_schulz_step(&self, y: &Self::Mat) -> Result<Self::Mat, Error> {
-        self.mul_small(y, &super::small::newton_schulz_factor(&self.gram(y, y)?))
-    }
+    /// `sym(S) = (S + S^T) / 2` of a kept matrix.
+    fn sym_kept(&self, s: Self::Kept) -> Result<Self::Kept, Error>;
+
+    /// `C + A (alpha I + beta S)` for `c = Some(C)` (in `C`'s storage where the backend
+    /// can), or `A (alpha I + beta S)` for `None`, with a kept `S`.
+    fn mul_kept_add(
+        &self,
+        a: &Self::Mat,
+        alpha: f64,
+        s: &Self::Kept,
+        beta: f64,
+        c: Option<Self::Mat>,
+    ) -> Result<Self::Mat, Error>;
 
     /// `A_k^T B_k` for every pair: like [`TallOps::gram`], but a device backend brings the
     /// whole batch to the host in one transfer.

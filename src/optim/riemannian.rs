@@ -2,10 +2,10 @@
 
 use super::rules::{ElementwiseRule, RuleState, StateRange, TensorRuleState};
 use crate::kernels::{
-    small, ComposedOps, Flat, HostBackend, PieceOfRows, Real, RowPieces, TallOps, TallTensor,
+    ComposedOps, Flat, HostBackend, PieceOfRows, Real, RowPieces, TallOps, TallTensor,
 };
 use crate::stiefel::retractions::{non_finite_input, Sums};
-use crate::stiefel::{transport_mat, Retraction};
+use crate::stiefel::{project_mat, transport_mat, Retraction};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo, TryMul};
@@ -63,9 +63,10 @@ pub fn stiefel_step<E: Real, B: HostBackend<E>, R: ElementwiseRule>(
     let parts = || vec![Vec::new(); lens.len()];
 
     // Steps 1 and 2, and X^T u: `E`'s storage ends holding `u`.
-    let xte = ops.gram(&x, &egrad)?;
+    let xte = ops.gram_kept(&x, &egrad)?;
     check_finite(ops, &x, &egrad, &xte)?;
-    let minus_s1 = -small::sym(&xte);
+    // Steps 1 and 3 are the projection (`stiefel::project_mat`) fused with other work.
+    let minus_s1 = -ops.sym_kept(xte)?;
     let mut xtu = parts();
     let rule_then_gram = |(range, part): (StateRange<'_, E>, &mut Vec<E>),
                           mut piece: <B::Mat as RowPieces<E>>::Rows<'_>| {
@@ -86,7 +87,7 @@ pub fn stiefel_step<E: Real, B: HostBackend<E>, R: ElementwiseRule>(
         let u = x.mul_small_axpy_then(&minus_s1, E::one(), egrad, extras, rule_then_gram);
         (u, next)
     };
-    let s2 = small::sym(&B::Mat::sum_grams(xtu, r, r));
+    let s2 = ops.sym_kept(B::Mat::sum_grams(xtu, r, r))?;
     let mut m = (!next.first.is_empty())
         .then(|| B::Mat::from_padded(n, r, std::mem::take(&mut next.first)));
 
@@ -115,7 +116,8 @@ pub fn stiefel_step<E: Real, B: HostBackend<E>, R: ElementwiseRule>(
             match (factor, m.as_mut()) {
                 (Some(t), Some(m)) => {
                     // X+ = Y T in X's storage; m <- m - X+ sym(X+^T m), X+^T m = T^T Y^T m.
-                    let minus_sym = -small::sym(&(t.transpose() * B::Mat::sum_grams(ytm, r, r)));
+                    let xtm = t.transpose() * B::Mat::sum_grams(ytm, r, r);
+                    let minus_sym = -ops.sym_kept(xtm)?;
                     let m_pieces = m.pieces_mut().into_iter().map(|p| p.into_rows()).collect();
                     let y = sums.into_sums().remove(0);
                     transported = true;
@@ -200,10 +202,9 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
     let mut xs = Vec::with_capacity(batch.len());
     for item in batch {
         let shape = *item.x.shape();
-        let g = ops.project(&item.x, item.egrad)?;
+        let g = project_mat(ops, &item.x, item.egrad)?;
         let u = reshape(rule(item.state, flat(g)?)?, shape)?;
-        let xi = ops
-            .project(&item.x, u)?
+        let xi = project_mat(ops, &item.x, u)?
             .try_mul(-E::one())
             .map_err(Error::device)?;
         xis.push(xi);
@@ -217,7 +218,7 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
     }
     for (state, x) in states.into_iter().zip(&x_new) {
         if let Some(m) = state.first.take() {
-            state.first = Some(flat(ops.project(x, reshape(m, *x.shape())?)?)?);
+            state.first = Some(flat(project_mat(ops, x, reshape(m, *x.shape())?)?)?);
         }
     }
     Ok(x_new)

@@ -6,15 +6,18 @@ use dfdx::shapes::{Dim, HasShape};
 use dfdx::tensor::Tensor;
 
 /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`, on a backend's working form:
-/// one Gram product and one multiply-add into `G`'s storage, `O(n r^2)`
-/// ([`TallOps::project`]).
+/// one Gram product and one multiply-add into `G`'s storage, `O(n r^2)`, with the
+/// `r x r` work kept where the backend computes ([`TallOps::Kept`]: no host round trip on
+/// a device). The fused host step of the optimizers forms the same `S = sym(X^T G)` by
+/// [`TallOps::sym_kept`] with its other products.
 pub fn project_mat<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &B::Mat,
     g: B::Mat,
 ) -> Result<B::Mat, Error> {
     Error::check_shape(ops.dims(x), ops.dims(&g))?;
-    ops.project(x, g)
+    let s = ops.sym_kept(ops.gram_kept(x, &g)?)?;
+    ops.mul_kept_add(x, 0.0, &s, -1.0, Some(g))
 }
 
 /// Projects `g` onto the tangent space of the Stiefel manifold at `x`:

@@ -179,7 +179,7 @@ pub trait ElementwiseRule: Copy + Send + Sync {
 }
 
 /// A rule's device form: the same formulas as [`ElementwiseRule::apply`] (written once,
-/// over a [`Lane`](lane::Lane)) in dfdx ops on whole tensors, for the composed path.
+/// over a `rules::lane::Lane`) in dfdx ops on whole tensors, for the composed path.
 pub trait TensorRule: Copy {
     /// Returns the update `u` for the gradient `g` (`p <- p - u`, learning rate `lr`
     /// included, no weight decay) and advances `state`.

@@ -8,7 +8,8 @@ use crate::Error;
 /// `Y = X + xi`: `Y <- Y (3I - Y^T Y) / 2`. Converges quadratically to the polar factor
 /// when `||Y^T Y - I||_2 < 1`, which is checked first on the host
 /// ([`Error::NotConvergent`] otherwise); the Gram matrices of that check give the first
-/// step, and the later steps are matmul only ([`TallOps::newton_schulz_step`]). Small
+/// step, and the later steps keep `Y^T Y` where the backend computes
+/// ([`TallOps::mul_kept_add`]). Small
 /// steps need few iterations: the distance `d` to orthogonality goes to about `3 d^2 / 4`
 /// per iteration.
 pub fn newton_schulz<E: Real, B: TallOps<E>>(
@@ -26,10 +27,11 @@ pub fn newton_schulz<E: Real, B: TallOps<E>>(
     }
     let first = grams.iter().map(small::newton_schulz_factor);
     ys = ops.transform_each(ys.into_iter().zip(first).collect())?;
+    let [alpha, beta] = small::NEWTON_SCHULZ;
     for _ in 1..iters {
         ys = ys
             .iter()
-            .map(|y| ops.newton_schulz_step(y))
+            .map(|y| ops.mul_kept_add(y, alpha, &ops.gram_kept(y, y)?, beta, None))
             .collect::<Result<_, _>>()?;
     }
     Ok(ys)
