@@ -1,6 +1,6 @@
 //! Adam, with AMSGrad, decoupled weight decay (AdamW), and a per-matrix second moment.
 
-use super::lane::{Lane, OnDevice};
+use super::lane::{Lane, Linear, OnDevice};
 use super::{old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState};
 use crate::kernels::{Flat, Real};
 use crate::Error;
@@ -54,7 +54,7 @@ impl Default for AdamRule {
 /// Adam's constants at one step, in the type `S` its formulas run in, and the formulas
 /// themselves, written once for both paths (on `E` in the host loops, on tensors in the
 /// composed path: [`Lane`]).
-struct AdamStep<S> {
+pub(crate) struct AdamStep<S> {
     b1: S,
     b2: S,
     keep1: S,
@@ -68,7 +68,7 @@ struct AdamStep<S> {
 impl<S: Real> AdamStep<S> {
     /// The constants of `rule` at learning rate `lr` on its `step`-th update (from 1):
     /// `m_scale = 1 / (1 - b1^t)`, `v_scale = 1 / (1 - b2^t)`.
-    fn new(rule: &AdamRule, lr: f64, step: u64) -> Self {
+    pub(crate) fn new(rule: &AdamRule, lr: f64, step: u64) -> Self {
         let t = i32::try_from(step).unwrap_or(i32::MAX);
         let [b1, b2] = rule.betas.map(S::of_f64);
         Self {
@@ -85,25 +85,25 @@ impl<S: Real> AdamStep<S> {
 
     /// `m <- b1 m + (1 - b1) g`.
     #[inline(always)]
-    fn first<L: Lane<S>>(&self, m: L, g: L) -> L {
+    pub(crate) fn first<L: Linear<S>>(&self, m: L, g: L) -> L {
         m * self.b1 + g * self.keep1
     }
 
     /// `v <- b2 v + (1 - b2) sq`, with `sq = g^2` (or `||g||_F^2` per matrix).
     #[inline(always)]
-    fn second<L: Lane<S>>(&self, v: L, sq: L) -> L {
+    pub(crate) fn second<L: Linear<S>>(&self, v: L, sq: L) -> L {
         v * self.b2 + sq * self.keep2
     }
 
     /// `sqrt(v_hat) + eps`, `v_hat = v / (1 - b2^t)`.
     #[inline(always)]
-    fn denominator<L: Lane<S>>(&self, v: L) -> L {
+    pub(crate) fn denominator<L: Lane<S>>(&self, v: L) -> L {
         (v * self.v_scale).sqrt_of() + self.eps
     }
 
     /// `u = lr m_hat / denominator`, `m_hat = m / (1 - b1^t)`.
     #[inline(always)]
-    fn update<L: Lane<S>>(&self, m: L, denominator: L) -> L {
+    pub(crate) fn update<L: Lane<S>>(&self, m: L, denominator: L) -> L {
         m * self.m_scale * self.lr / denominator
     }
 }

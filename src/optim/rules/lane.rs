@@ -16,15 +16,17 @@ use dfdx::tensor::Tensor;
 use dfdx::tensor_ops::{Device, TryAdd, TryDiv, TryMul};
 use std::ops::{Add, Div, Mul};
 
+/// What a moment's formula needs (`m <- b1 m + (1 - b1) g`, a velocity): sums, and
+/// products with constants `E`. Besides every [`Lane`], the basis-update step's moments
+/// are linear values: its `r x r` matrices, and its tall matrices as linear forms.
+pub trait Linear<E>: Clone + Add<Output = Self> + Mul<E, Output = Self> {}
+
+impl<E, T: Clone + Add<Output = T> + Mul<E, Output = T>> Linear<E> for T {}
+
 /// A value a rule computes with: an element (`E`) or a whole tensor of elements
 /// ([`OnDevice`]), with scalars `E` as constants.
 pub trait Lane<E>:
-    Clone
-    + Add<Output = Self>
-    + Add<E, Output = Self>
-    + Mul<Output = Self>
-    + Mul<E, Output = Self>
-    + Div<Output = Self>
+    Linear<E> + Add<E, Output = Self> + Mul<Output = Self> + Div<Output = Self>
 {
     /// The square root.
     fn sqrt_of(self) -> Self;

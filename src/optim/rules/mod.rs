@@ -20,10 +20,14 @@ pub use adam::{AdamRule, AdamUpdate, SecondMoment};
 pub use sgd::{Momentum, SgdRule};
 pub use tensor_state::TensorRuleState;
 
+pub(crate) use adam::AdamStep;
+pub(crate) use lane::Lane;
+pub(crate) use sgd::SgdStep;
+
 use crate::kernels::{Flat, Real};
 use crate::Error;
 use dfdx::tensor_ops::Device;
-use lane::{Lane, OnDevice};
+use lane::OnDevice;
 use serde::{Deserialize, Serialize};
 
 /// Weight decay of a parameter group.

@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum, dampening and weight decay.
 
-use super::lane::{Lane, OnDevice};
+use super::lane::{Linear, OnDevice};
 use super::{old_range, ElementwiseRule, RuleState, StateRange, TensorRule, TensorRuleState};
 use crate::kernels::{Flat, Real};
 use crate::Error;
@@ -43,15 +43,15 @@ impl Default for SgdRule {
 
 /// SGD's constants at one step and its formulas, written once for both paths (on `E` in
 /// the host loops, on tensors in the composed path: [`Lane`]).
-struct SgdStep<S> {
+pub(crate) struct SgdStep<S> {
     lr: S,
     /// `mu` and `1 - dampening`, with momentum.
-    momentum: Option<(S, S)>,
+    pub(crate) momentum: Option<(S, S)>,
     nesterov: bool,
 }
 
 impl<S: Real> SgdStep<S> {
-    fn new(rule: &SgdRule, lr: f64) -> Self {
+    pub(crate) fn new(rule: &SgdRule, lr: f64) -> Self {
         let keep = S::one() - S::of_f64(rule.dampening);
         Self {
             lr: S::of_f64(lr),
@@ -65,7 +65,7 @@ impl<S: Real> SgdStep<S> {
 
     /// `v <- g` on the first step (`v = None`), then `v <- mu v + (1 - dampening) g`.
     #[inline(always)]
-    fn velocity<L: Lane<S>>(mu: S, keep: S, v: Option<L>, g: L) -> L {
+    pub(crate) fn velocity<L: Linear<S>>(mu: S, keep: S, v: Option<L>, g: L) -> L {
         match v {
             None => g,
             Some(v) => g * keep + v * mu,
@@ -74,7 +74,7 @@ impl<S: Real> SgdStep<S> {
 
     /// `u = lr (g + mu v)` (Nesterov) or `u = lr v` with momentum, `u = lr g` without.
     #[inline(always)]
-    fn update<L: Lane<S>>(&self, g: L, v: Option<L>) -> L {
+    pub(crate) fn update<L: Linear<S>>(&self, g: L, v: Option<L>) -> L {
         match (self.momentum, v) {
             (Some((mu, _)), Some(v)) if self.nesterov => (g + v * mu) * self.lr,
             (_, Some(v)) => v * self.lr,

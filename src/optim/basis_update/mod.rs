@@ -40,10 +40,13 @@
 //! Everything `n x r` goes through [`TallOps`], so the host path and the composed (device)
 //! path run these same lines; the `r x r` work is on the host in `f64`.
 
-use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
+mod directions;
+
+use super::rules::{AdamRule, SgdRule, WeightDecay};
 use crate::kernels::{Real, TallOps};
 use crate::stiefel::retractions::{q_factors, Sums};
 use crate::Error;
+use directions::directions;
 use nalgebra::DMatrix;
 
 /// An adapter's point: the bases (`[o, r]` and `[i, r]`, orthonormal columns) and the
@@ -134,9 +137,6 @@ pub enum AdapterPart {
 /// The new point and moments of a basis-update step.
 pub type Stepped<M> = (AdapterPoint<M>, AdapterMoments<M>);
 
-/// A rule's directions and the new moments they come with.
-type Planned<M> = (Directions<M>, AdapterMoments<M>);
-
 /// One basis-update step (module docs): the new point and moments. `old` is what the rule
 /// carried from the previous step. Errors before anything is returned: a non-finite
 /// gradient or core ([`Error::NonFinite`], naming the [`AdapterPart`] in `what`), or a
@@ -156,10 +156,7 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     if let Some(WeightDecay::L2(wd)) = sizes.core_weight_decay {
         gm += &s * wd;
     }
-    let (mut dir, mut next) = match rule {
-        AdapterRule::Sgd(sgd) => sgd_directions(ops, sgd, g.p, gm, g.q, old)?,
-        AdapterRule::Adam(adam) => adam_directions(ops, adam, g.p, gm, g.q, old)?,
-    };
+    let (mut dir, mut next) = directions(ops, rule, (g.p, gm, g.q), old)?;
     next.step = t;
 
     // K = U S - eta D_P, L = V S^T - eta D_Q, and their Q factors.
@@ -243,168 +240,4 @@ impl AdapterPart {
             AdapterPart::BasisIn => super::groups::BASIS_IN_NAME,
         }
     }
-}
-
-/// A tall direction `D = sum_k a_k T_k`, each `T_k` the gradient or the rule's new
-/// moment, with that moment.
-struct TallDirection<M> {
-    terms: Vec<(f64, Term<M>)>,
-    moment: Option<M>,
-}
-
-/// A tall matrix of a direction: the gradient (given up) or the new moment (kept).
-enum Term<M> {
-    Gradient(M),
-    Moment,
-}
-
-impl<M> TallDirection<M> {
-    /// `X W + alpha D` in a new matrix (the first term in the same pass as the product);
-    /// the moment is kept.
-    fn after<E: Real, B: TallOps<E, Mat = M>>(
-        &mut self,
-        ops: &B,
-        x: &M,
-        w: &DMatrix<f64>,
-        alpha: f64,
-    ) -> Result<M, Error> {
-        let mut terms = std::mem::take(&mut self.terms).into_iter();
-        let (a, first) = terms.next().expect("a direction has a term");
-        let mut c = ops.mul_small_plus(x, w, E::of_f64(alpha * a), self.resolve(&first))?;
-        for (a, term) in terms {
-            c = ops.axpy(E::of_f64(alpha * a), self.resolve(&term), c)?;
-        }
-        Ok(c)
-    }
-
-    /// The tall matrix a term stands for.
-    fn resolve<'a>(&'a self, term: &'a Term<M>) -> &'a M {
-        match term {
-            Term::Gradient(g) => g,
-            Term::Moment => self.moment.as_ref().expect("a moment term has its moment"),
-        }
-    }
-}
-
-/// The directions of one step: `D_P`, `D_Q` (tall) and `D_M` (`r x r`).
-struct Directions<M> {
-    p: TallDirection<M>,
-    q: TallDirection<M>,
-    m: DMatrix<f64>,
-}
-
-/// SGD's directions and new moments.
-fn sgd_directions<E: Real, B: TallOps<E>>(
-    ops: &B,
-    rule: SgdRule,
-    p: B::Mat,
-    m: DMatrix<f64>,
-    q: B::Mat,
-    old: AdapterMoments<B::Mat>,
-) -> Result<Planned<B::Mat>, Error> {
-    let Some(Momentum::Classic(mu) | Momentum::Nesterov(mu)) = rule.momentum else {
-        let plain = |g| TallDirection {
-            terms: vec![(1.0, Term::Gradient(g))],
-            moment: None,
-        };
-        let next = AdapterMoments::default();
-        return Ok((
-            Directions {
-                p: plain(p),
-                q: plain(q),
-                m,
-            },
-            next,
-        ));
-    };
-    let nesterov = matches!(rule.momentum, Some(Momentum::Nesterov(_)));
-    let keep = 1.0 - rule.dampening;
-    let first_step = old.step == 0;
-    // m <- g on the first step, m <- mu m + (1 - d) g after.
-    let velocity = |g: &B::Mat, m_old: Option<B::Mat>| -> Result<B::Mat, Error> {
-        match m_old {
-            Some(m_old) if !first_step => ops.lincomb(E::of_f64(mu), &m_old, E::of_f64(keep), g),
-            _ => ops.lincomb(E::one(), g, E::zero(), g),
-        }
-    };
-    let tall = |g: B::Mat, m_old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
-        let moment = velocity(&g, m_old)?;
-        let terms = match nesterov {
-            true => vec![(1.0, Term::Gradient(g)), (mu, Term::Moment)],
-            false => vec![(1.0, Term::Moment)],
-        };
-        Ok(TallDirection {
-            terms,
-            moment: Some(moment),
-        })
-    };
-    let mm = match old.m {
-        Some(m_old) if !first_step => m_old * mu + &m * keep,
-        _ => m.clone(),
-    };
-    let dm = match nesterov {
-        true => &m + &mm * mu,
-        false => mm.clone(),
-    };
-    let next = AdapterMoments {
-        m: Some(mm),
-        ..AdapterMoments::default()
-    };
-    let dirs = Directions {
-        p: tall(p, old.p)?,
-        q: tall(q, old.q)?,
-        m: dm,
-    };
-    Ok((dirs, next))
-}
-
-/// Adam's directions and new moments (one tangent-norm second moment for the adapter).
-fn adam_directions<E: Real, B: TallOps<E>>(
-    ops: &B,
-    rule: AdamRule,
-    p: B::Mat,
-    m: DMatrix<f64>,
-    q: B::Mat,
-    old: AdapterMoments<B::Mat>,
-) -> Result<Planned<B::Mat>, Error> {
-    let [b1, b2] = rule.betas;
-    let t = i32::try_from(old.step.saturating_add(1)).unwrap_or(i32::MAX);
-    let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
-    // v <- b2 v + (1 - b2) ||P_T(G)||^2 / dim, ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2.
-    let norms = ops.squared_norms(&[&p, &q])?;
-    let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
-    let tangent_norm2 = (norms[0] + norms[1] - m.norm_squared()).max(0.0);
-    let v = b2 * old.v + (1.0 - b2) * tangent_norm2 / tangent_dim;
-    let v_max = old.v_max.max(v);
-    let v_used = if rule.amsgrad { v_max } else { v };
-    let scale = 1.0 / ((1.0 - b1.powi(t)) * ((v_used / (1.0 - b2.powi(t))).sqrt() + rule.eps));
-    // m <- b1 m + (1 - b1) g.
-    let first = |g: &B::Mat, m_old: Option<B::Mat>| -> Result<B::Mat, Error> {
-        match m_old {
-            Some(m_old) => ops.lincomb(E::of_f64(b1), &m_old, E::of_f64(1.0 - b1), g),
-            None => ops.lincomb(E::of_f64(1.0 - b1), g, E::zero(), g),
-        }
-    };
-    let tall = |g: B::Mat, m_old| -> Result<TallDirection<B::Mat>, Error> {
-        Ok(TallDirection {
-            terms: vec![(scale, Term::Moment)],
-            moment: Some(first(&g, m_old)?),
-        })
-    };
-    let mm = match old.m {
-        Some(m_old) => m_old * b1 + &m * (1.0 - b1),
-        None => &m * (1.0 - b1),
-    };
-    let next = AdapterMoments {
-        m: Some(mm.clone()),
-        v,
-        v_max,
-        ..AdapterMoments::default()
-    };
-    let dirs = Directions {
-        p: tall(p, old.p)?,
-        q: tall(q, old.q)?,
-        m: mm * scale,
-    };
-    Ok((dirs, next))
 }

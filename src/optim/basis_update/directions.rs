@@ -1,0 +1,216 @@
+//! A basis-update rule's directions and new moments (formulas: the parent module's docs).
+//!
+//! The rule's formulas are the per-tensor rules' own ([`SgdStep`], [`AdamStep`]): they
+//! run on [`Form`]s, linear forms over the gradient and the moments, which gives one set
+//! of coefficients for `P` and `Q`; each tall matrix is then formed in one pass, and the
+//! `r x r` ones on the host.
+
+use super::{AdapterMoments, AdapterRule};
+use crate::kernels::{Real, TallOps};
+use crate::optim::rules::{AdamStep, Lane, SgdStep};
+use crate::Error;
+use nalgebra::DMatrix;
+use std::ops::{Add, Mul};
+
+/// What a rule's coefficients multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operand {
+    /// The gradient (`P`, `Q` or `M`).
+    Gradient,
+    /// The moment carried from the previous step.
+    OldMoment,
+    /// The moment this step keeps.
+    Moment,
+}
+
+/// A linear form `sum_k a_k X_k` over the [`Operand`]s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Form(Vec<(f64, Operand)>);
+
+impl Add for Form {
+    type Output = Self;
+    fn add(mut self, other: Self) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+}
+
+impl Mul<f64> for Form {
+    type Output = Self;
+    fn mul(self, c: f64) -> Self {
+        Form(self.0.into_iter().map(|(a, x)| (a * c, x)).collect())
+    }
+}
+
+impl Form {
+    /// `1 X`.
+    fn of(x: Operand) -> Self {
+        Form(vec![(1.0, x)])
+    }
+
+    /// `sum_k a_k X_k` for `r x r` operands.
+    fn small<'a>(&self, operand: impl Fn(Operand) -> &'a DMatrix<f64>) -> DMatrix<f64> {
+        let (a, x) = self.0[0];
+        let first = operand(x) * a;
+        self.0[1..]
+            .iter()
+            .fold(first, |sum, &(a, x)| sum + operand(x) * a)
+    }
+
+    /// `sum_k a_k X_k` for tall operands, in a new matrix.
+    fn tall<'a, E: Real, B: TallOps<E>>(
+        &self,
+        ops: &B,
+        operand: impl Fn(Operand) -> &'a B::Mat,
+    ) -> Result<B::Mat, Error>
+    where
+        B::Mat: 'a,
+    {
+        let (a, x) = self.0[0];
+        let rest = self.0.get(1).copied();
+        let (b, y) = rest.map_or((0.0, x), |(b, y)| (b, y));
+        let first = ops.lincomb(E::of_f64(a), operand(x), E::of_f64(b), operand(y))?;
+        self.0[2.min(self.0.len())..]
+            .iter()
+            .try_fold(first, |sum, &(a, x)| {
+                ops.axpy(E::of_f64(a), operand(x), sum)
+            })
+    }
+}
+
+/// How the rule turns a gradient into a direction at this step: the moment it keeps (a
+/// form of the gradient and the old moment) and the direction (a form of the gradient and
+/// the kept moment), the same for `P`, `Q` and `M`; and Adam's new `v`, `v_max`.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    moment: Option<Form>,
+    direction: Form,
+    v: f64,
+    v_max: f64,
+}
+
+impl Plan {
+    /// The plan of `rule` after the moments `old`; `tangent2` is `||P_T(G)||^2` per
+    /// tangent dimension (Adam's second moment follows it).
+    fn of<M>(rule: AdapterRule, old: &AdapterMoments<M>, tangent2: f64) -> Self {
+        let g = Form::of(Operand::Gradient);
+        let kept = Form::of(Operand::Moment);
+        let carried = old.step > 0 && old.p.is_some() && old.q.is_some() && old.m.is_some();
+        let old_moment = carried.then(|| Form::of(Operand::OldMoment));
+        match rule {
+            AdapterRule::Sgd(sgd) => {
+                let c = SgdStep::<f64>::new(&sgd, 1.0);
+                let moment = c
+                    .momentum
+                    .map(|(mu, keep)| SgdStep::velocity(mu, keep, old_moment, g.clone()));
+                let direction = c.update(g, moment.as_ref().map(|_| kept));
+                Plan {
+                    moment,
+                    direction,
+                    v: 0.0,
+                    v_max: 0.0,
+                }
+            }
+            AdapterRule::Adam(adam) => {
+                let c = AdamStep::<f64>::new(&adam, 1.0, old.step.saturating_add(1));
+                let v = c.second(old.v, tangent2);
+                let v_max = v.max_with(old.v_max);
+                let used = if adam.amsgrad { v_max } else { v };
+                Plan {
+                    moment: Some(c.first(old_moment.unwrap_or_default(), g)),
+                    direction: kept * c.update(1.0, c.denominator(used)),
+                    v,
+                    v_max,
+                }
+            }
+        }
+    }
+}
+
+/// The matrix an operand stands for, among the gradient, the old and the kept moment.
+fn operand<'a, M>(x: Operand, g: &'a M, old: Option<&'a M>, kept: Option<&'a M>) -> &'a M {
+    match x {
+        Operand::Gradient => g,
+        Operand::OldMoment => old.expect("a carried moment"),
+        Operand::Moment => kept.expect("a kept moment"),
+    }
+}
+
+/// A tall direction `D`: its form over the gradient and the kept moment, and those two.
+pub(super) struct TallDirection<M> {
+    form: Form,
+    gradient: M,
+    /// The moment this step keeps.
+    pub(super) moment: Option<M>,
+}
+
+impl<M> TallDirection<M> {
+    /// `X W + alpha D` in a new matrix (the first term in the same pass as the product).
+    pub(super) fn after<E: Real, B: TallOps<E, Mat = M>>(
+        &self,
+        ops: &B,
+        x: &M,
+        w: &DMatrix<f64>,
+        alpha: f64,
+    ) -> Result<M, Error> {
+        let term = |t| operand(t, &self.gradient, None, self.moment.as_ref());
+        let (a, first) = self.form.0[0];
+        let c = ops.mul_small_plus(x, w, E::of_f64(alpha * a), term(first))?;
+        self.form.0[1..]
+            .iter()
+            .try_fold(c, |c, &(a, t)| ops.axpy(E::of_f64(alpha * a), term(t), c))
+    }
+}
+
+/// The directions of one step: `D_P`, `D_Q` (tall) and `D_M` (`r x r`).
+pub(super) struct Directions<M> {
+    pub(super) p: TallDirection<M>,
+    pub(super) q: TallDirection<M>,
+    pub(super) m: DMatrix<f64>,
+}
+
+/// The directions of a step from the gradients `P`, `M`, `Q`, and the moments it keeps
+/// (not yet carried to the new bases; `step` not yet counted).
+pub(super) fn directions<E: Real, B: TallOps<E>>(
+    ops: &B,
+    rule: AdapterRule,
+    (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
+    old: AdapterMoments<B::Mat>,
+) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+    let tangent2 = match rule {
+        AdapterRule::Sgd(_) => 0.0,
+        // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
+        AdapterRule::Adam(_) => {
+            let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
+            let norms = ops.squared_norms(&[&p, &q])?;
+            let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
+            (norms[0] + norms[1] - m.norm_squared()).max(0.0) / tangent_dim
+        }
+    };
+    let plan = Plan::of(rule, &old, tangent2);
+    let tall = |g: B::Mat, old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
+        let moment = match &plan.moment {
+            Some(f) => Some(f.tall(ops, |x| operand(x, &g, old.as_ref(), None))?),
+            None => None,
+        };
+        Ok(TallDirection {
+            form: plan.direction.clone(),
+            gradient: g,
+            moment,
+        })
+    };
+    let mm = (plan.moment.as_ref()).map(|f| f.small(|x| operand(x, &m, old.m.as_ref(), None)));
+    let dm = plan.direction.small(|x| operand(x, &m, None, mm.as_ref()));
+    let next = AdapterMoments {
+        m: mm,
+        v: plan.v,
+        v_max: plan.v_max,
+        ..AdapterMoments::default()
+    };
+    let dirs = Directions {
+        p: tall(p, old.p)?,
+        q: tall(q, old.q)?,
+        m: dm,
+    };
+    Ok((dirs, next))
+}
