@@ -71,90 +71,78 @@ fn low_bits(lanes: usize) -> u16 {
     }
 }
 
-impl Avx512 for f32 {
-    type V = __m512;
-    const WIDTH: usize = 16;
+/// `impl Avx512` for an element type, from its intrinsics: the register `$v` of `$width`
+/// lanes with masks of type `$mask`; `zero`, `splat`, `fma`, `add`; whole, half and masked
+/// loads and stores (`$zext` widens a half register, `$cast` takes the low half).
+///
+/// Half a register (8 `f32` or 4 `f64`: a padded row at small `r`) moves as one 256-bit
+/// register, not through a mask: a masked 512-bit store spans 64 bytes whatever its mask,
+/// and a load of the next 32-byte row (an update in place, `C <- beta C + A M`) then
+/// waits for the store to complete instead of taking its data forwarded, which made
+/// narrow matrices slower than wide ones.
+macro_rules! avx512_impl {
+    (
+        $e:ty, $v:ty, $width:literal lanes, mask $mask:ty;
+        $zero:ident, $set1:ident, $fmadd:ident, $add:ident;
+        load $load:ident, $load_half:ident, $zext:ident, $load_masked:ident;
+        store $store:ident, $store_half:ident, $cast:ident, $store_masked:ident;
+    ) => {
+        impl Avx512 for $e {
+            type V = $v;
+            const WIDTH: usize = $width;
 
-    #[inline(always)]
-    unsafe fn vzero() -> __m512 {
-        _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn vsplat(p: *const f32) -> __m512 {
-        _mm512_set1_ps(*p)
-    }
-    /// Eight lanes (a padded row of 8, as at `r <= 8`) move as one 256-bit register, not
-    /// through a mask: see [`Avx512::vstore`] for `f32`.
-    #[inline(always)]
-    unsafe fn vload(p: *const f32, lanes: usize) -> __m512 {
-        if lanes >= 16 {
-            _mm512_loadu_ps(p)
-        } else if lanes == 8 {
-            _mm512_zextps256_ps512(_mm256_loadu_ps(p))
-        } else {
-            _mm512_maskz_loadu_ps(low_bits(lanes), p)
+            #[inline(always)]
+            unsafe fn vzero() -> $v {
+                $zero()
+            }
+            #[inline(always)]
+            unsafe fn vsplat(p: *const $e) -> $v {
+                $set1(*p)
+            }
+            #[inline(always)]
+            unsafe fn vload(p: *const $e, lanes: usize) -> $v {
+                if lanes >= $width {
+                    $load(p)
+                } else if lanes == $width / 2 {
+                    $zext($load_half(p))
+                } else {
+                    $load_masked(low_bits(lanes) as $mask, p)
+                }
+            }
+            #[inline(always)]
+            unsafe fn vstore(p: *mut $e, v: $v, lanes: usize) {
+                if lanes >= $width {
+                    $store(p, v)
+                } else if lanes == $width / 2 {
+                    $store_half(p, $cast(v))
+                } else {
+                    $store_masked(p, low_bits(lanes) as $mask, v)
+                }
+            }
+            #[inline(always)]
+            unsafe fn vfma(a: $v, b: $v, c: $v) -> $v {
+                $fmadd(a, b, c)
+            }
+            #[inline(always)]
+            unsafe fn vadd(a: $v, b: $v) -> $v {
+                $add(a, b)
+            }
         }
-    }
-    /// Eight lanes are stored as one 256-bit register: a masked 512-bit store spans 64
-    /// bytes whatever its mask, and a load of the next 32-byte row (an update in place,
-    /// `C <- beta C + A M`) then waited for the store to complete instead of taking its
-    /// data forwarded, which made narrow matrices slower than wide ones.
-    #[inline(always)]
-    unsafe fn vstore(p: *mut f32, v: __m512, lanes: usize) {
-        if lanes >= 16 {
-            _mm512_storeu_ps(p, v)
-        } else if lanes == 8 {
-            _mm256_storeu_ps(p, _mm512_castps512_ps256(v))
-        } else {
-            _mm512_mask_storeu_ps(p, low_bits(lanes), v)
-        }
-    }
-    #[inline(always)]
-    unsafe fn vfma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn vadd(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
-    }
+    };
 }
 
-impl Avx512 for f64 {
-    type V = __m512d;
-    const WIDTH: usize = 8;
+avx512_impl! {
+    f32, __m512, 16 lanes, mask u16;
+    _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps;
+    load _mm512_loadu_ps, _mm256_loadu_ps, _mm512_zextps256_ps512, _mm512_maskz_loadu_ps;
+    store _mm512_storeu_ps, _mm256_storeu_ps, _mm512_castps512_ps256, _mm512_mask_storeu_ps;
+}
 
-    #[inline(always)]
-    unsafe fn vzero() -> __m512d {
-        _mm512_setzero_pd()
-    }
-    #[inline(always)]
-    unsafe fn vsplat(p: *const f64) -> __m512d {
-        _mm512_set1_pd(*p)
-    }
-    #[inline(always)]
-    unsafe fn vload(p: *const f64, lanes: usize) -> __m512d {
-        if lanes >= 8 {
-            _mm512_loadu_pd(p)
-        } else {
-            _mm512_maskz_loadu_pd(low_bits(lanes) as u8, p)
-        }
-    }
-    #[inline(always)]
-    unsafe fn vstore(p: *mut f64, v: __m512d, lanes: usize) {
-        if lanes >= 8 {
-            _mm512_storeu_pd(p, v)
-        } else {
-            _mm512_mask_storeu_pd(p, low_bits(lanes) as u8, v)
-        }
-    }
-    #[inline(always)]
-    unsafe fn vfma(a: __m512d, b: __m512d, c: __m512d) -> __m512d {
-        _mm512_fmadd_pd(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
-        _mm512_add_pd(a, b)
-    }
+avx512_impl! {
+    f64, __m512d, 8 lanes, mask u8;
+    _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd;
+    load _mm512_loadu_pd, _mm256_loadu_pd, _mm512_zextpd256_pd512, _mm512_maskz_loadu_pd;
+    store _mm512_storeu_pd, _mm256_storeu_pd, _mm512_castpd512_pd256, _mm512_mask_storeu_pd;
 }
 
 #[cfg(test)]

@@ -13,10 +13,17 @@ use crate::Error;
 pub trait SdsConfig: Clone + std::fmt::Debug {
     /// The rule, in its host and device forms.
     type Rule: Rule;
+    /// The settings both optimizers have: the groups' learning rates and weight decays,
+    /// and how Stiefel tensors are stepped.
+    fn settings(&self) -> (&ParamGroups, &StiefelConfig);
     /// Learning rates and weight decays of the groups.
-    fn groups(&self) -> &ParamGroups;
+    fn groups(&self) -> &ParamGroups {
+        self.settings().0
+    }
     /// Retraction and re-orthonormalisation period of the Stiefel tensors.
-    fn stiefel(&self) -> &StiefelConfig;
+    fn stiefel(&self) -> &StiefelConfig {
+        self.settings().1
+    }
     /// The rule of Euclidean tensors (and of cores outside the basis-update step), with
     /// its group's weight decay.
     fn euclidean_rule(&self) -> Self::Rule;

@@ -36,12 +36,8 @@ impl Default for SdsAdamConfig {
 impl SdsConfig for SdsAdamConfig {
     type Rule = AdamUpdate;
 
-    fn groups(&self) -> &ParamGroups {
-        &self.groups
-    }
-
-    fn stiefel(&self) -> &StiefelConfig {
-        &self.stiefel
+    fn settings(&self) -> (&ParamGroups, &StiefelConfig) {
+        (&self.groups, &self.stiefel)
     }
 
     /// Adam with an elementwise second moment, as dfdx's.

@@ -32,12 +32,8 @@ impl Default for SdsSgdConfig {
 impl SdsConfig for SdsSgdConfig {
     type Rule = SgdRule;
 
-    fn groups(&self) -> &ParamGroups {
-        &self.groups
-    }
-
-    fn stiefel(&self) -> &StiefelConfig {
-        &self.stiefel
+    fn settings(&self) -> (&ParamGroups, &StiefelConfig) {
+        (&self.groups, &self.stiefel)
     }
 
     fn euclidean_rule(&self) -> SgdRule {

@@ -13,6 +13,17 @@ use dfdx::tensor_ops::{Device, ReshapeTo};
 use num_traits::NumCast;
 use std::collections::BTreeMap;
 
+/// The associated types of a `TensorVisitor` that views tensors through `$viewer` and
+/// keeps their element and device types (it builds no new module).
+macro_rules! in_place_visitor {
+    ($viewer:ty) => {
+        type Viewer = $viewer;
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+    };
+}
+
 /// One tensor of a module as [`each`] hands it over.
 struct Found<E: Real, D: Device<E>> {
     /// Dotted path.
@@ -41,10 +52,7 @@ where
         T: FnMut(Found<E, D>),
         S: FnMut(String, f64),
     {
-        type Viewer = (ViewTensorRef, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
+        in_place_visitor!((ViewTensorRef, ViewTensorName));
         fn visit<Sh: Shape>(
             &mut self,
             opts: TensorOptions<Sh, E, D>,
@@ -334,10 +342,7 @@ fn write<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         scalars: &'a BTreeMap<String, f64>,
     }
     impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Write<'_, E, D> {
-        type Viewer = (ViewTensorMut, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
+        in_place_visitor!((ViewTensorMut, ViewTensorName));
         fn visit<S: Shape>(
             &mut self,
             _: TensorOptions<S, E, D>,

@@ -34,26 +34,32 @@ fn view<E>(data: &[E], rows: usize, cols: usize, stride: usize) -> Strided<'_, E
     }
 }
 
+/// `(n, r, k)`: `n` rows, `r` and `k` columns, from one register block to several, in one
+/// piece and cut into several (`SPLIT_MIN_ELEMENTS` and more).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (7, 3, 5),
+    (9, 8, 8),
+    (37, 7, 7),
+    (37, 16, 7),
+    (40, 8, 8),
+    (50, 20, 10),
+    (50, 20, 33),
+    (65, 64, 64),
+    (70, 16, 16),
+    (131, 13, 5),
+    (131, 13, 24),
+    (200, 33, 40),
+    (300, 20, 49),
+    (2500, 13, 24),
+    (3000, 16, 16),
+];
+
 /// The kernels (AVX-512 where the CPU has it) and the `gemm` crate both match a plain
 /// f64 triple loop, for shapes that exercise partial registers, partial tiles and the
 /// block sums.
 fn check_products<E: Real>(tol: f64) {
-    for &(n, ra, rb) in &[
-        (1, 1, 1),
-        (7, 3, 5),
-        (9, 8, 8),
-        (70, 16, 16),
-        (131, 13, 24),
-        (200, 33, 40),
-        (65, 64, 64),
-        (300, 20, 49),
-        (40, 8, 8),
-        (50, 20, 10),
-        (37, 16, 7),
-        // Cut into pieces (SPLIT_MIN_ELEMENTS and more).
-        (3000, 16, 16),
-        (2500, 13, 24),
-    ] {
+    for &(n, ra, rb) in SHAPES {
         let (a, sa) = padded::<E>(n, ra, 1);
         let (b, sb) = padded::<E>(n, rb, 2);
         let (av, bv) = (view(&a, n, ra, sa), view(&b, n, rb, sb));
@@ -116,15 +122,7 @@ fn check_products<E: Real>(tol: f64) {
 /// buffer, bit for bit, with and without `beta C` (`C` unchanged), for outputs of one
 /// register block and wider, in one piece and in several.
 fn check_into<E: Real>() {
-    for &(n, r, k) in &[
-        (1, 1, 1),
-        (37, 7, 7),
-        (70, 16, 16),
-        (131, 13, 5),
-        (50, 20, 33),
-        (65, 64, 64),
-        (3000, 16, 16),
-    ] {
+    for &(n, r, k) in SHAPES {
         let (a, sa) = padded::<E>(n, r, 4);
         let (c, sc) = padded::<E>(n, k, 6);
         let m = small_matrix::<E>(r, k, sc, 5);
@@ -145,19 +143,11 @@ fn check_into<E: Real>() {
 }
 
 #[test]
-fn product_into_spare_capacity_matches_the_one_in_place() {
+fn products_match_a_plain_loop_and_into_spare_capacity_the_one_in_place() {
+    check_products::<f64>(1e-15);
+    check_products::<f32>(1e-6);
     check_into::<f32>();
     check_into::<f64>();
-}
-
-#[test]
-fn products_match_a_plain_loop_f64() {
-    check_products::<f64>(1e-15);
-}
-
-#[test]
-fn products_match_a_plain_loop_f32() {
-    check_products::<f32>(1e-6);
 }
 
 /// The same with the pieces shared between two threads.

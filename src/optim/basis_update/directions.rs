@@ -169,6 +169,9 @@ pub(super) struct Directions<M> {
     pub(super) m: DMatrix<f64>,
 }
 
+/// A step's directions and the moments it keeps.
+pub(super) type Planned<M> = (Directions<M>, AdapterMoments<M>);
+
 /// The directions of a step from the gradients `P`, `M`, `Q`, and the moments it keeps
 /// (not yet carried to the new bases; `step` not yet counted).
 pub(super) fn directions<E: Real, B: TallOps<E>>(
@@ -176,7 +179,7 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     rule: AdapterRule,
     (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
     old: AdapterMoments<B::Mat>,
-) -> Result<(Directions<B::Mat>, AdapterMoments<B::Mat>), Error> {
+) -> Result<Planned<B::Mat>, Error> {
     let tangent2 = match rule {
         AdapterRule::Sgd(_) => 0.0,
         // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
