@@ -26,6 +26,13 @@ pub struct ParamGroups {
     pub others: GroupConfig,
 }
 
+impl Default for ParamGroups {
+    /// [`ParamGroups::uniform`] at `1e-3`, the learning rate of dfdx's `AdamConfig`.
+    fn default() -> Self {
+        Self::uniform(1e-3)
+    }
+}
+
 impl ParamGroups {
     /// All groups with learning rate `lr` and no weight decay.
     pub fn uniform(lr: f64) -> Self {

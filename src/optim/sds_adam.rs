@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// Hyperparameters of [`SdsAdam`]. The default: learning rate `1e-3` for every group, no
 /// weight decay, betas `[0.9, 0.999]`, eps `1e-8` (dfdx's `AdamConfig` defaults), an
 /// elementwise second moment, the `Qr` retraction.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SdsAdamConfig {
     /// Learning rates and weight decays of bases, scales and other tensors.
     pub groups: ParamGroups,
@@ -20,17 +20,6 @@ pub struct SdsAdamConfig {
     pub second_moment: SecondMoment,
     /// Retraction and re-orthonormalisation.
     pub stiefel: StiefelConfig,
-}
-
-impl Default for SdsAdamConfig {
-    fn default() -> Self {
-        Self {
-            groups: ParamGroups::uniform(1e-3),
-            rule: AdamRule::default(),
-            second_moment: SecondMoment::Elementwise,
-            stiefel: StiefelConfig::default(),
-        }
-    }
 }
 
 impl SdsConfig for SdsAdamConfig {
