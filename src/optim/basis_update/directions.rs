@@ -67,14 +67,14 @@ impl Form {
         B::Mat: 'a,
     {
         let (a, x) = self.0[0];
-        let rest = self.0.get(1).copied();
-        let (b, y) = rest.map_or((0.0, x), |(b, y)| (b, y));
-        let first = ops.lincomb(E::of_f64(a), operand(x), E::of_f64(b), operand(y))?;
-        self.0[2.min(self.0.len())..]
-            .iter()
-            .try_fold(first, |sum, &(a, x)| {
-                ops.axpy(E::of_f64(a), operand(x), sum)
-            })
+        // The first two terms in one pass, any others added after.
+        let first = match self.0.get(1) {
+            Some(&(b, y)) => ops.lincomb(E::of_f64(a), operand(x), E::of_f64(b), operand(y))?,
+            None => ops.lincomb(E::of_f64(a), operand(x), E::zero(), operand(x))?,
+        };
+        self.0.iter().skip(2).try_fold(first, |sum, &(a, x)| {
+            ops.axpy(E::of_f64(a), operand(x), sum)
+        })
     }
 }
 
