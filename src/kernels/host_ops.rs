@@ -1,6 +1,6 @@
 //! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
 
-use super::{device_cache, householder_q, slices, small, HostMat, Real, TallOps};
+use super::{device_cache, householder_q, parallel, slices, small, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
@@ -16,6 +16,11 @@ use nalgebra::DMatrix;
 pub struct HostOps {
     dev: Cpu,
 }
+
+/// The size of a tall matrix from which one call's work is shared between two threads:
+/// half of a core's 2 MiB L2 cache, where a call's inputs, sum and result no longer fit
+/// in it.
+pub(crate) const SHARED_BYTES: usize = 1 << 20;
 
 impl HostOps {
     /// The host backend for `dev`.
@@ -41,6 +46,32 @@ where
         // A contiguous view (free unless `x` is strided), then one memcpy.
         let contiguous = x.clone().try_reshape_like(&(n, r)).map_err(Error::device)?;
         Ok(HostMat::filled_with(n, r, |buf| contiguous.copy_into(buf)))
+    }
+
+    fn load_pair<N: Dim, R: Dim>(
+        &self,
+        a: &Tensor<(N, R), E, Cpu>,
+        b: &Tensor<(N, R), E, Cpu>,
+    ) -> Result<(HostMat<E>, HostMat<E>), Error> {
+        let [n, r] = a.shape().concrete();
+        if b.shape().concrete() != [n, r] {
+            return Ok((self.load(a)?, self.load(b)?));
+        }
+        let contiguous = |t: &Tensor<(N, R), E, Cpu>| t.clone().try_reshape_like(&(n, r));
+        let pair = [contiguous(a), contiguous(b)];
+        let [a, b] = pair.map(|t| t.map_err(Error::device));
+        let (a, b) = (a?, b?);
+        let [a, b] = HostMat::filled_pair(n, r, |k, buf| [&a, &b][k].copy_into(buf));
+        Ok((a, b))
+    }
+
+    /// Matrices of [`SHARED_BYTES`] or more: shared with the helper thread.
+    fn sized_call<T>(&self, elements: usize, f: impl FnOnce() -> T) -> T {
+        if elements * std::mem::size_of::<E>() >= SHARED_BYTES {
+            parallel::splitting(f)
+        } else {
+            f()
+        }
     }
 
     fn store<N: Dim, R: Dim>(
@@ -115,8 +146,6 @@ where
             .collect())
     }
 
-    /// In a new buffer, as [`HostOps::transform_each`] forms its products: `G`'s goes
-    /// back to the pool with its values.
     fn gram_kept(&self, a: &HostMat<E>, b: &HostMat<E>) -> Result<DMatrix<f64>, Error> {
         Ok(a.gram(b))
     }
@@ -150,6 +179,15 @@ where
 
     fn axpy(&self, alpha: E, a: &HostMat<E>, b: HostMat<E>) -> Result<HostMat<E>, Error> {
         Ok(b.plus_scaled(alpha, a))
+    }
+
+    fn axpy_gram(
+        &self,
+        alpha: E,
+        a: &HostMat<E>,
+        b: HostMat<E>,
+    ) -> Result<(HostMat<E>, DMatrix<f64>), Error> {
+        Ok(b.plus_scaled_with_gram(alpha, a))
     }
 
     /// One pass over each storage (its padding is zero).
@@ -207,5 +245,38 @@ mod tests {
             pools.windows(2).all(|w| w[0] == w[1]),
             "buffers in the pool after each call: {pools:?}"
         );
+    }
+
+    /// Matrices of [`SHARED_BYTES`] and more are loaded, summed with their Gram matrix
+    /// and multiplied on two threads: the same bits as on one, for a padded and an
+    /// unpadded shape.
+    #[test]
+    fn shared_calls_give_the_one_thread_results() {
+        let dev = Cpu::default();
+        let ops = HostOps::new(&dev);
+        for shape in [(16_384usize, 16usize), (13_200, 20)] {
+            let elements = shape.0 * shape.1;
+            assert!(elements * 4 >= SHARED_BYTES);
+            let x: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&shape);
+            let xi: Tensor<(usize, usize), f32, Cpu> = dev.sample_normal_like(&shape);
+            let m = DMatrix::from_fn(shape.1, shape.1, |i, j| (i as f64 - 2.0 * j as f64) / 7.0);
+            let one_thread = {
+                let (xm, xim) = (ops.load(&x).unwrap(), ops.load(&xi).unwrap());
+                let y = xim.plus_scaled(1.0, &xm);
+                let gram = y.gram(&y);
+                (y.mul_small_add(&m, None), gram)
+            };
+            let shared = TallOps::<f32>::sized_call(&ops, elements, || {
+                let (xm, xim) = ops.load_pair(&x, &xi).unwrap();
+                assert_eq!(xm.to_compact(), x.as_vec());
+                assert_eq!(xim.to_compact(), xi.as_vec());
+                let (y, gram) = ops.axpy_gram(1.0, &xm, xim).unwrap();
+                (
+                    ops.transform_each(vec![(y, m.clone())]).unwrap().remove(0),
+                    gram,
+                )
+            });
+            assert_eq!(shared, one_thread, "{shape:?}");
+        }
     }
 }

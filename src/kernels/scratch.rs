@@ -54,15 +54,29 @@ enum Want {
 /// back that way and page-faulted in again by the next allocation (48 page faults per
 /// `project_tangent` + `retract` pair where the sum `X + xi` was formed in the step's
 /// storage, 0.1 with this order).
+///
+/// A [`Want::Written`] request leaves the pool's only empty allocation that fits to
+/// the next [`Want::Spare`] one and gets none (its caller allocates): otherwise a call
+/// that loads two inputs, writes a kernel's output and hands it out for good settles on
+/// two pooled buffers, one of them zero-filled for a load every call, where a third
+/// allocated once ends the zero-filling.
 fn take<E: Real>(len: usize, want: Want) -> Option<Vec<E>> {
     E::with_pool(|p| {
         let mut pool = p.0.borrow_mut();
-        let other_kind = |b: &Vec<E>| (b.len() >= len) != (want == Want::Written);
-        let (i, _) = pool
+        let fits = |b: &Vec<E>| b.capacity() >= len && b.capacity() <= 2 * len.max(1);
+        let written = |b: &Vec<E>| b.len() >= len;
+        let (i, best) = pool
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len.max(1))
-            .min_by_key(|(_, b)| (other_kind(b), b.capacity(), b.as_ptr() as usize))?;
+            .filter(|(_, b)| fits(b))
+            .min_by_key(|(_, b)| {
+                let other_kind = written(b) != (want == Want::Written);
+                (other_kind, b.capacity(), b.as_ptr() as usize)
+            })?;
+        let empty = || pool.iter().filter(|b| fits(b) && b.is_empty()).count();
+        if want == Want::Written && best.is_empty() && empty() == 1 {
+            return None;
+        }
         Some(pool.remove(i))
     })
 }
@@ -204,10 +218,20 @@ mod tests {
         );
         let load = overwritten::<f32>(20_000);
         assert_eq!(load.as_ptr() as usize, written_at, "the written one");
-        // With only unwritten allocations left, a load gets one, zero-filled.
+        // With only unwritten allocations left, a load gets one, zero-filled, but the last
+        // one stays for a kernel output and the load gets a fresh allocation.
         recycle(out);
+        replace::<f32>(20_000);
         let filled = overwritten::<f32>(20_000);
         assert!(filled.len() == 20_000 && filled.iter().all(|&v| v == 0.0));
+        let fresh = overwritten::<f32>(20_000);
+        assert!(fresh.len() == 20_000 && fresh.iter().all(|&v| v == 0.0));
+        let kept = spare::<f32>(20_000);
+        assert!(
+            kept.is_empty() && kept.capacity() >= 20_000,
+            "the unwritten one stayed"
+        );
+        assert_ne!(kept.as_ptr(), fresh.as_ptr());
         // With only written ones left, an output gets one, emptied.
         recycle(load);
         let emptied = spare::<f32>(20_000);

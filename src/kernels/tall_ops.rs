@@ -39,6 +39,25 @@ pub trait TallOps<E: Real> {
         x: &TallTensor<N, R, E, Self::Device>,
     ) -> Result<Self::Mat, Error>;
 
+    /// Reads two tensors into the working form (a host backend copies them on two
+    /// threads inside [`TallOps::sized_call`]).
+    fn load_pair<N: Dim, R: Dim>(
+        &self,
+        a: &TallTensor<N, R, E, Self::Device>,
+        b: &TallTensor<N, R, E, Self::Device>,
+    ) -> Result<(Self::Mat, Self::Mat), Error> {
+        Ok((self.load(a)?, self.load(b)?))
+    }
+
+    /// Runs `f`, one call's work on tall matrices of `elements` elements each. A host
+    /// backend shares the work with its helper thread where such matrices outgrow one
+    /// core's cache (below that, moving the data between the cores costs more than the
+    /// second core saves).
+    fn sized_call<T>(&self, elements: usize, f: impl FnOnce() -> T) -> T {
+        let _ = elements;
+        f()
+    }
+
     /// Builds a new tensor of shape `shape` from the working form.
     fn store<N: Dim, R: Dim>(
         &self,
@@ -97,6 +116,19 @@ pub trait TallOps<E: Real> {
     /// `B` up: one matrix fewer in flight than [`TallOps::lincomb`]).
     fn axpy(&self, alpha: E, a: &Self::Mat, b: Self::Mat) -> Result<Self::Mat, Error> {
         self.lincomb(alpha, a, E::one(), &b)
+    }
+
+    /// `Y = B + alpha A` as [`TallOps::axpy`] forms it, with its Gram matrix `Y^T Y` (on
+    /// the host in `f64`): a host backend forms both in one pass over the rows.
+    fn axpy_gram(
+        &self,
+        alpha: E,
+        a: &Self::Mat,
+        b: Self::Mat,
+    ) -> Result<(Self::Mat, DMatrix<f64>), Error> {
+        let y = self.axpy(alpha, a, b)?;
+        let gram = self.gram(&y, &y)?;
+        Ok((y, gram))
     }
 
     /// Whether every element of `a` is finite.

@@ -2,7 +2,7 @@
 
 use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
-use dfdx::shapes::{Dim, HasShape};
+use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::Tensor;
 
 /// `P_X(G) = G - X sym(X^T G)`, `sym(A) = (A + A^T) / 2`, on a backend's working form:
@@ -38,6 +38,9 @@ pub fn project_tangent<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     g: &Tensor<(N, R), E, D>,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
     let ops = x.device().tall_ops();
-    let p = project_mat(&ops, &ops.load(x)?, ops.load(g)?)?;
-    ops.store(p, *x.shape())
+    ops.sized_call(x.shape().num_elements(), || {
+        let (x_mat, g_mat) = ops.load_pair(x, g)?;
+        let p = project_mat(&ops, &x_mat, g_mat)?;
+        ops.store(p, *x.shape())
+    })
 }

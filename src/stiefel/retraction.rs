@@ -3,7 +3,7 @@
 use super::retractions::{self, Sums};
 use crate::kernels::{Real, StiefelDevice, TallOps};
 use crate::Error;
-use dfdx::shapes::{Dim, HasShape};
+use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::Tensor;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
@@ -222,14 +222,18 @@ pub fn retract<N: Dim, R: Dim, E: Real, D: StiefelDevice<E>>(
     kind: Retraction,
 ) -> Result<Tensor<(N, R), E, D>, Error> {
     let ops = x.device().tall_ops();
-    let y = match kind.apply_owned(&ops, ops.load(x)?, ops.load(xi)?) {
-        // The sum overwrote the step: read both again to name the input at fault.
-        Err(Error::NonFinite { .. }) if kind.sum_form().is_some() => {
-            kind.apply(&ops, &ops.load(x)?, &ops.load(xi)?)
-        }
-        y => y,
-    }?;
-    ops.store(y, *x.shape())
+    ops.sized_call(x.shape().num_elements(), || {
+        let (x_mat, xi_mat) = ops.load_pair(x, xi)?;
+        let y = match kind.apply_owned(&ops, x_mat, xi_mat) {
+            // The sum overwrote the step: read both again to name the input at fault.
+            Err(Error::NonFinite { .. }) if kind.sum_form().is_some() => {
+                let (x_mat, xi_mat) = ops.load_pair(x, xi)?;
+                kind.apply(&ops, &x_mat, &xi_mat)
+            }
+            y => y,
+        }?;
+        ops.store(y, *x.shape())
+    })
 }
 
 /// Fails unless the point and the step have one tall shape.

@@ -1,13 +1,13 @@
 //! A dense row-major `n x r` matrix on the host: the CPU fast path's working type.
 
+mod pieces;
+
 use super::layout::padded_stride;
-use super::row_pieces::{PieceOfRows, RowPieces};
 use super::scratch;
 use super::tall_products::{self, Strided};
 use super::Real;
-use super::{padding, slices};
+use super::{padding, parallel, slices};
 use nalgebra::DMatrix;
-use std::ops::Range;
 
 /// A row-major `rows x cols` matrix whose rows are `stride` elements apart
 /// (`stride = cols` rounded up to `ROW_ALIGN`); the padding holds zeros.
@@ -83,6 +83,27 @@ impl<E: Real> HostMat<E> {
             stride,
             data,
         }
+    }
+
+    /// Two `rows x cols` matrices, matrix `k` filled by `fill(k, ..)` as
+    /// [`HostMat::filled_with`] fills one; the two fills are two jobs for
+    /// [`parallel::run`].
+    pub fn filled_pair(
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [E]) + Sync,
+    ) -> [Self; 2] {
+        if Self::stride_for(cols) != cols {
+            return [0, 1].map(|k| Self::filled_with(rows, cols, |buf| fill(k, buf)));
+        }
+        let mut pair = [Self::overwritten(rows, cols), Self::overwritten(rows, cols)];
+        let jobs: Vec<_> = pair
+            .iter_mut()
+            .map(|m| &mut m.data[..])
+            .enumerate()
+            .collect();
+        parallel::run(jobs, |(k, buf)| fill(k, buf));
+        pair
     }
 
     /// A matrix holding compact row-major `data`. Panics if the length is not `rows * cols`.
@@ -283,6 +304,42 @@ impl<E: Real> HostMat<E> {
         self
     }
 
+    /// `Y = self + alpha A` in this matrix's storage, with `Y^T Y`: each piece of rows
+    /// ([`tall_products::pieces`]) is summed and its Gram product formed while it is in
+    /// cache, and the pieces' products are summed as [`HostMat::gram`] sums them (the same
+    /// matrix to the bit).
+    pub fn plus_scaled_with_gram(mut self, alpha: E, a: &Self) -> (Self, DMatrix<f64>) {
+        assert_eq!(
+            (a.rows, a.cols),
+            (self.rows, self.cols),
+            "HostMat::plus_scaled_with_gram"
+        );
+        let (cols, stride) = (self.cols, self.stride);
+        let ranges = tall_products::pieces(self.rows, stride);
+        let mut parts = vec![Vec::new(); ranges.len()];
+        let jobs: Vec<_> = tall_products::cut_at_pieces(&mut self.data, ranges, stride)
+            .into_iter()
+            .zip(parts.iter_mut())
+            .collect();
+        parallel::run(jobs, |((piece, rows), part)| {
+            // Padding: 0 + alpha 0 = 0.
+            slices::axpy(
+                alpha,
+                &a.data[rows.start * stride..rows.end * stride],
+                piece,
+            );
+            let y = Strided {
+                data: piece,
+                rows: rows.len(),
+                cols,
+                stride,
+            };
+            *part = tall_products::gram_piece(y, y);
+        });
+        let gram = to_dmatrix(tall_products::sum_pieces(parts), cols, cols);
+        (self, gram)
+    }
+
     /// `alpha A + beta B`.
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");
@@ -298,138 +355,50 @@ fn to_dmatrix<E: Real>(c: Vec<E>, rows: usize, cols: usize) -> DMatrix<f64> {
     super::small::from_row_major(rows, cols, &c)
 }
 
-/// One piece of rows of a product ([`RowPieces::mul_small_axpy_then`]) as the work fused
-/// with it sees it: which rows, and those rows of the product `P`, final.
-pub struct Piece<'a, E> {
-    rows: Range<usize>,
-    data: &'a mut [E],
-    cols: usize,
-    stride: usize,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<E: Real> Piece<'_, E> {
-    fn strided(&self) -> Strided<'_, E> {
-        Strided {
-            data: self.data,
-            rows: self.rows.len(),
-            cols: self.cols,
-            stride: self.stride,
+    /// A matrix with distinct, exactly representable values.
+    fn ramp<E: Real>(rows: usize, cols: usize, seed: usize) -> HostMat<E> {
+        let data = (0..rows * cols)
+            .map(|i| E::of_f64(((i * 7 + seed * 13) % 101) as f64 / 16.0 - 3.0))
+            .collect();
+        HostMat::new(rows, cols, data)
+    }
+
+    /// The fused sum and Gram product: the same bits as the sum, then `gram`, over many
+    /// pieces and one, padded rows and unpadded.
+    #[test]
+    fn plus_scaled_with_gram_is_plus_scaled_then_gram() {
+        fn check<E: Real>(rows: usize, cols: usize) {
+            let (a, b) = (ramp::<E>(rows, cols, 1), ramp::<E>(rows, cols, 2));
+            let alpha = E::of_f64(-0.75);
+            let expected = b.clone().plus_scaled(alpha, &a);
+            let expected_gram = expected.gram(&expected);
+            let (y, gram) = b.plus_scaled_with_gram(alpha, &a);
+            assert_eq!(y, expected, "{rows} x {cols}");
+            assert_eq!(gram, expected_gram, "{rows} x {cols}");
         }
-    }
-}
-
-impl<'a, E: Real> PieceOfRows<'a, E, HostMat<E>> for Piece<'a, E> {
-    fn rows_mut(&mut self) -> &mut [E] {
-        self.data
+        check::<f32>(5000, 16);
+        check::<f32>(3000, 5);
+        check::<f64>(4100, 12);
+        check::<f64>(40, 3);
     }
 
-    fn into_rows(self) -> &'a mut [E] {
-        self.data
-    }
-
-    fn gram(&self, b: &HostMat<E>) -> Vec<E> {
-        tall_products::gram_piece(self.strided(), b.strided().rows(self.rows.clone()))
-    }
-
-    fn gram_of(&self, a: &HostMat<E>) -> Vec<E> {
-        tall_products::gram_piece(a.strided().rows(self.rows.clone()), self.strided())
-    }
-
-    fn self_gram(&self) -> Vec<E> {
-        tall_products::gram_piece(self.strided(), self.strided())
-    }
-
-    fn mul_small_add_to(&self, m: &DMatrix<f64>, c_rows: &mut [E]) {
-        let m_e = HostMat::<E>::padded_small(m, self.stride);
-        tall_products::mul_small_add_piece(self.strided(), &m_e, E::one(), c_rows, self.stride);
-    }
-}
-
-/// The pieces are those of `tall_products::pieces`, and their work is fused with
-/// `tall_products::mul_small_add_then`.
-impl<E: Real> RowPieces<E> for HostMat<E> {
-    type Rows<'a> = Piece<'a, E>;
-
-    fn from_compact(rows: usize, cols: usize, data: Vec<E>) -> Self {
-        Self::new(rows, cols, data)
-    }
-
-    fn from_padded(rows: usize, cols: usize, data: Vec<E>) -> Self {
-        Self::from_storage(rows, cols, data)
-    }
-
-    fn into_padded(self) -> Vec<E> {
-        self.into_storage()
-    }
-
-    fn into_compact(self) -> Vec<E> {
-        HostMat::into_compact(self)
-    }
-
-    fn padded(&self) -> &[E] {
-        &self.data
-    }
-
-    fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-
-    fn piece_lens(&self) -> Vec<usize> {
-        let pieces = tall_products::pieces(self.rows, self.stride);
-        pieces.iter().map(|p| p.len() * self.stride).collect()
-    }
-
-    fn pieces_mut(&mut self) -> Vec<Piece<'_, E>> {
-        let (cols, stride) = (self.cols, self.stride);
-        let ranges = tall_products::pieces(self.rows, stride);
-        tall_products::cut_at_pieces(&mut self.data, ranges, stride)
-            .into_iter()
-            .map(|(data, rows)| Piece {
-                rows,
-                data,
-                cols,
-                stride,
-            })
-            .collect()
-    }
-
-    fn mul_small_axpy_then<T: Send>(
-        &self,
-        m: &DMatrix<f64>,
-        beta: E,
-        mut c: Self,
-        extras: Vec<T>,
-        then: impl Fn(T, Piece<'_, E>) + Sync,
-    ) -> Self {
-        assert_eq!(
-            (self.cols, self.rows, c.rows, c.cols),
-            (m.nrows(), c.rows, self.rows, m.ncols()),
-            "HostMat::mul_small_axpy_then"
-        );
-        let (cols, stride) = (c.cols, c.stride);
-        let m_e = Self::padded_small(m, stride);
-        tall_products::mul_small_add_then(
-            self.strided(),
-            &m_e,
-            beta,
-            &mut c.data,
-            stride,
-            extras,
-            |extra, rows, data| {
-                let piece = Piece {
-                    rows,
-                    data,
-                    cols,
-                    stride,
-                };
-                then(extra, piece)
-            },
-        );
-        c
-    }
-
-    /// Sums the parts in the order `tall_products::sum_pieces` fixes.
-    fn sum_grams(parts: Vec<Vec<E>>, rows: usize, cols: usize) -> DMatrix<f64> {
-        to_dmatrix(tall_products::sum_pieces(parts), rows, cols)
+    /// Each of the pair is filled with its own values, as `filled_with` fills one.
+    #[test]
+    fn filled_pair_fills_each_as_filled_with() {
+        for (rows, cols) in [(2000usize, 16usize), (700, 5)] {
+            let values =
+                |k: usize| -> Vec<f32> { (0..rows * cols).map(|i| (i * (k + 2)) as f32).collect() };
+            let [a, b] =
+                HostMat::<f32>::filled_pair(rows, cols, |k, buf| buf.copy_from_slice(&values(k)));
+            for (k, m) in [a, b].into_iter().enumerate() {
+                let one =
+                    HostMat::<f32>::filled_with(rows, cols, |buf| buf.copy_from_slice(&values(k)));
+                assert_eq!(m, one, "{rows} x {cols}, matrix {k}");
+            }
+        }
     }
 }
