@@ -43,6 +43,11 @@ impl Mul<f64> for Form {
 }
 
 impl Form {
+    /// Whether a term of this form multiplies `x`.
+    fn uses(&self, x: Operand) -> bool {
+        self.0.iter().any(|&(_, y)| y == x)
+    }
+
     /// `1 X`.
     fn of(x: Operand) -> Self {
         Form(vec![(1.0, x)])
@@ -128,18 +133,19 @@ impl Plan {
 }
 
 /// The matrix an operand stands for, among the gradient, the old and the kept moment.
-fn operand<'a, M>(x: Operand, g: &'a M, old: Option<&'a M>, kept: Option<&'a M>) -> &'a M {
+fn operand<'a, M>(x: Operand, g: Option<&'a M>, old: Option<&'a M>, kept: Option<&'a M>) -> &'a M {
     match x {
-        Operand::Gradient => g,
+        Operand::Gradient => g.expect("a gradient term has its gradient"),
         Operand::OldMoment => old.expect("a carried moment"),
         Operand::Moment => kept.expect("a kept moment"),
     }
 }
 
-/// A tall direction `D`: its form over the gradient and the kept moment, and those two.
+/// A tall direction `D`: its form over the gradient and the kept moment, and those two
+/// (the gradient only where the form uses it: otherwise its buffer goes back at once).
 pub(super) struct TallDirection<M> {
     form: Form,
-    gradient: M,
+    gradient: Option<M>,
     /// The moment this step keeps.
     pub(super) moment: Option<M>,
 }
@@ -153,7 +159,7 @@ impl<M> TallDirection<M> {
         w: &DMatrix<f64>,
         alpha: f64,
     ) -> Result<M, Error> {
-        let term = |t| operand(t, &self.gradient, None, self.moment.as_ref());
+        let term = |t| operand(t, self.gradient.as_ref(), None, self.moment.as_ref());
         let (a, first) = self.form.0[0];
         let c = ops.mul_small_plus(x, w, E::of_f64(alpha * a), term(first))?;
         self.form.0[1..]
@@ -193,17 +199,20 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     let plan = Plan::of(rule, &old, tangent2);
     let tall = |g: B::Mat, old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
         let moment = match &plan.moment {
-            Some(f) => Some(f.tall(ops, |x| operand(x, &g, old.as_ref(), None))?),
+            Some(f) => Some(f.tall(ops, |x| operand(x, Some(&g), old.as_ref(), None))?),
             None => None,
         };
         Ok(TallDirection {
             form: plan.direction.clone(),
-            gradient: g,
+            gradient: plan.direction.uses(Operand::Gradient).then_some(g),
             moment,
         })
     };
-    let mm = (plan.moment.as_ref()).map(|f| f.small(|x| operand(x, &m, old.m.as_ref(), None)));
-    let dm = plan.direction.small(|x| operand(x, &m, None, mm.as_ref()));
+    let mm =
+        (plan.moment.as_ref()).map(|f| f.small(|x| operand(x, Some(&m), old.m.as_ref(), None)));
+    let dm = plan
+        .direction
+        .small(|x| operand(x, Some(&m), None, mm.as_ref()));
     let next = AdapterMoments {
         m: mm,
         v: plan.v,
