@@ -17,8 +17,11 @@
 //!   Riemannian composition for other Stiefel tensors.
 //! - [`stiefel`]: geometry on `St(n, r)`: tangent projection, six retractions, transport,
 //!   random points, checks.
-//! - [`kernels`]: per-device arithmetic: fused loops and GEMM on plain slices for `Cpu`,
-//!   dfdx ops for other devices, small `r x r` work on the host through nalgebra.
+//! - [`kernels`]: per-device arithmetic behind the backend traits ([`kernels::TallOps`],
+//!   [`kernels::StiefelDevice`]) and the element trait ([`kernels::Real`]): fused loops and
+//!   GEMM on plain slices for `Cpu`, dfdx ops for other devices.
+//! - `small` (crate-private): the `r x r` work every layer does on the host in `f64`
+//!   through nalgebra (factorisations, inverse square roots, the Jacobi SVD).
 //!
 //! ```
 //! use dfdx::prelude::*;
@@ -39,6 +42,7 @@ mod error;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub(crate) mod small;
 pub mod stiefel;
 
 pub use error::Error;

@@ -1,6 +1,6 @@
 //! Spectral measures of a matrix's rank.
 
-use crate::kernels::small::svd_jacobi;
+use crate::small::svd_jacobi;
 use nalgebra::DMatrix;
 
 /// Singular values of `m` (decreasing), by a Jacobi SVD of `m` or `m^T`, whichever is tall.

@@ -141,7 +141,7 @@ impl<D: Clone> ComposedOps<D> {
         self.upload(
             mats.iter()
                 .map(|m| {
-                    let data = super::small::to_row_major(m);
+                    let data = E::row_major(m);
                     (data, m.shape())
                 })
                 .collect(),
@@ -283,7 +283,7 @@ impl<E: Real, D: Device<E>> TallOps<E> for ComposedOps<D> {
         Ok(data
             .into_iter()
             .zip(shapes)
-            .map(|(v, (r, c))| super::small::from_row_major(r, c, &v))
+            .map(|(v, (r, c))| E::from_row_major(r, c, &v))
             .collect())
     }
 

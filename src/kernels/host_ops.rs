@@ -1,6 +1,6 @@
 //! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
 
-use super::{device_cache, householder_q, parallel, slices, small, HostMat, Real, TallOps};
+use super::{device_cache, householder_q, parallel, slices, HostMat, Real, TallOps};
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
@@ -65,7 +65,7 @@ where
         Ok((a, b))
     }
 
-    /// Matrices of [`SHARED_BYTES`] or more: shared with the helper thread.
+    /// Matrices of `SHARED_BYTES` (1 MiB) or more: shared with the helper thread.
     fn sized_call<T>(&self, elements: usize, f: impl FnOnce() -> T) -> T {
         if elements * std::mem::size_of::<E>() >= SHARED_BYTES {
             parallel::splitting(f)
@@ -151,7 +151,7 @@ where
     }
 
     fn sym_kept(&self, s: DMatrix<f64>) -> Result<DMatrix<f64>, Error> {
-        Ok(small::sym(&s))
+        Ok(crate::small::sym(&s))
     }
 
     /// `alpha I + beta S` formed on the host, then one product.
@@ -163,7 +163,7 @@ where
         beta: f64,
         c: Option<HostMat<E>>,
     ) -> Result<HostMat<E>, Error> {
-        let m = small::identity_plus(alpha, beta, s);
+        let m = crate::small::identity_plus(alpha, beta, s);
         Ok(a.mul_small_add(&m, c.map(|c| (E::one(), c))))
     }
 

@@ -1,7 +1,7 @@
 //! Per-device arithmetic: the bottom layer.
 //!
 //! Everything the geometry needs is a handful of operations on tall `n x r` matrices
-//! ([`TallOps`]) plus small `r x r` work on the host in `f64` (`small`). On `Cpu` they
+//! ([`TallOps`]) plus small `r x r` work on the host in `f64` (`crate::small`, shared by every layer). On `Cpu` they
 //! run as fused loops and thin products (`tall_products`) on plain slices ([`HostOps`]),
 //! compiled for the widest vector unit the CPU has (`simd`); on other devices they are
 //! composed from dfdx ops ([`ComposedOps`]).
@@ -10,7 +10,6 @@
 pub(crate) mod avx512;
 mod composed_ops;
 pub(crate) mod device_cache;
-mod grad_add;
 mod host_mat;
 mod host_ops;
 mod host_read;
@@ -23,13 +22,11 @@ mod row_pieces;
 pub(crate) mod scratch;
 pub(crate) mod simd;
 pub(crate) mod slices;
-pub(crate) mod small;
 mod stiefel_device;
 mod tall_ops;
 pub(crate) mod tall_products;
 
 pub use composed_ops::{ComposedOps, Transfers};
-pub(crate) use grad_add::add_into_grad;
 pub(crate) use host_mat::HostMat;
 pub use host_ops::HostOps;
 pub(crate) use host_read::{gradient_of, Read};

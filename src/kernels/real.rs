@@ -2,7 +2,7 @@
 //! what the host kernels need of them besides ([`HostElement`]).
 
 use dfdx::dtypes::{Dtype, NotMixedPrecision};
-use nalgebra::RealField;
+use nalgebra::{DMatrix, RealField};
 
 /// The register-level arithmetic of the host kernels: `Avx512` on x86-64.
 #[cfg(target_arch = "x86_64")]
@@ -144,6 +144,16 @@ pub trait Real:
 
     /// Converts from `f64` (rounded to nearest).
     fn of_f64(v: f64) -> Self;
+
+    /// The row-major data of a small `f64` matrix, rounded to this type.
+    fn row_major(m: &DMatrix<f64>) -> Vec<Self> {
+        m.transpose().iter().map(|&v| Self::of_f64(v)).collect()
+    }
+
+    /// A small `rows x cols` `f64` matrix from row-major data of this type.
+    fn from_row_major(rows: usize, cols: usize, data: &[Self]) -> DMatrix<f64> {
+        DMatrix::from_row_iterator(rows, cols, data.iter().map(|&v| v.to_f64()))
+    }
 }
 
 macro_rules! impl_real {

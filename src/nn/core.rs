@@ -1,7 +1,7 @@
 //! The core `S` of an [`SdsLinear`](super::SdsLinear): a full `R x R` matrix (the default)
 //! or, as an ablation, a diagonal of `R` scales.
 
-use crate::kernels::{small, Real};
+use crate::kernels::Real;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
 
@@ -78,7 +78,7 @@ impl<const R: usize, E: Real, D: Device<E>> CoreRef<'_, R, E, D> {
     /// The dense `R x R` core on the host.
     pub fn dense(&self) -> DMatrix<f64> {
         match self {
-            CoreRef::Full(s) => small::from_row_major(R, R, &s.as_vec()),
+            CoreRef::Full(s) => E::from_row_major(R, R, &s.as_vec()),
             CoreRef::Diagonal(s) => DMatrix::from_diagonal(&nalgebra::DVector::from_iterator(
                 R,
                 s.as_vec().into_iter().map(Real::to_f64),
@@ -108,7 +108,7 @@ impl<const R: usize> CoreKind<R> for FullCore {
     }
 
     fn data_of<E: Real>(s: &DMatrix<f64>) -> Option<Vec<E>> {
-        Some(small::to_row_major(s))
+        Some(E::row_major(s))
     }
 }
 

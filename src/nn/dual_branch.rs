@@ -2,9 +2,10 @@
 //! constant orthonormal bases, after a plain-LoRA warm-up.
 
 use super::frozen_linear::frozen_linear;
-use super::init::{fill_stiefel, host, kaiming_uniform, row_major};
+use super::init::{fill_stiefel, host, kaiming_uniform};
 use super::options::{Phase, Scaling};
-use crate::kernels::{small, Real};
+use crate::kernels::Real;
+use crate::small;
 use crate::Error;
 use dfdx::nn::tensor_collection::{ModuleVisitor, ScalarOptions, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
@@ -250,9 +251,9 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>>
     }
 
     fn write(&mut self, a: &DMatrix<f64>, b: &DMatrix<f64>, qa: &DMatrix<f64>, qb: &DMatrix<f64>) {
-        self.lora_a.copy_from(&row_major::<E>(a));
-        self.lora_b.copy_from(&row_major::<E>(b));
-        self.q_a.copy_from(&row_major::<E>(qa));
-        self.q_b.copy_from(&row_major::<E>(qb));
+        self.lora_a.copy_from(&E::row_major(a));
+        self.lora_b.copy_from(&E::row_major(b));
+        self.q_a.copy_from(&E::row_major(qa));
+        self.q_b.copy_from(&E::row_major(qb));
     }
 }

@@ -1,7 +1,7 @@
 //! `y = x W0^T + b` with `W0` and `b` frozen: the backward pass computes `dx = Gy W0` only.
 
+use super::grad_add::add_into_grad;
 use super::Batch;
-use crate::kernels::add_into_grad;
 use dfdx::prelude::*;
 
 /// `x W0^T + b` for `x: [B, I]`, `W0: [O, I]`, `b: [O]`. The backward pass adds

@@ -1,7 +1,8 @@
 //! Initialisation of adapter tensors: random fills seeded from the device's generator,
 //! the principal subspace of a weight, and the exact factorisation of a LoRA pair.
 
-use crate::kernels::{small, Real};
+use crate::kernels::Real;
+use crate::small;
 use crate::stiefel::random_point;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
@@ -12,11 +13,6 @@ pub(crate) fn host<const N: usize, const M: usize, E: Real, D: Device<E>>(
     t: &Tensor<Rank2<N, M>, E, D>,
 ) -> DMatrix<f64> {
     DMatrix::from_row_iterator(N, M, t.as_vec().into_iter().map(Real::to_f64))
-}
-
-/// An `f64` matrix as row-major data in `E`.
-pub(crate) fn row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
-    small::to_row_major(m)
 }
 
 /// Fills `t` uniformly on `[-bound, bound]` from a generator seeded by the device's.

@@ -42,6 +42,7 @@ mod adapter;
 mod core;
 mod dual_branch;
 mod frozen_linear;
+mod grad_add;
 mod init;
 mod lora_linear;
 mod options;

@@ -1,8 +1,8 @@
 //! The SDS adapter `c ((x V) S^T) U^T` with its scale-decoupled backward pass.
 
 use super::core::{CoreRef, CoreTensor};
+use super::grad_add::add_into_grad;
 use super::{Batch, GradientMode};
-use crate::kernels::add_into_grad;
 use dfdx::prelude::*;
 
 /// The adapter's trainable tensors, borrowed from the layer.

@@ -3,9 +3,7 @@
 use super::adapter::{Adapter, FrozenMut};
 use super::core::{CoreKind, CoreRef, DiagonalCore, FullCore};
 use super::frozen_linear::frozen_linear;
-use super::init::{
-    factor_lora_pair, fill_stiefel, host, kaiming_uniform, principal_subspace, row_major,
-};
+use super::init::{factor_lora_pair, fill_stiefel, host, kaiming_uniform, principal_subspace};
 use super::options::{GradientMode, MergeState, Scaling};
 use super::sds_adapter_op::{sds_adapter, SdsFactors};
 use crate::kernels::Real;
@@ -217,8 +215,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
     pub fn init_principal(&mut self) -> Result<(), D::Err> {
         let seed = self.weight.device().random_u64();
         let (u, v) = principal_subspace(&host(&self.weight), R, seed);
-        self.basis_out.copy_from(&row_major::<E>(&u));
-        self.basis_in.copy_from(&row_major::<E>(&v));
+        self.basis_out.copy_from(&E::row_major(&u));
+        self.basis_in.copy_from(&E::row_major(&v));
         self.core.try_fill_with_zeros()
     }
 
@@ -247,8 +245,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Real, D: Device<E>, K: C
             });
         }
         let (u, s, v) = factor_lora_pair(&b, &a, ratio);
-        self.basis_out.copy_from(&row_major::<E>(&u));
-        self.basis_in.copy_from(&row_major::<E>(&v));
+        self.basis_out.copy_from(&E::row_major(&u));
+        self.basis_in.copy_from(&E::row_major(&v));
         let core = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(s));
         self.core
             .copy_from(&K::data_of::<E>(&core).expect("a diagonal core"));

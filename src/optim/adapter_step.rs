@@ -13,7 +13,6 @@ use super::basis_update::{
 use super::groups::{Group, BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME};
 use super::rules::{RuleState, TensorRuleState};
 use super::walk::{Entry, TensorEntry};
-use crate::kernels::small::{from_row_major, to_row_major};
 use crate::kernels::{ComposedOps, Flat, HostBackend, Real, RowPieces};
 use crate::Error;
 use dfdx::shapes::HasShape;
@@ -190,19 +189,19 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     let moments = AdapterMoments {
         step: old[1].step,
         p: moment(o, old[0]),
-        m: (!old[1].first.is_empty()).then(|| from_row_major(r, r, &old[1].first)),
+        m: (!old[1].first.is_empty()).then(|| E::from_row_major(r, r, &old[1].first)),
         q: moment(i, old[2]),
         v: old[1].second_scalar,
         v_max: old[1].second_scalar_max,
     };
     let x = AdapterPoint {
         u: B::Mat::from_compact(o, r, out.param),
-        s: from_row_major(r, r, &core.param),
+        s: E::from_row_major(r, r, &core.param),
         v: B::Mat::from_compact(i, r, inn.param),
     };
     let g = AdapterGrad {
         p: B::Mat::from_compact(o, r, out.grad),
-        m: from_row_major(r, r, &core.grad),
+        m: E::from_row_major(r, r, &core.grad),
         q: B::Mat::from_compact(i, r, inn.grad),
     };
     E::recycle(core.param);
@@ -215,7 +214,7 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     };
     let mut core_state = state(
         old[1],
-        next.m.as_ref().map(to_row_major).unwrap_or_default(),
+        next.m.as_ref().map(E::row_major).unwrap_or_default(),
     );
     core_state.second_scalar = next.v;
     core_state.second_scalar_max = next.v_max;
@@ -232,7 +231,7 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     ];
     let values = [
         x1.u.into_compact(),
-        to_row_major(&x1.s),
+        E::row_major(&x1.s),
         x1.v.into_compact(),
     ];
     Ok((values, states))
@@ -281,7 +280,7 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
     let mut host = ops.download(small_mats)?.into_iter();
     let mut next_small = |rows: usize| {
         let data = host.next().expect("one download per matrix");
-        from_row_major(rows, rows, &data)
+        E::from_row_major(rows, rows, &data)
     };
     let (s, m) = (next_small(r), next_small(r));
     let m_m = has.0.then(|| next_small(r));

@@ -352,7 +352,7 @@ impl<E: Real> HostMat<E> {
 
 /// A row-major `rows x cols` result in `E`, as an `f64` matrix.
 fn to_dmatrix<E: Real>(c: Vec<E>, rows: usize, cols: usize) -> DMatrix<f64> {
-    super::small::from_row_major(rows, cols, &c)
+    E::from_row_major(rows, cols, &c)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Cholesky-QR2 retraction.
 
 use super::{self_grams, Sums};
-use crate::kernels::{small, Real, TallOps};
+use crate::kernels::{Real, TallOps};
+use crate::small;
 use crate::Error;
 
 /// `R_X(xi) = qf(X + xi)` computed by Cholesky-QR twice: `Y <- Y R^{-1}` with

@@ -1,7 +1,8 @@
 //! Exponential map (geodesic) of the Euclidean metric.
 
 use super::{from_step_grams, Steps};
-use crate::kernels::{small, Real, TallOps};
+use crate::kernels::{Real, TallOps};
+use crate::small;
 use crate::Error;
 use nalgebra::DMatrix;
 

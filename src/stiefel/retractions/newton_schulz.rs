@@ -1,7 +1,8 @@
 //! Newton-Schulz retraction.
 
 use super::Sums;
-use crate::kernels::{small, Real, TallOps};
+use crate::kernels::{Real, TallOps};
+use crate::small;
 use crate::Error;
 
 /// An approximation of the polar retraction by `iters` Newton-Schulz steps from

@@ -1,7 +1,8 @@
 //! QR retraction.
 
 use super::Sums;
-use crate::kernels::{small, Real, TallOps};
+use crate::kernels::{Real, TallOps};
+use crate::small;
 use crate::Error;
 use nalgebra::DMatrix;
 

@@ -1,18 +1,7 @@
 //! Small `r x r` (or `2r x 2r`) work on the host, in `f64`, through nalgebra.
 
-use super::Real;
 use crate::Error;
 use nalgebra::DMatrix;
-
-/// The row-major data of a small matrix, rounded to `E`.
-pub fn to_row_major<E: Real>(m: &DMatrix<f64>) -> Vec<E> {
-    m.transpose().iter().map(|&v| E::of_f64(v)).collect()
-}
-
-/// A small `rows x cols` matrix in `f64` from row-major data in `E`.
-pub fn from_row_major<E: Real>(rows: usize, cols: usize, data: &[E]) -> DMatrix<f64> {
-    DMatrix::from_row_iterator(rows, cols, data.iter().map(|&v| v.to_f64()))
-}
 
 /// `sym(A) = (A + A^T) / 2`.
 pub fn sym(a: &DMatrix<f64>) -> DMatrix<f64> {

@@ -11,7 +11,7 @@ use dfdx::tensor_ops::{Device, SgdConfig};
 /// device: with `lr = 0`, classic momentum 1 and L2 weight decay 1, a zero gradient and
 /// `delta` as the parameter, it computes `g = 0 + 1 * delta`, `v <- g + 1 * v` (the
 /// velocity being the gradient buffer) and leaves `delta` unchanged (`delta -= 0 * v`).
-pub fn add_into_grad<S: Shape, E: Dtype, D: Device<E>, T>(
+pub(crate) fn add_into_grad<S: Shape, E: Dtype, D: Device<E>, T>(
     grads: &mut Gradients<E, D>,
     key: &Tensor<S, E, D, T>,
     mut delta: Tensor<S, E, D>,
