@@ -126,8 +126,9 @@ pub const NEWTON_SCHULZ: [f64; 2] = [1.5, -0.5];
 
 /// `alpha I + beta M` for a square `M`.
 pub fn identity_plus(alpha: f64, beta: f64, m: &DMatrix<f64>) -> DMatrix<f64> {
-    let k = m.nrows();
-    DMatrix::identity(k, k) * alpha + m * beta
+    let mut out = m * beta;
+    out.set_diagonal(&(out.diagonal().add_scalar(alpha)));
+    out
 }
 
 /// One Newton-Schulz polish of a coefficient matrix `C` against a Gram matrix `H`:
