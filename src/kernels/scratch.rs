@@ -51,9 +51,7 @@ enum Want {
 /// good, as tensors' storage ([`replace`]), come from the bottom of the heap. glibc's
 /// heap grows upwards and gives memory at its top back to the system when a free leaves
 /// enough of it unused: a result taken from the top and freed by the caller was given
-/// back that way and page-faulted in again by the next allocation (48 page faults per
-/// `project_tangent` + `retract` pair where the sum `X + xi` was formed in the step's
-/// storage, 0.1 with this order).
+/// back that way and page-faulted in again by the next allocation, call after call.
 ///
 /// A [`Want::Written`] request leaves the pool's only empty allocation that fits to
 /// the next [`Want::Spare`] one and gets none (its caller allocates): otherwise a call
