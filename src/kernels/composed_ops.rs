@@ -1,6 +1,6 @@
 //! The generic path: [`TallOps`] composed from dfdx tensor ops, for any dfdx device.
 
-use super::{householder_q, HostMat, Real, TallOps};
+use super::{householder_q, HostMat, Real, TallOps, TallTensor};
 use crate::Error;
 use dfdx::shapes::{Axes2, Dim, HasShape, Rank0, Shape};
 use dfdx::tensor::Tensor;
@@ -44,11 +44,6 @@ impl<D: Clone> ComposedOps<D> {
         }
     }
 
-    /// The device this backend works on.
-    pub fn device(&self) -> &D {
-        &self.dev
-    }
-
     /// The host transfers made so far by this backend and its clones.
     pub fn transfers(&self) -> Transfers {
         Transfers {
@@ -83,7 +78,7 @@ impl<D: Clone> ComposedOps<D> {
 
     /// The data of each matrix, row-major: the matrices are stacked on the device by shape
     /// and each stack makes one transfer.
-    pub(crate) fn download<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
+    fn download_batch<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
     where
         D: Device<E>,
     {
@@ -131,10 +126,7 @@ impl<D: Clone> ComposedOps<D> {
     }
 
     /// Small host matrices to the device, converted to `E`, in one transfer.
-    pub(crate) fn upload_small<E: Real>(
-        &self,
-        mats: &[&DMatrix<f64>],
-    ) -> Result<Vec<Mat<E, D>>, Error>
+    fn upload_small_batch<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
     where
         D: Device<E>,
     {
@@ -146,6 +138,36 @@ impl<D: Clone> ComposedOps<D> {
                 })
                 .collect(),
         )
+    }
+}
+
+/// What an optimizer step on the composed path needs of its backend beside [`TallOps`]:
+/// the device, and the batched host transfers of the `r x r` work. [`ComposedOps`] is
+/// the implementation, on every dfdx device.
+pub trait ComposedBackend<E: Real, D: Device<E>>:
+    TallOps<E, Device = D, Mat = TallTensor<usize, usize, E, D>> + Clone + std::fmt::Debug
+{
+    /// The device this backend works on.
+    fn device(&self) -> &D;
+
+    /// The data of each matrix, row-major, in one transfer per distinct shape.
+    fn download(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>;
+
+    /// Small host matrices on the device, converted to `E`, in one transfer.
+    fn upload_small(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>;
+}
+
+impl<E: Real, D: Device<E>> ComposedBackend<E, D> for ComposedOps<D> {
+    fn device(&self) -> &D {
+        &self.dev
+    }
+
+    fn download(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error> {
+        self.download_batch(mats)
+    }
+
+    fn upload_small(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error> {
+        self.upload_small_batch(mats)
     }
 }
 

@@ -26,12 +26,12 @@ mod stiefel_device;
 mod tall_ops;
 pub(crate) mod tall_products;
 
-pub use composed_ops::{ComposedOps, Transfers};
+pub use composed_ops::{ComposedBackend, ComposedOps, Transfers};
 pub(crate) use host_mat::HostMat;
 pub use host_ops::HostOps;
 pub(crate) use host_read::{gradient_of, Read};
 pub(crate) use householder::householder_q;
 pub use real::{HostElement, Real};
 pub(crate) use row_pieces::{HostBackend, PieceOfRows, RowPieces};
-pub use stiefel_device::StiefelDevice;
+pub use stiefel_device::{HostRead, StiefelDevice};
 pub use tall_ops::{Flat, TallOps, TallTensor};

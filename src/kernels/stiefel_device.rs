@@ -1,6 +1,8 @@
 //! Which [`TallOps`] backend each dfdx device uses.
 
-use super::{parallel, ComposedOps, HostOps, Read, Real, TallOps};
+use super::{
+    gradient_of, parallel, ComposedBackend, ComposedOps, Flat, HostOps, Read, Real, TallOps,
+};
 use dfdx::tensor::Cpu;
 use dfdx::tensor::Gradients;
 use dfdx::tensor_ops::Device;
@@ -15,16 +17,45 @@ pub trait StiefelDevice<E: Real>: Device<E> {
     /// The backend bound to this device.
     fn tall_ops(&self) -> Self::Ops;
 
+    /// The backend of the composed path (whole optimizer steps as dfdx ops on this
+    /// device): [`ComposedOps`].
+    type Composed: ComposedBackend<E, Self>;
+
+    /// The composed backend bound to this device.
+    fn composed_ops(&self) -> Self::Composed;
+
     /// The composed backend where whole optimizer steps should run as dfdx ops on this
     /// device (`Cuda`), or `None` where copying to the host is faster (`Cpu`).
-    fn composed_steps(&self) -> Option<ComposedOps<Self>>;
+    fn composed_steps(&self) -> Option<Self::Composed>;
 
-    /// Makes the copies of a host read. On `Cpu` they are shared between two threads
-    /// (`parallel::run`): a gradient's copy (after the clone `Gradients::get` makes) on
-    /// one while the tensor's own copy runs on the other.
-    fn read_to_host(reads: Vec<Read<'_, E, Self>>, grads: &Gradients<E, Self>) {
-        reads.into_iter().for_each(|read| read.run(grads));
+    /// The gradient of `t` in `grads`, or `None` where it has none. dfdx 0.13 offers no
+    /// non-panicking lookup, so a missing gradient is detected by catching the panic of
+    /// `Gradients::get` (its message still reaches stderr); gradients from
+    /// `model.alloc_grads()` are never missing.
+    fn gradient(grads: &Gradients<E, Self>, t: &Flat<E, Self>) -> Option<Flat<E, Self>> {
+        gradient_of(grads, t)
     }
+
+    /// Copies each tensor `t` and its gradient into the buffers beside it (`data`,
+    /// `grad`, each as long as `t`), and sets `found` where the gradient exists. On `Cpu`
+    /// the copies are shared between two threads (`parallel::run`): a gradient's copy
+    /// (after the clone `Gradients::get` makes) on one while the tensor's own copy runs on
+    /// the other.
+    fn read_to_host(reads: Vec<HostRead<'_, E, Self>>, grads: &Gradients<E, Self>) {
+        read_jobs(reads).for_each(|read| read.run(grads));
+    }
+}
+
+/// One tensor to read to the host: `(t, data, grad, found)` ([`StiefelDevice::read_to_host`]).
+pub type HostRead<'a, E, D> = (&'a Flat<E, D>, &'a mut [E], &'a mut [E], &'a mut bool);
+
+/// The copies of `reads`, two per tensor.
+fn read_jobs<'a, E: Real, D: Device<E>>(
+    reads: Vec<HostRead<'a, E, D>>,
+) -> impl Iterator<Item = Read<'a, E, D>> {
+    reads
+        .into_iter()
+        .flat_map(|(t, data, grad, found)| [Read::Tensor(t, data), Read::Gradient(t, grad, found)])
 }
 
 impl<E: Real> StiefelDevice<E> for Cpu
@@ -37,12 +68,18 @@ where
         HostOps::new(self)
     }
 
+    type Composed = ComposedOps<Self>;
+
+    fn composed_ops(&self) -> ComposedOps<Self> {
+        ComposedOps::new(self)
+    }
+
     fn composed_steps(&self) -> Option<ComposedOps<Self>> {
         None
     }
 
-    fn read_to_host(reads: Vec<Read<'_, E, Self>>, grads: &Gradients<E, Self>) {
-        parallel::run(reads, |read| read.run(grads));
+    fn read_to_host(reads: Vec<HostRead<'_, E, Self>>, grads: &Gradients<E, Self>) {
+        parallel::run(read_jobs(reads).collect(), |read| read.run(grads));
     }
 }
 
@@ -54,6 +91,12 @@ where
     type Ops = ComposedOps<dfdx::tensor::Cuda>;
 
     fn tall_ops(&self) -> Self::Ops {
+        ComposedOps::new(self)
+    }
+
+    type Composed = ComposedOps<Self>;
+
+    fn composed_ops(&self) -> ComposedOps<Self> {
         ComposedOps::new(self)
     }
 

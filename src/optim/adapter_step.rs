@@ -13,7 +13,7 @@ use super::basis_update::{
 use super::groups::{Group, BASIS_IN_NAME, BASIS_OUT_NAME, CORE_NAME};
 use super::rules::{RuleState, TensorRuleState};
 use super::walk::{Entry, TensorEntry};
-use crate::kernels::{ComposedOps, Flat, HostBackend, Real, RowPieces};
+use crate::kernels::{ComposedBackend, Flat, HostBackend, Real, RowPieces};
 use crate::Error;
 use dfdx::shapes::HasShape;
 use dfdx::tensor_ops::{Device, ReshapeTo};
@@ -138,7 +138,7 @@ pub(crate) fn host_adapter_steps<E: Real, B: HostBackend<E>>(
 /// values by path, and which entries they were. `states[i]` (copies of the stored states)
 /// belongs to `entries[i]` and is updated in place.
 pub(crate) fn composed_adapter_steps<E: Real, D: Device<E>>(
-    ops: &ComposedOps<D>,
+    ops: &impl ComposedBackend<E, D>,
     adapters: &[AdapterPaths],
     entries: &[(Group, String, TensorEntry<E, D>)],
     states: &mut [TensorRuleState<E, D>],
@@ -242,7 +242,7 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
 /// place. The `r x r` tensors and the scalars travel to the host in one transfer per shape
 /// and back in one.
 fn composed_adapter_step<E: Real, D: Device<E>>(
-    ops: &ComposedOps<D>,
+    ops: &impl ComposedBackend<E, D>,
     paths: &AdapterPaths,
     [out, core, inn]: [&TensorEntry<E, D>; 3],
     [s_out, s_core, s_in]: [&mut TensorRuleState<E, D>; 3],
@@ -312,7 +312,7 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
     let mut up = vec![x1.s.clone(), one(next.v), one(next.v_max)];
     up.extend(next.m.clone());
     let refs: Vec<&DMatrix<f64>> = up.iter().collect();
-    let mut device = ops.upload_small::<E>(&refs)?.into_iter();
+    let mut device = ops.upload_small(&refs)?.into_iter();
     let mut take = || device.next().expect("one upload per matrix");
     let s1 = flat(take())?;
     let rank0 = |t: crate::kernels::TallTensor<usize, usize, E, D>| {

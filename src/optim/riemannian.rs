@@ -2,7 +2,7 @@
 
 use super::rules::{ElementwiseRule, RuleState, StateRange, TensorRuleState};
 use crate::kernels::{
-    ComposedOps, Flat, HostBackend, PieceOfRows, Real, RowPieces, TallOps, TallTensor,
+    ComposedBackend, Flat, HostBackend, PieceOfRows, Real, RowPieces, TallOps, TallTensor,
 };
 use crate::stiefel::retractions::{non_finite_input, Sums};
 use crate::stiefel::{project_mat, transport_mat, Retraction};
@@ -183,7 +183,7 @@ pub struct DeviceStiefel<'a, E: Real, D: Device<E>> {
 /// step 4 for the whole batch ([`Retraction::apply_batch`]: its host round trips are made
 /// once for all the tensors), then step 5 per tensor on the device. `rule` returns `u`.
 pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
-    ops: &ComposedOps<D>,
+    ops: &impl ComposedBackend<E, D>,
     batch: Vec<DeviceStiefel<'_, E, D>>,
     rule: impl Fn(&mut TensorRuleState<E, D>, Flat<E, D>) -> Result<Flat<E, D>, Error>,
     geometry: Geometry,
@@ -227,7 +227,6 @@ pub fn stiefel_steps_composed<E: Real, D: Device<E>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::HostOps;
     use crate::optim::rules::AdamUpdate;
     use crate::optim::{AdamRule, SecondMoment};
     use crate::stiefel::random_point;
@@ -244,7 +243,7 @@ mod tests {
         Cpu: Device<E>,
     {
         let dev = Cpu::default();
-        let ops = HostOps::new(&dev);
+        let ops = E::host_ops();
         let x: Tensor<(usize, usize), E, Cpu> = random_point(&dev, (4096, 16), 9).unwrap();
         let g: Vec<E> = (0..4096 * 16)
             .map(|i| E::of_f64(((i * 7919) % 1000) as f64 / 1000.0 - 0.5))

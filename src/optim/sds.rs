@@ -14,12 +14,11 @@ use super::rules::TensorRuleState;
 use super::state::OptimizerState;
 use super::validate::{check_orthonormal, non_finite_values};
 use super::walk::{self, Value};
-use crate::kernels::{ComposedOps, HostBackend, Real, StiefelDevice};
+use crate::kernels::{ComposedBackend, HostBackend, Real, StiefelDevice};
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::optim::{Optimizer, OptimizerUpdateError, UnusedTensors};
 use dfdx::tensor::Gradients;
-use dfdx::tensor_ops::Device;
 use refusal::Refusal;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -44,12 +43,12 @@ use std::marker::PhantomData;
 /// and batches the retractions' host round trips over all Stiefel tensors (the default on
 /// `Cuda`; [`Sds::use_composed_ops`] selects it anywhere).
 #[derive(Debug)]
-pub struct Sds<M, E: Real, D: Device<E>, C> {
+pub struct Sds<M, E: Real, D: StiefelDevice<E>, C> {
     /// Hyperparameters; change learning rates here for a schedule.
     pub cfg: C,
     state: OptimizerState<E>,
     device_state: BTreeMap<String, TensorRuleState<E, D>>,
-    composed: Option<ComposedOps<D>>,
+    composed: Option<D::Composed>,
     layout: BTreeMap<String, (Vec<usize>, Group)>,
     adapters: Vec<AdapterPaths>,
     ops: E::Host,
@@ -146,7 +145,9 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// Runs the following steps on the composed path with `ops` (dfdx ops on the model's
     /// device; the moments move there). On `Cuda` this path is the default; on `Cpu` the
     /// host path is faster, and this is how the composed path is tested without a GPU.
-    /// `ops` counts its host transfers ([`ComposedOps::transfers`]).
+    /// `ops` is the device's composed backend ([`StiefelDevice::Composed`]: a
+    /// [`ComposedOps`](crate::kernels::ComposedOps) on `Cpu` and `Cuda`), which counts its
+    /// host transfers.
     ///
     /// ```
     /// use dfdx::prelude::*;
@@ -167,14 +168,14 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// let transfers = ops.transfers();
     /// assert!(transfers.to_host > 0 && transfers.to_device > 0);
     /// ```
-    pub fn use_composed_ops(&mut self, ops: ComposedOps<D>) -> Result<(), Error> {
+    pub fn use_composed_ops(&mut self, ops: D::Composed) -> Result<(), Error> {
         let state = self.state();
         self.composed = Some(ops);
         self.set_state(state)
     }
 
     /// The composed backend, when steps run on the composed path.
-    pub fn composed_ops(&self) -> Option<&ComposedOps<D>> {
+    pub fn composed_ops(&self) -> Option<&D::Composed> {
         self.composed.as_ref()
     }
 
@@ -222,7 +223,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     fn refuse_non_finite(
         &self,
         values: &BTreeMap<String, Value<E, D>>,
-        ops: Option<&ComposedOps<D>>,
+        ops: Option<&D::Composed>,
     ) -> Result<(), Refusal> {
         let bad = non_finite_values(values, ops).map_err(|error| Refusal {
             error,

@@ -7,7 +7,7 @@ use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
 use super::walk::{read_f64, HostValue, Value};
-use crate::kernels::{ComposedOps, Flat, Real, StiefelDevice, TallOps};
+use crate::kernels::{ComposedBackend, Flat, Real, StiefelDevice};
 use crate::stiefel::Retraction;
 use crate::Error;
 use dfdx::nn::tensor_collection::TensorCollection;
@@ -151,7 +151,7 @@ pub(crate) fn check_orthonormal<M: TensorCollection<E, D>, E: Real, D: Device<E>
 /// The paths of `tensors` (flat device tensors) that hold NaN or an infinity, checked on
 /// the device by `ops` in one transfer for all of them.
 pub(crate) fn non_finite_on_device<'a, E: Real, D: StiefelDevice<E>>(
-    ops: &ComposedOps<D>,
+    ops: &impl ComposedBackend<E, D>,
     tensors: impl Iterator<Item = (&'a String, &'a Flat<E, D>)>,
 ) -> Result<Vec<String>, Error> {
     let (paths, rows): (Vec<&String>, Vec<_>) = tensors
@@ -179,7 +179,7 @@ pub(crate) fn non_finite_on_device<'a, E: Real, D: StiefelDevice<E>>(
 /// path, the only one with device values, passes it).
 pub(crate) fn non_finite_values<E: Real, D: StiefelDevice<E>>(
     values: &BTreeMap<String, Value<E, D>>,
-    ops: Option<&ComposedOps<D>>,
+    ops: Option<&D::Composed>,
 ) -> Result<Vec<String>, Error> {
     let mut bad: Vec<String> = values
         .iter()

@@ -1,7 +1,7 @@
 //! Walking a dfdx module's trainable tensors by dotted path: their shapes, their data and
 //! gradients (read), and writing new data back in place.
 
-use crate::kernels::{gradient_of, Flat, Read, Real, StiefelDevice};
+use crate::kernels::{Flat, Real, StiefelDevice};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
     ViewTensorName, ViewTensorRef,
@@ -227,8 +227,8 @@ fn views<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
 
 /// Every trainable tensor and its gradient as flat views (contiguous tensors: no copy;
 /// the gradient is the clone `Gradients::get` makes). A missing gradient is recorded, not
-/// fatal ([`gradient_of`]).
-pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
+/// fatal ([`StiefelDevice::gradient`]).
+pub fn gather<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
     module: &M,
     grads: &Gradients<E, D>,
 ) -> Gathered<TensorEntry<E, D>> {
@@ -237,7 +237,7 @@ pub fn gather<M: TensorCollection<E, D>, E: Real, D: Device<E>>(
         unused: Vec::new(),
     };
     for (path, dims, param) in views(module) {
-        match gradient_of(grads, &param) {
+        match D::gradient(grads, &param) {
             Some(grad) => {
                 out.entries.insert(path, TensorEntry { dims, param, grad });
             }
@@ -266,9 +266,7 @@ pub fn gather_to_host<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>>(
     let reads = views
         .iter()
         .zip(bufs.iter_mut())
-        .flat_map(|((_, _, t), (param, grad, found))| {
-            [Read::Tensor(t, param), Read::Gradient(t, grad, found)]
-        })
+        .map(|((_, _, t), (param, grad, found))| (t, &mut param[..], &mut grad[..], found))
         .collect();
     D::read_to_host(reads, grads);
     let mut out = Gathered {

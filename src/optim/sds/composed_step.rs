@@ -4,7 +4,7 @@
 
 use super::refusal::{Outcome, Refusal};
 use super::Sds;
-use crate::kernels::{ComposedOps, Flat, Real, StiefelDevice};
+use crate::kernels::{Flat, Real, StiefelDevice};
 use crate::optim::adapter_step::composed_adapter_steps;
 use crate::optim::config::SdsConfig;
 use crate::optim::groups::Group;
@@ -22,7 +22,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
     /// New values and rule states of every tensor, computed on the device with dfdx ops.
     pub(super) fn composed_step(
         &self,
-        ops: &ComposedOps<D>,
+        ops: &D::Composed,
         entries: Vec<(Group, String, TensorEntry<E, D>)>,
         geometry: Geometry,
     ) -> Result<Outcome<E, D, TensorRuleState<E, D>>, Refusal> {
