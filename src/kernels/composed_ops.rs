@@ -76,27 +76,6 @@ impl<D: Clone> ComposedOps<D> {
             .map_err(Error::device)
     }
 
-    /// The data of each matrix, row-major: the matrices are stacked on the device by shape
-    /// and each stack makes one transfer.
-    fn download_batch<E: Real>(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error>
-    where
-        D: Device<E>,
-    {
-        let mut by_shape: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
-        for (i, m) in mats.iter().enumerate() {
-            by_shape.entry(*m.shape()).or_default().push(i);
-        }
-        let mut out = vec![Vec::new(); mats.len()];
-        for ((r, c), idx) in by_shape {
-            let stack: Vec<Mat<E, D>> = idx.iter().map(|&i| mats[i].clone()).collect();
-            let data = self.to_host(&stack.try_stack().map_err(Error::device)?);
-            for (chunk, &i) in data.chunks_exact((r * c).max(1)).zip(&idx) {
-                out[i] = chunk.to_vec();
-            }
-        }
-        Ok(out)
-    }
-
     /// New device matrices from row-major host data, in one transfer: concatenated on the
     /// host, sliced on the device.
     fn upload<E: Real>(&self, mats: Vec<(Vec<E>, (usize, usize))>) -> Result<Vec<Mat<E, D>>, Error>
@@ -124,21 +103,6 @@ impl<D: Clone> ComposedOps<D> {
             })
             .collect()
     }
-
-    /// Small host matrices to the device, converted to `E`, in one transfer.
-    fn upload_small_batch<E: Real>(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error>
-    where
-        D: Device<E>,
-    {
-        self.upload(
-            mats.iter()
-                .map(|m| {
-                    let data = E::row_major(m);
-                    (data, m.shape())
-                })
-                .collect(),
-        )
-    }
 }
 
 /// What an optimizer step on the composed path needs of its backend beside [`TallOps`]:
@@ -162,12 +126,32 @@ impl<E: Real, D: Device<E>> ComposedBackend<E, D> for ComposedOps<D> {
         &self.dev
     }
 
+    /// The matrices are stacked on the device by shape and each stack makes one transfer.
     fn download(&self, mats: Vec<Mat<E, D>>) -> Result<Vec<Vec<E>>, Error> {
-        self.download_batch(mats)
+        let mut by_shape: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, m) in mats.iter().enumerate() {
+            by_shape.entry(*m.shape()).or_default().push(i);
+        }
+        let mut out = vec![Vec::new(); mats.len()];
+        for ((r, c), idx) in by_shape {
+            let stack: Vec<Mat<E, D>> = idx.iter().map(|&i| mats[i].clone()).collect();
+            let data = self.to_host(&stack.try_stack().map_err(Error::device)?);
+            for (chunk, &i) in data.chunks_exact((r * c).max(1)).zip(&idx) {
+                out[i] = chunk.to_vec();
+            }
+        }
+        Ok(out)
     }
 
     fn upload_small(&self, mats: &[&DMatrix<f64>]) -> Result<Vec<Mat<E, D>>, Error> {
-        self.upload_small_batch(mats)
+        self.upload(
+            mats.iter()
+                .map(|m| {
+                    let data = E::row_major(m);
+                    (data, m.shape())
+                })
+                .collect(),
+        )
     }
 }
 

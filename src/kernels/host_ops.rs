@@ -1,6 +1,7 @@
 //! The CPU fast path: [`TallOps`] on plain slices for dfdx's `Cpu` device.
 
 use super::{device_cache, householder_q, parallel, slices, HostMat, Real, TallOps};
+use crate::small;
 use crate::Error;
 use dfdx::shapes::{Dim, HasShape, Shape};
 use dfdx::tensor::{Cpu, Tensor, TensorFromVec, ZerosTensor};
@@ -57,11 +58,10 @@ where
         if b.shape().concrete() != [n, r] {
             return Ok((self.load(a)?, self.load(b)?));
         }
-        let contiguous = |t: &Tensor<(N, R), E, Cpu>| t.clone().try_reshape_like(&(n, r));
-        let pair = [contiguous(a), contiguous(b)];
-        let [a, b] = pair.map(|t| t.map_err(Error::device));
-        let (a, b) = (a?, b?);
-        let [a, b] = HostMat::filled_pair(n, r, |k, buf| [&a, &b][k].copy_into(buf));
+        let contiguous =
+            |t: &Tensor<(N, R), E, Cpu>| t.clone().try_reshape_like(&(n, r)).map_err(Error::device);
+        let pair = [contiguous(a)?, contiguous(b)?];
+        let [a, b] = HostMat::filled_pair(n, r, |k, buf| pair[k].copy_into(buf));
         Ok((a, b))
     }
 
@@ -151,7 +151,7 @@ where
     }
 
     fn sym_kept(&self, s: DMatrix<f64>) -> Result<DMatrix<f64>, Error> {
-        Ok(crate::small::sym(&s))
+        Ok(small::sym(&s))
     }
 
     /// `alpha I + beta S` formed on the host, then one product.
@@ -163,7 +163,7 @@ where
         beta: f64,
         c: Option<HostMat<E>>,
     ) -> Result<HostMat<E>, Error> {
-        let m = crate::small::identity_plus(alpha, beta, s);
+        let m = small::identity_plus(alpha, beta, s);
         Ok(a.mul_small_add(&m, c.map(|c| (E::one(), c))))
     }
 

@@ -21,9 +21,6 @@ pub trait StiefelDevice<E: Real>: Device<E> {
     /// device): [`ComposedOps`].
     type Composed: ComposedBackend<E, Self>;
 
-    /// The composed backend bound to this device.
-    fn composed_ops(&self) -> Self::Composed;
-
     /// The composed backend where whole optimizer steps should run as dfdx ops on this
     /// device (`Cuda`), or `None` where copying to the host is faster (`Cpu`).
     fn composed_steps(&self) -> Option<Self::Composed>;
@@ -70,10 +67,6 @@ where
 
     type Composed = ComposedOps<Self>;
 
-    fn composed_ops(&self) -> ComposedOps<Self> {
-        ComposedOps::new(self)
-    }
-
     fn composed_steps(&self) -> Option<ComposedOps<Self>> {
         None
     }
@@ -95,10 +88,6 @@ where
     }
 
     type Composed = ComposedOps<Self>;
-
-    fn composed_ops(&self) -> ComposedOps<Self> {
-        ComposedOps::new(self)
-    }
 
     fn composed_steps(&self) -> Option<ComposedOps<Self>> {
         Some(ComposedOps::new(self))
