@@ -304,42 +304,6 @@ impl<E: Real> HostMat<E> {
         self
     }
 
-    /// `Y = self + alpha A` in this matrix's storage, with `Y^T Y`: each piece of rows
-    /// ([`tall_products::pieces`]) is summed and its Gram product formed while it is in
-    /// cache, and the pieces' products are summed as [`HostMat::gram`] sums them (the same
-    /// matrix to the bit).
-    pub fn plus_scaled_with_gram(mut self, alpha: E, a: &Self) -> (Self, DMatrix<f64>) {
-        assert_eq!(
-            (a.rows, a.cols),
-            (self.rows, self.cols),
-            "HostMat::plus_scaled_with_gram"
-        );
-        let (cols, stride) = (self.cols, self.stride);
-        let ranges = tall_products::pieces(self.rows, stride);
-        let mut parts = vec![Vec::new(); ranges.len()];
-        let jobs: Vec<_> = tall_products::cut_at_pieces(&mut self.data, ranges, stride)
-            .into_iter()
-            .zip(parts.iter_mut())
-            .collect();
-        parallel::run(jobs, |((piece, rows), part)| {
-            // Padding: 0 + alpha 0 = 0.
-            slices::axpy(
-                alpha,
-                &a.data[rows.start * stride..rows.end * stride],
-                piece,
-            );
-            let y = Strided {
-                data: piece,
-                rows: rows.len(),
-                cols,
-                stride,
-            };
-            *part = tall_products::gram_piece(y, y);
-        });
-        let gram = to_dmatrix(tall_products::sum_pieces(parts), cols, cols);
-        (self, gram)
-    }
-
     /// `alpha A + beta B`.
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");

@@ -3,9 +3,33 @@
 use super::{to_dmatrix, HostMat};
 use crate::kernels::row_pieces::{PieceOfRows, RowPieces};
 use crate::kernels::tall_products::{self, Strided};
-use crate::kernels::Real;
+use crate::kernels::{parallel, slices, Real};
 use nalgebra::DMatrix;
 use std::ops::Range;
+
+impl<E: Real> HostMat<E> {
+    /// `Y = self + alpha A` in this matrix's storage, with `Y^T Y`: each piece of rows is
+    /// summed and its Gram product formed while it is in cache, and the pieces' products
+    /// are summed as [`HostMat::gram`] sums them (the same matrix to the bit).
+    pub fn plus_scaled_with_gram(mut self, alpha: E, a: &Self) -> (Self, DMatrix<f64>) {
+        assert_eq!(
+            (a.rows, a.cols),
+            (self.rows, self.cols),
+            "HostMat::plus_scaled_with_gram"
+        );
+        let (cols, stride) = (self.cols, self.stride);
+        let pieces = self.pieces_mut();
+        let mut parts = vec![Vec::new(); pieces.len()];
+        let jobs: Vec<_> = pieces.into_iter().zip(parts.iter_mut()).collect();
+        parallel::run(jobs, |(piece, part)| {
+            let span = piece.rows.start * stride..piece.rows.end * stride;
+            // Padding: 0 + alpha 0 = 0.
+            slices::axpy(alpha, &a.data[span], piece.data);
+            *part = piece.self_gram();
+        });
+        (self, Self::sum_grams(parts, cols, cols))
+    }
+}
 /// One piece of rows of a product ([`RowPieces::mul_small_axpy_then`]) as the work fused
 /// with it sees it: which rows, and those rows of the product `P`, final.
 pub struct Piece<'a, E> {
