@@ -192,10 +192,7 @@ where
 
     /// One pass over each storage (its padding is zero).
     fn squared_norms(&self, mats: &[&HostMat<E>]) -> Result<Vec<f64>, Error> {
-        Ok(mats
-            .iter()
-            .map(|a| slices::squared_norm(a.storage()))
-            .collect())
+        Ok(mats.iter().map(|a| a.squared_norm()).collect())
     }
 
     fn all_finite(&self, a: &HostMat<E>) -> Result<bool, Error> {
@@ -247,9 +244,9 @@ mod tests {
         );
     }
 
-    /// Matrices of [`SHARED_BYTES`] and more are loaded, summed with their Gram matrix
-    /// and multiplied on two threads: the same bits as on one, for a padded and an
-    /// unpadded shape.
+    /// Matrices of [`SHARED_BYTES`] and more are loaded, summed with their Gram matrix,
+    /// combined, measured and multiplied on two threads: the same bits as on one, for a
+    /// padded and an unpadded shape.
     #[test]
     fn shared_calls_give_the_one_thread_results() {
         let dev = Cpu::default();
@@ -262,20 +259,31 @@ mod tests {
             let m = DMatrix::from_fn(shape.1, shape.1, |i, j| (i as f64 - 2.0 * j as f64) / 7.0);
             let one_thread = {
                 let (xm, xim) = (ops.load(&x).unwrap(), ops.load(&xi).unwrap());
+                let mixed = HostMat::lincomb(0.5, &xm, -2.0, &xim);
+                let norm = mixed.squared_norm();
                 let y = xim.plus_scaled(1.0, &xm);
                 let gram = y.gram(&y);
-                (y.mul_small_add(&m, None), gram)
+                (y.mul_small_add(&m, None), gram, mixed, norm)
             };
             let shared = TallOps::<f32>::sized_call(&ops, elements, || {
                 let (xm, xim) = ops.load_pair(&x, &xi).unwrap();
                 assert_eq!(xm.to_compact(), x.as_vec());
                 assert_eq!(xim.to_compact(), xi.as_vec());
+                let mixed = ops.lincomb(0.5, &xm, -2.0, &xim).unwrap();
+                let norm = ops.squared_norms(&[&mixed]).unwrap()[0];
                 let (y, gram) = ops.axpy_gram(1.0, &xm, xim).unwrap();
                 (
                     ops.transform_each(vec![(y, m.clone())]).unwrap().remove(0),
                     gram,
+                    mixed,
+                    norm,
                 )
             });
+            let expected: f64 = (x.as_vec().iter().zip(xi.as_vec()))
+                .map(|(&a, b)| (0.5 * a - 2.0 * b) as f64)
+                .map(|v| v * v)
+                .sum();
+            assert!((shared.3 - expected).abs() <= 1e-6 * expected, "{shape:?}");
             assert_eq!(shared, one_thread, "{shape:?}");
         }
     }

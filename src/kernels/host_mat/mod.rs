@@ -8,6 +8,7 @@ use super::tall_products::{self, Strided};
 use super::Real;
 use super::{padding, parallel, slices};
 use nalgebra::DMatrix;
+use std::ops::Range;
 
 /// A row-major `rows x cols` matrix whose rows are `stride` elements apart
 /// (`stride = cols` rounded up to `ROW_ALIGN`); the padding holds zeros.
@@ -292,7 +293,7 @@ impl<E: Real> HostMat<E> {
         m_e
     }
 
-    /// `self + alpha A`, in this matrix's storage.
+    /// `self + alpha A`, in this matrix's storage, by pieces of rows ([`parallel::run`]).
     pub fn plus_scaled(mut self, alpha: E, a: &Self) -> Self {
         assert_eq!(
             (a.rows, a.cols),
@@ -300,17 +301,53 @@ impl<E: Real> HostMat<E> {
             "HostMat::plus_scaled"
         );
         // Padding: 0 + alpha 0 = 0.
-        slices::axpy(alpha, &a.data, &mut self.data);
+        let jobs = self.spans_mut();
+        parallel::run(jobs, |(y, span)| slices::axpy(alpha, &a.data[span], y));
         self
     }
 
-    /// `alpha A + beta B`.
+    /// `alpha A + beta B`, by pieces of rows ([`parallel::run`]).
     pub fn lincomb(alpha: E, a: &Self, beta: E, b: &Self) -> Self {
         assert_eq!((a.rows, a.cols), (b.rows, b.cols), "HostMat::lincomb");
         // Padding: alpha 0 + beta 0 = 0.
         let mut out = Self::overwritten(a.rows, a.cols);
-        slices::lincomb(alpha, &a.data, beta, &b.data, &mut out.data);
+        let jobs = out.spans_mut();
+        parallel::run(jobs, |(o, span)| {
+            slices::lincomb(alpha, &a.data[span.clone()], beta, &b.data[span], o)
+        });
         out
+    }
+
+    /// `||A||_F^2`, accumulated in `f64` by pieces of rows ([`parallel::run`]) and their
+    /// sums added in order (the padding is zero).
+    pub fn squared_norm(&self) -> f64 {
+        let spans: Vec<_> = self.pieces().into_iter().map(|r| self.span(r)).collect();
+        let mut parts = vec![0.0; spans.len()];
+        let jobs: Vec<_> = spans.into_iter().zip(parts.iter_mut()).collect();
+        parallel::run(jobs, |(span, part)| {
+            *part = slices::squared_norm(&self.data[span])
+        });
+        parts.iter().sum()
+    }
+
+    /// The storage cut at the pieces of rows of `tall_products::pieces`, each part with
+    /// its range of storage.
+    fn spans_mut(&mut self) -> Vec<(&mut [E], Range<usize>)> {
+        let (ranges, stride) = (self.pieces(), self.stride);
+        tall_products::cut_at_pieces(&mut self.data, ranges, stride)
+            .into_iter()
+            .map(|(data, rows)| (data, rows.start * stride..rows.end * stride))
+            .collect()
+    }
+
+    /// The pieces of rows of `tall_products::pieces`.
+    fn pieces(&self) -> Vec<Range<usize>> {
+        tall_products::pieces(self.rows, self.stride)
+    }
+
+    /// The storage of `rows`.
+    fn span(&self, rows: Range<usize>) -> Range<usize> {
+        rows.start * self.stride..rows.end * self.stride
     }
 }
 

@@ -178,24 +178,20 @@ pub(super) struct Directions<M> {
 /// A step's directions and the moments it keeps.
 pub(super) type Planned<M> = (Directions<M>, AdapterMoments<M>);
 
-/// The directions of a step from the gradients `P`, `M`, `Q`, and the moments it keeps
-/// (not yet carried to the new bases; `step` not yet counted).
+/// The directions of a step from the gradients `P`, `M`, `Q` and the squared norms
+/// `[||P||^2, ||Q||^2]`, and the moments it keeps (not yet carried to the new bases;
+/// `step` not yet counted).
 pub(super) fn directions<E: Real, B: TallOps<E>>(
     ops: &B,
     rule: AdapterRule,
     (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
+    [p2, q2]: [f64; 2],
     old: AdapterMoments<B::Mat>,
 ) -> Result<Planned<B::Mat>, Error> {
-    let tangent2 = match rule {
-        AdapterRule::Sgd(_) => 0.0,
-        // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
-        AdapterRule::Adam(_) => {
-            let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
-            let norms = ops.squared_norms(&[&p, &q])?;
-            let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
-            (norms[0] + norms[1] - m.norm_squared()).max(0.0) / tangent_dim
-        }
-    };
+    // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
+    let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
+    let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
+    let tangent2 = (p2 + q2 - m.norm_squared()).max(0.0) / tangent_dim;
     let plan = Plan::of(rule, &old, tangent2);
     let tall = |g: B::Mat, old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
         let moment = match &plan.moment {

@@ -149,14 +149,14 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     rule: AdapterRule,
     sizes: AdapterStepSizes,
 ) -> Result<Stepped<B::Mat>, Error> {
-    check_finite(ops, &x, &g)?;
+    let norms = checked_norms(ops, &x, &g)?;
     let AdapterPoint { u, s, v } = x;
     let t = old.step.saturating_add(1);
     let mut gm = g.m;
     if let Some(WeightDecay::L2(wd)) = sizes.core_weight_decay {
         gm += &s * wd;
     }
-    let (mut dir, mut next) = directions(ops, rule, (g.p, gm, g.q), old)?;
+    let (mut dir, mut next) = directions(ops, rule, (g.p, gm, g.q), norms, old)?;
     next.step = t;
 
     // K = U S - eta D_P, L = V S^T - eta D_Q, and their Q factors.
@@ -207,15 +207,22 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     ))
 }
 
-/// Fails with [`Error::NonFinite`] where a gradient or the core holds NaN or an infinity.
-/// (A non-finite basis makes the Gram matrix of `K` or `L` non-finite: [`Sums::new`]
-/// reports it.)
-fn check_finite<E: Real, B: TallOps<E>>(
+/// `[||P||^2, ||Q||^2]`, accumulated in `f64`; fails with [`Error::NonFinite`] where a
+/// gradient or the core holds NaN or an infinity. A finite squared norm means finite
+/// entries, so the entries are scanned only where a norm is not finite (NaN, an infinity,
+/// or an overflowing sum). (A non-finite basis makes the Gram matrix of `K` or `L`
+/// non-finite: [`Sums::new`] reports it.)
+fn checked_norms<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &AdapterPoint<B::Mat>,
     g: &AdapterGrad<B::Mat>,
-) -> Result<(), Error> {
-    let finite = ops.all_finite_each(&[&g.p, &g.q])?;
+) -> Result<[f64; 2], Error> {
+    let norms = ops.squared_norms(&[&g.p, &g.q])?;
+    let finite = if norms.iter().all(|n| n.is_finite()) {
+        vec![true, true]
+    } else {
+        ops.all_finite_each(&[&g.p, &g.q])?
+    };
     let small_finite = |m: &DMatrix<f64>| m.iter().all(|v| v.is_finite());
     let checks = [
         (finite[0], AdapterPart::BasisOut, "the gradient"),
@@ -227,7 +234,7 @@ fn check_finite<E: Real, B: TallOps<E>>(
         Some((_, part, what)) => Err(Error::NonFinite {
             what: format!("{what} of {}", part.name()),
         }),
-        None => Ok(()),
+        None => Ok([norms[0], norms[1]]),
     }
 }
 
