@@ -321,7 +321,9 @@ impl<E: Real> HostMat<E> {
     /// `||A||_F^2`, accumulated in `f64` by pieces of rows ([`parallel::run`]) and their
     /// sums added in order (the padding is zero).
     pub fn squared_norm(&self) -> f64 {
-        let spans: Vec<_> = self.pieces().into_iter().map(|r| self.span(r)).collect();
+        let spans: Vec<_> = (self.pieces().into_iter())
+            .map(|rows| span(rows, self.stride))
+            .collect();
         let mut parts = vec![0.0; spans.len()];
         let jobs: Vec<_> = spans.into_iter().zip(parts.iter_mut()).collect();
         parallel::run(jobs, |(span, part)| {
@@ -336,7 +338,7 @@ impl<E: Real> HostMat<E> {
         let (ranges, stride) = (self.pieces(), self.stride);
         tall_products::cut_at_pieces(&mut self.data, ranges, stride)
             .into_iter()
-            .map(|(data, rows)| (data, rows.start * stride..rows.end * stride))
+            .map(|(data, rows)| (data, span(rows, stride)))
             .collect()
     }
 
@@ -344,11 +346,11 @@ impl<E: Real> HostMat<E> {
     fn pieces(&self) -> Vec<Range<usize>> {
         tall_products::pieces(self.rows, self.stride)
     }
+}
 
-    /// The storage of `rows`.
-    fn span(&self, rows: Range<usize>) -> Range<usize> {
-        rows.start * self.stride..rows.end * self.stride
-    }
+/// The storage of `rows`, rows `stride` elements apart.
+fn span(rows: Range<usize>, stride: usize) -> Range<usize> {
+    rows.start * stride..rows.end * stride
 }
 
 /// A row-major `rows x cols` result in `E`, as an `f64` matrix.
