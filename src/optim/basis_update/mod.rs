@@ -248,3 +248,48 @@ impl AdapterPart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{HostMat, HostOps};
+    use crate::optim::groups::{BASIS_IN_NAME, BASIS_OUT_NAME};
+    use dfdx::tensor::Cpu;
+
+    /// An `8 x 2` matrix with every entry `x`.
+    fn filled(x: f64) -> HostMat<f64> {
+        HostMat::new(8, 2, vec![x; 16])
+    }
+
+    /// The norms are the gradients' own; a finite gradient whose squared norm overflows
+    /// passes (its entries are scanned), and a NaN is named by the tensor that holds it.
+    #[test]
+    fn checked_norms_scan_the_entries_only_where_a_norm_is_not_finite() {
+        let ops = HostOps::new(&Cpu::default());
+        let x = AdapterPoint {
+            u: filled(0.0),
+            s: DMatrix::zeros(2, 2),
+            v: filled(0.0),
+        };
+        let grad = |p: f64, q: f64| AdapterGrad {
+            p: filled(p),
+            m: DMatrix::zeros(2, 2),
+            q: filled(q),
+        };
+        assert_eq!(
+            checked_norms(&ops, &x, &grad(0.5, 2.0)).unwrap(),
+            [4.0, 64.0]
+        );
+        let [p2, q2] = checked_norms(&ops, &x, &grad(1e200, 1.0)).unwrap();
+        assert!(p2.is_infinite() && q2 == 16.0);
+        for (g, name) in [
+            (grad(f64::NAN, 1.0), BASIS_OUT_NAME),
+            (grad(1.0, f64::INFINITY), BASIS_IN_NAME),
+        ] {
+            match checked_norms(&ops, &x, &g) {
+                Err(Error::NonFinite { what }) => assert!(what.contains(name), "{what}"),
+                other => panic!("expected a non-finite gradient of {name}: {other:?}"),
+            }
+        }
+    }
+}
