@@ -252,20 +252,21 @@ impl AdapterPart {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{HostMat, HostOps};
+    use crate::kernels::RowPieces;
     use crate::optim::groups::{BASIS_IN_NAME, BASIS_OUT_NAME};
-    use dfdx::tensor::Cpu;
 
-    /// An `8 x 2` matrix with every entry `x`.
-    fn filled(x: f64) -> HostMat<f64> {
-        HostMat::new(8, 2, vec![x; 16])
+    type Mat = <<f64 as Real>::Host as TallOps<f64>>::Mat;
+
+    /// An `8 x 2` host matrix with every entry `x`.
+    fn filled(x: f64) -> Mat {
+        Mat::from_compact(8, 2, vec![x; 16])
     }
 
     /// The norms are the gradients' own; a finite gradient whose squared norm overflows
     /// passes (its entries are scanned), and a NaN is named by the tensor that holds it.
     #[test]
     fn checked_norms_scan_the_entries_only_where_a_norm_is_not_finite() {
-        let ops = HostOps::new(&Cpu::default());
+        let ops = f64::host_ops();
         let x = AdapterPoint {
             u: filled(0.0),
             s: DMatrix::zeros(2, 2),
