@@ -7,8 +7,9 @@
 //!   `||dW - T|| / ||T||`.
 //!
 //! Rules: SGD, SGD with momentum 0.9, Nesterov 0.9, Adam, AdamW (decoupled weight decay
-//! 0.01 on the core), AMSGrad, and for the per-tensor step Adam with a per-matrix second
-//! moment. Steps: the basis-update step (the default; it takes no retraction) and the
+//! 0.01 on the core), AMSGrad, for the per-tensor step Adam with a per-matrix second
+//! moment, and for the basis-update step Adam with Adam's moving average of the adapter's
+//! second moment in place of Adafactor's increasing decay. Steps: the basis-update step (the default; it takes no retraction) and the
 //! per-tensor step with the retractions Qr, Polar, Cayley, NewtonSchulz (5 iterations).
 //! Every row picks its learning rate, one for all groups, from its family's grid on each
 //! task (by the final training loss on digits, the final error on the low-rank problem),
@@ -26,8 +27,8 @@ use dfdx::optim::Optimizer;
 use dfdx::prelude::*;
 use sds_lora::nn::{Adapter, SdsLinear};
 use sds_lora::optim::{
-    AdapterStep, Momentum, ParamGroups, SdsAdamConfig, SdsConfig, SdsSgdConfig, SecondMoment,
-    StiefelConfig, WeightDecay,
+    AdapterSecondMoment, AdapterStep, Momentum, ParamGroups, SdsAdamConfig, SdsConfig,
+    SdsSgdConfig, SecondMoment, StiefelConfig, WeightDecay,
 };
 use sds_lora::stiefel::Retraction;
 use std::time::Instant;
@@ -47,10 +48,11 @@ enum Variant {
     AdamW,
     AmsGrad,
     AdamMatrix,
+    AdamMovingAverage,
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::Sgd,
         Variant::Momentum,
         Variant::Nesterov,
@@ -58,6 +60,7 @@ impl Variant {
         Variant::AdamW,
         Variant::AmsGrad,
         Variant::AdamMatrix,
+        Variant::AdamMovingAverage,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Variant {
             Variant::AdamW => "AdamW",
             Variant::AmsGrad => "AMSGrad",
             Variant::AdamMatrix => "Adam (per-matrix v)",
+            Variant::AdamMovingAverage => "Adam (moving-average v)",
         }
     }
 
@@ -100,8 +104,12 @@ impl Variant {
             ..Default::default()
         };
         cfg.rule.amsgrad = matches!(self, Variant::AmsGrad);
-        if let Variant::AdamMatrix = self {
-            cfg.second_moment = SecondMoment::Matrix;
+        match self {
+            Variant::AdamMatrix => cfg.second_moment = SecondMoment::Matrix,
+            Variant::AdamMovingAverage => {
+                cfg.adapter_second_moment = AdapterSecondMoment::MovingAverage
+            }
+            _ => {}
         }
         cfg
     }
@@ -241,8 +249,15 @@ fn main() {
             .collect();
     for variant in Variant::ALL {
         for &(adapter_step, retraction) in &steps {
-            if matches!(variant, Variant::AdamMatrix) && adapter_step == AdapterStep::BasisUpdate {
-                continue; // the basis-update step's Adam has one second moment per adapter
+            let applies = match variant {
+                // the basis-update step's Adam has one second moment per adapter
+                Variant::AdamMatrix => adapter_step == AdapterStep::PerTensor,
+                // how that one is averaged
+                Variant::AdamMovingAverage => adapter_step == AdapterStep::BasisUpdate,
+                _ => true,
+            };
+            if !applies {
+                continue;
             }
             let stiefel = StiefelConfig {
                 adapter_step,

@@ -5,15 +5,17 @@
 //!    UCI set) in their upright orientation.
 //! 2. Shift the domain: the same digits rotated by 90 degrees.
 //! 3. Adapt with the same step budget, seeds and batches: full fine-tuning (dfdx Adam on
-//!    every weight), LoRA (rank 4, dfdx Adam) and SDS-LoRA (rank 4, full core, SdsAdam with
-//!    its defaults: the basis-update step, one learning rate for every group).
+//!    every weight), LoRA (dfdx Adam) and SDS-LoRA (full core, SdsAdam with its defaults:
+//!    the basis-update step, one learning rate for every group), both at rank 4 and at
+//!    rank 8 (PEFT's default).
 //!
 //! Each method picks its learning rate from the same grid by its mean final training loss
 //! over three seeds (the test split is not looked at), then reports the held-out accuracy
 //! on the rotated digits, mean and spread over those seeds, with the trainable parameter
-//! count, final loss and wall time: a table, then one JSON line per method
-//! (`{"method","lr","acc_mean","acc_sd","final_loss","params","seconds"}`); the loss
-//! curves of the first seed go to an SVG.
+//! count, final loss and wall time: a table, the share of LoRA's gap to full fine-tuning
+//! that SDS-LoRA closes at each rank, then one JSON line per run
+//! (`{"method","rank","lr","acc_mean","acc_sd","final_loss","params","seconds"}`, `rank`
+//! null for full fine-tuning); the loss curves of the first seed go to an SVG.
 //!
 //! `cargo run --release --example quickstart`
 
@@ -32,7 +34,6 @@ use sds_lora::nn::{LoraLinear, SdsLinear};
 use sds_lora::optim::{ParamGroups, SdsAdam, SdsAdamConfig};
 use std::time::Instant;
 
-const RANK: usize = 4;
 const PRETRAIN_STEPS: usize = 600;
 const ADAPT_STEPS: usize = 300;
 const LR: f64 = 1e-2;
@@ -40,19 +41,19 @@ const LR_GRID: [f64; 4] = [3e-3, 1e-2, 3e-2, 1e-1];
 const SEEDS: [u64; 5] = [2027, 2028, 2029, 2030, 2031];
 const SEED: u64 = 2026;
 
-type LoraMlp = (
-    LoraLinear<FEATURES, HIDDEN, RANK, f32, Cpu>,
+type LoraMlp<const R: usize> = (
+    LoraLinear<FEATURES, HIDDEN, R, f32, Cpu>,
     ReLU,
-    LoraLinear<HIDDEN, HIDDEN, RANK, f32, Cpu>,
+    LoraLinear<HIDDEN, HIDDEN, R, f32, Cpu>,
     ReLU,
-    LoraLinear<HIDDEN, CLASSES, RANK, f32, Cpu>,
+    LoraLinear<HIDDEN, CLASSES, R, f32, Cpu>,
 );
-type SdsMlp = (
-    SdsLinear<FEATURES, HIDDEN, RANK, f32, Cpu>,
+type SdsMlp<const R: usize> = (
+    SdsLinear<FEATURES, HIDDEN, R, f32, Cpu>,
     ReLU,
-    SdsLinear<HIDDEN, HIDDEN, RANK, f32, Cpu>,
+    SdsLinear<HIDDEN, HIDDEN, R, f32, Cpu>,
     ReLU,
-    SdsLinear<HIDDEN, CLASSES, RANK, f32, Cpu>,
+    SdsLinear<HIDDEN, CLASSES, R, f32, Cpu>,
 );
 
 /// One adaptation run: loss curve, test accuracy, seconds.
@@ -73,6 +74,8 @@ impl Run {
 /// The runs of one method at its selected learning rate.
 struct Selected {
     method: &'static str,
+    /// The adapters' rank (`None`: full fine-tuning).
+    rank: Option<usize>,
     params: usize,
     before: f64,
     lr: f64,
@@ -127,8 +130,8 @@ fn adam_config(lr: f64) -> AdamConfig {
 /// the lowest mean final training loss.
 fn select(
     method: &'static str,
-    params: usize,
-    before: f64,
+    rank: Option<usize>,
+    (params, before): (usize, f64),
     mut adapt: impl FnMut(f64, u64) -> Run,
 ) -> Selected {
     let mut best: Option<(f32, f64, Vec<Run>)> = None;
@@ -142,11 +145,73 @@ fn select(
     let (_, lr, runs) = best.expect("a non-empty grid");
     Selected {
         method,
+        rank,
         params,
         before,
         lr,
         runs,
     }
+}
+
+impl Selected {
+    /// Held-out accuracies, mean and sample standard deviation over the seeds.
+    fn accuracy(&self) -> (f64, f64) {
+        let accs: Vec<f64> = self.runs.iter().map(|r| r.accuracy).collect();
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
+        let var = accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (accs.len() - 1) as f64;
+        (mean, var.sqrt())
+    }
+
+    /// Mean final training loss over the seeds.
+    fn final_loss(&self) -> f32 {
+        self.runs.iter().map(Run::final_loss).sum::<f32>() / self.runs.len() as f32
+    }
+
+    /// Mean wall time of a run.
+    fn seconds(&self) -> f64 {
+        self.runs.iter().map(|r| r.seconds).sum::<f64>() / self.runs.len() as f64
+    }
+}
+
+/// The pretrained model, the device and the rotated splits every adaptation uses.
+struct Setup<'a> {
+    base: &'a Pretrained,
+    dev: &'a Cpu,
+    data: (&'a Split, &'a Split),
+}
+
+/// LoRA and SDS-LoRA at rank `R`, each around `setup.base`.
+fn low_rank<const R: usize>(setup: &Setup) -> [Selected; 2] {
+    let Setup { base, dev, data } = *setup;
+    let lora_of = |seed: u64| -> LoraMlp<R> { adapted(base, seed) };
+    let probe = lora_of(SEED);
+    let lora = select(
+        "LoRA (Adam)",
+        Some(R),
+        (probe.num_trainable_params(), accuracy(&probe, dev, data.1)),
+        |lr, seed| {
+            let label = format!("LoRA r{R} lr {lr}");
+            let opt = |m: &_| Adam::new(m, adam_config(lr));
+            adapt(lora_of(seed), opt, dev, data, seed, &label)
+        },
+    );
+    let sds_of = |seed: u64| -> SdsMlp<R> { adapted(base, seed) };
+    let probe = sds_of(SEED);
+    let sds = select(
+        "SDS-LoRA (SdsAdam)",
+        Some(R),
+        (probe.num_trainable_params(), accuracy(&probe, dev, data.1)),
+        |lr, seed| {
+            let label = format!("SDS-LoRA r{R} lr {lr}");
+            let cfg = SdsAdamConfig {
+                groups: ParamGroups::uniform(lr),
+                ..Default::default()
+            };
+            let opt = |m: &_| SdsAdam::new(m, cfg).unwrap();
+            adapt(sds_of(seed), opt, dev, data, seed, &label)
+        },
+    );
+    [lora, sds]
 }
 
 fn main() {
@@ -178,111 +243,82 @@ fn main() {
 
     // Every adaptation starts from the pretrained weights; the adapters' own random
     // tensors come from a device seeded per run.
-    let full_before = accuracy(&base, &dev, &test_rot);
+    let data = (&train_rot, &test_rot);
     let full = select(
         "full fine-tuning",
-        base.num_trainable_params(),
-        full_before,
+        None,
+        (
+            base.num_trainable_params(),
+            accuracy(&base, &dev, &test_rot),
+        ),
         |lr, seed| {
             let label = format!("full FT lr {lr}");
             let opt = |m: &_| Adam::new(m, adam_config(lr));
-            adapt(
-                base.clone(),
-                opt,
-                &dev,
-                (&train_rot, &test_rot),
-                seed,
-                &label,
-            )
+            adapt(base.clone(), opt, &dev, data, seed, &label)
         },
     );
-
-    let lora_of = |seed: u64| -> LoraMlp { adapted(&base, seed) };
-    let probe = lora_of(SEED);
-    let lora = select(
-        "LoRA (Adam)",
-        probe.num_trainable_params(),
-        accuracy(&probe, &dev, &test_rot),
-        |lr, seed| {
-            let label = format!("LoRA lr {lr}");
-            let opt = |m: &_| Adam::new(m, adam_config(lr));
-            adapt(
-                lora_of(seed),
-                opt,
-                &dev,
-                (&train_rot, &test_rot),
-                seed,
-                &label,
-            )
-        },
-    );
-
-    let sds_of = |seed: u64| -> SdsMlp { adapted(&base, seed) };
-    let probe = sds_of(SEED);
-    let sds = select(
-        "SDS-LoRA (SdsAdam)",
-        probe.num_trainable_params(),
-        accuracy(&probe, &dev, &test_rot),
-        |lr, seed| {
-            let label = format!("SDS-LoRA lr {lr}");
-            let cfg = SdsAdamConfig {
-                groups: ParamGroups::uniform(lr),
-                ..Default::default()
-            };
-            let opt = |m: &_| SdsAdam::new(m, cfg).unwrap();
-            adapt(
-                sds_of(seed),
-                opt,
-                &dev,
-                (&train_rot, &test_rot),
-                seed,
-                &label,
-            )
-        },
-    );
+    let setup = Setup {
+        base: &base,
+        dev: &dev,
+        data,
+    };
+    let [lora4, sds4] = low_rank::<4>(&setup);
+    let [lora8, sds8] = low_rank::<8>(&setup);
+    let all = [&full, &lora4, &sds4, &lora8, &sds8];
 
     println!(
-        "\nAdapting to rotated digits: rank {RANK}, {ADAPT_STEPS} steps of batch {BATCH}, learning rate chosen \
+        "\nAdapting to rotated digits: {ADAPT_STEPS} steps of batch {BATCH}, learning rate chosen \
          from {LR_GRID:?} by training loss, {} seeds\n",
         SEEDS.len()
     );
-    println!("| method | trainable params | lr | test acc. before | test acc. after (mean ± sd) | final loss | wall time per run (s) |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut json = Vec::new();
-    for m in [&full, &lora, &sds] {
-        let accs: Vec<f64> = m.runs.iter().map(|r| r.accuracy).collect();
-        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-        let sd =
-            (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (accs.len() - 1) as f64).sqrt();
-        let loss = m.runs.iter().map(Run::final_loss).sum::<f32>() / m.runs.len() as f32;
-        let secs = m.runs.iter().map(|r| r.seconds).sum::<f64>() / m.runs.len() as f64;
-        json.push(format!(
-            r#"{{"method":"{}","lr":{},"acc_mean":{mean:.4},"acc_sd":{sd:.4},"final_loss":{loss:.5},"params":{},"seconds":{secs:.3}}}"#,
-            m.method, m.lr, m.params
-        ));
+    println!("| method | rank | trainable params | lr | test acc. before | test acc. after (mean ± sd) | final loss | wall time per run (s) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for m in all {
+        let (mean, sd) = m.accuracy();
         println!(
-            "| {} | {} | {} | {:.1}% | {:.1}% ± {:.1} | {:.4} | {:.2} |",
+            "| {} | {} | {} | {} | {:.1}% | {:.1}% ± {:.1} | {:.4} | {:.2} |",
             m.method,
+            m.rank.map_or("-".to_string(), |r| r.to_string()),
             m.params,
             m.lr,
             100.0 * m.before,
             100.0 * mean,
             100.0 * sd,
-            loss,
-            secs
+            m.final_loss(),
+            m.seconds()
+        );
+    }
+    let full_acc = full.accuracy().0;
+    println!();
+    for (lora, sds) in [(&lora4, &sds4), (&lora8, &sds8)] {
+        let (l, s) = (lora.accuracy().0, sds.accuracy().0);
+        println!(
+            "rank {}: SDS-LoRA closes {:.0}% of LoRA's gap to full fine-tuning",
+            sds.rank.unwrap_or_default(),
+            100.0 * (s - l) / (full_acc - l)
         );
     }
     println!();
-    for line in &json {
-        println!("{line}");
+    for m in all {
+        let (mean, sd) = m.accuracy();
+        println!(
+            r#"{{"method":"{}","rank":{},"lr":{},"acc_mean":{mean:.4},"acc_sd":{sd:.4},"final_loss":{:.5},"params":{},"seconds":{:.3}}}"#,
+            m.method,
+            m.rank.map_or("null".to_string(), |r| r.to_string()),
+            m.lr,
+            m.final_loss(),
+            m.params,
+            m.seconds()
+        );
     }
-    let curves: Vec<(String, Vec<f64>)> = [&full, &lora, &sds]
+    let curves: Vec<(String, Vec<f64>)> = all
         .iter()
         .map(|m| {
-            (
-                m.method.to_string(),
-                m.runs[0].curve.iter().map(|&v| v as f64).collect(),
-            )
+            let name = match m.rank {
+                Some(r) => format!("{} r{r}", m.method),
+                None => m.method.to_string(),
+            };
+            (name, m.runs[0].curve.iter().map(|&v| v as f64).collect())
         })
         .collect();
     let path = std::env::temp_dir().join("sds_lora_quickstart_loss.svg");

@@ -6,8 +6,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use sds_lora::nn::peft::{export_peft, import_peft, read_peft, PeftAdapter, KEY_PREFIX};
 use sds_lora::nn::{builders, Adapter};
 use sds_lora::optim::{
-    AdamRule, Momentum, OptimizerState, ParamGroups, SdsAdam, SdsAdamConfig, SdsSgd, SdsSgdConfig,
-    SgdRule, StiefelConfig, WeightDecay,
+    AdamRule, AdapterSecondMoment, Momentum, OptimizerState, ParamGroups, SdsAdam, SdsAdamConfig,
+    SdsSgd, SdsSgdConfig, SgdRule, StiefelConfig, WeightDecay,
 };
 use sds_lora::stiefel::{orthogonality_error, orthonormalize, Retraction};
 use sds_lora::Error;
@@ -229,9 +229,9 @@ fn optimizers_refuse_bases_that_are_not_orthonormal() {
     }
 }
 
-/// Learning rates, betas, momentum, dampening, eps and weight decays out of range are
-/// refused when the optimizer is built, and, set later through the public `cfg`, by the
-/// step, before anything is written.
+/// Learning rates, betas, momentum, dampening, eps, weight decays and the exponent of the
+/// adapters' second moment out of range are refused when the optimizer is built, and, set
+/// later through the public `cfg`, by the step, before anything is written.
 #[test]
 fn settings_out_of_range_are_refused_at_build_and_at_each_step() {
     let adam_cases: Vec<(&str, SdsAdamConfig)> = {
@@ -274,6 +274,14 @@ fn settings_out_of_range_are_refused_at_build_and_at_each_step() {
             },
         ] {
             cases.push(("rule", SdsAdamConfig { rule, ..base }));
+        }
+        for exponent in [0.0, 1.5, f64::NAN] {
+            let adapter_second_moment = AdapterSecondMoment::IncreasingDecay { exponent };
+            let c = SdsAdamConfig {
+                adapter_second_moment,
+                ..base
+            };
+            cases.push(("adapter_second_moment", c));
         }
         let mut c = base;
         c.stiefel.reorthonormalize_every = Some(0);

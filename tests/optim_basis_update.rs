@@ -7,8 +7,8 @@ use nalgebra::DMatrix;
 use sds_lora::kernels::ComposedOps;
 use sds_lora::nn::{builders, Adapter, SdsLinear};
 use sds_lora::optim::{
-    AdamRule, Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsConfig, SdsSgd, SdsSgdConfig,
-    SgdRule,
+    AdamRule, AdapterSecondMoment, Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsConfig,
+    SdsSgd, SdsSgdConfig, SgdRule,
 };
 
 const I: usize = 9;
@@ -80,8 +80,17 @@ fn qf(k: &DMatrix<f64>) -> DMatrix<f64> {
 /// `(U, S, V)` with `G` formed explicitly.
 #[derive(Clone, Copy)]
 enum Reference {
-    Sgd { mu: f64, nesterov: bool, damp: f64 },
-    Adam { b1: f64, b2: f64, eps: f64 },
+    Sgd {
+        mu: f64,
+        nesterov: bool,
+        damp: f64,
+    },
+    /// `b2: None`: Adafactor's increasing decay `1 - t^-0.8`, no correction.
+    Adam {
+        b1: f64,
+        b2: Option<f64>,
+        eps: f64,
+    },
 }
 
 fn dense_steps(
@@ -130,10 +139,13 @@ fn dense_steps(
                 mm = &mm * b1 + &m * (1.0 - b1);
                 let dim = ((O + I) * R - R * R) as f64;
                 let norm2 = p.norm_squared() + q.norm_squared() - m.norm_squared();
-                second = b2 * second + (1.0 - b2) * norm2 / dim;
                 let ti = t as i32;
-                let scale =
-                    1.0 / ((1.0 - b1.powi(ti)) * ((second / (1.0 - b2.powi(ti))).sqrt() + eps));
+                let (decay, correction) = match b2 {
+                    Some(b2) => (b2, 1.0 / (1.0 - b2.powi(ti))),
+                    None => (1.0 - (t as f64).powf(-0.8), 1.0),
+                };
+                second = decay * second + (1.0 - decay) * norm2 / dim;
+                let scale = 1.0 / ((1.0 - b1.powi(ti)) * ((second * correction).sqrt() + eps));
                 (&mp * scale, &mq * scale, &mm * scale)
             }
         };
@@ -223,14 +235,24 @@ fn one_and_three_steps_match_the_dense_computation() {
             assert_factors(&got, &want, &format!("{name}, {steps} steps"));
         }
 
-        let adam_reference = Reference::Adam {
-            b1: 0.9,
-            b2: 0.999,
-            eps: 1e-8,
-        };
-        let want = dense_steps(&l, adam_reference, 0.02, steps);
-        let got = run(&l, SdsAdam::new(&l, adam(0.02)).unwrap(), steps);
-        assert_factors(&got, &want, &format!("Adam, {steps} steps"));
+        let averages = [
+            (AdapterSecondMoment::default(), None),
+            (AdapterSecondMoment::MovingAverage, Some(0.999)),
+        ];
+        for (average, b2) in averages {
+            let reference = Reference::Adam {
+                b1: 0.9,
+                b2,
+                eps: 1e-8,
+            };
+            let want = dense_steps(&l, reference, 0.02, steps);
+            let cfg = SdsAdamConfig {
+                adapter_second_moment: average,
+                ..adam(0.02)
+            };
+            let got = run(&l, SdsAdam::new(&l, cfg).unwrap(), steps);
+            assert_factors(&got, &want, &format!("Adam ({average:?}), {steps} steps"));
+        }
     }
 }
 

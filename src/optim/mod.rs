@@ -24,7 +24,8 @@ pub(crate) mod walk;
 
 pub use adapter_step::AdapterStep;
 pub use basis_update::{
-    basis_update, AdapterGrad, AdapterMoments, AdapterPoint, AdapterRule, AdapterStepSizes,
+    basis_update, AdapterGrad, AdapterMoments, AdapterPoint, AdapterRule, AdapterSecondMoment,
+    AdapterStepSizes,
 };
 pub use config::{SdsConfig, StiefelConfig};
 pub use groups::{Group, GroupConfig, ParamGroups};

@@ -1,6 +1,6 @@
 //! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
 
-use super::basis_update::AdapterRule;
+use super::basis_update::{AdapterRule, AdapterSecondMoment};
 use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
 use super::rules::{AdamRule, AdamUpdate, SecondMoment};
@@ -8,16 +8,22 @@ use super::sds::Sds;
 use serde::{Deserialize, Serialize};
 
 /// Hyperparameters of [`SdsAdam`]. The default: learning rate `1e-3` for every group, no
-/// weight decay, betas `[0.9, 0.999]`, eps `1e-8` (dfdx's `AdamConfig` defaults), an
-/// elementwise second moment, the `Qr` retraction.
+/// weight decay, betas `[0.9, 0.999]`, eps `1e-8` (dfdx's `AdamConfig` defaults); adapters
+/// take the basis-update step with one second moment each, averaged with Adafactor's
+/// increasing decay ([`AdapterSecondMoment`]); other Stiefel tensors an elementwise second
+/// moment and the `Qr` retraction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SdsAdamConfig {
     /// Learning rates and weight decays of bases, scales and other tensors.
     pub groups: ParamGroups,
     /// Betas, eps, AMSGrad.
     pub rule: AdamRule,
-    /// The second moment of Stiefel tensors: elementwise or one per matrix.
+    /// The second moment of Stiefel tensors under the per-tensor step: elementwise or one
+    /// per matrix.
     pub second_moment: SecondMoment,
+    /// How an adapter's one second moment averages over the steps (basis-update step).
+    #[serde(default)]
+    pub adapter_second_moment: AdapterSecondMoment,
     /// Retraction and re-orthonormalisation.
     pub stiefel: StiefelConfig,
 }
@@ -45,7 +51,7 @@ impl SdsConfig for SdsAdamConfig {
     }
 
     fn adapter_rule(&self) -> AdapterRule {
-        AdapterRule::Adam(self.rule)
+        AdapterRule::Adam(self.rule, self.adapter_second_moment)
     }
 }
 

@@ -2,7 +2,7 @@
 //! and at every step, since `cfg` is public), the Stiefel tensors it is given (orthonormal
 //! when it is built), and every new value (finite before anything is written).
 
-use super::basis_update::AdapterRule;
+use super::basis_update::{AdapterRule, AdapterSecondMoment};
 use super::config::StiefelConfig;
 use super::groups::{Group, ParamGroups};
 use super::rules::{AdamRule, Momentum, SgdRule, WeightDecay};
@@ -78,6 +78,18 @@ impl AdamRule {
     }
 }
 
+impl AdapterSecondMoment {
+    /// Fails unless an increasing decay's exponent is in `(0, 1]`.
+    pub fn validate(&self) -> Result<(), Error> {
+        match *self {
+            Self::IncreasingDecay { exponent } if !(exponent > 0.0 && exponent <= 1.0) => Err(
+                invalid("adapter_second_moment.exponent", exponent, "in (0, 1]"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl SgdRule {
     /// Fails unless the momentum is in `[0, 1)` and the dampening in `[0, 1]`.
     pub fn validate(&self) -> Result<(), Error> {
@@ -96,7 +108,10 @@ impl AdapterRule {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             AdapterRule::Sgd(rule) => rule.validate(),
-            AdapterRule::Adam(rule) => rule.validate(),
+            AdapterRule::Adam(rule, average) => {
+                rule.validate()?;
+                average.validate()
+            }
         }
     }
 }

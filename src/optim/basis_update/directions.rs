@@ -7,7 +7,7 @@
 
 use super::{AdapterMoments, AdapterRule};
 use crate::kernels::{Real, TallOps};
-use crate::optim::rules::{AdamStep, Lane, SgdStep};
+use crate::optim::rules::{AdamStep, SgdStep};
 use crate::Error;
 use nalgebra::DMatrix;
 use std::ops::{Add, Mul};
@@ -116,14 +116,17 @@ impl Plan {
                     v_max: 0.0,
                 }
             }
-            AdapterRule::Adam(adam) => {
-                let c = AdamStep::<f64>::new(&adam, 1.0, old.step.saturating_add(1));
-                let v = c.second(old.v, tangent2);
-                let v_max = v.max_with(old.v_max);
+            AdapterRule::Adam(adam, average) => {
+                let t = old.step.saturating_add(1);
+                let c = AdamStep::<f64>::new(&adam, 1.0, t);
+                let b2 = adam.betas[1];
+                let v = average.average(b2, old.v, tangent2, t);
+                let v_max = v.max(old.v_max);
                 let used = if adam.amsgrad { v_max } else { v };
+                let denominator = (used * average.correction(b2, t)).sqrt() + adam.eps;
                 Plan {
                     moment: Some(c.first(old_moment.unwrap_or_default(), g)),
-                    direction: kept * c.update(1.0, c.denominator(used)),
+                    direction: kept * c.update(1.0, denominator),
                     v,
                     v_max,
                 }

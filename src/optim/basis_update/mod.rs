@@ -29,18 +29,21 @@
 //!   `m <- g` on the first step and `m <- mu m + (1 - d) g` after, `D = m`
 //!   (classic) or `D = g + mu m` (Nesterov), for each of `g = P, Q, M`.
 //! - Adam: `m <- b1 m + (1 - b1) g` for each of `P, Q, M`, and one second moment for the
-//!   whole adapter, the squared norm of its tangent gradient per tangent dimension,
-//!   `v <- b2 v + (1 - b2) (||P||^2 + ||Q||^2 - ||M||^2) / ((o + i) r - r^2)`
-//!   (AMSGrad: `v_max <- max(v_max, v)` is used in its place); then
-//!   `D = m / ((1 - b1^t) (sqrt(v / (1 - b2^t)) + eps))`. An elementwise second moment
-//!   has no fixed meaning in rotating coordinates (it breaks the invariance to the factor
-//!   split and fails on ill-conditioned targets); one scalar per adapter survives the
-//!   rotations.
+//!   whole adapter, the average of its squared tangent-gradient norm per tangent
+//!   dimension, `x_t = (||P||^2 + ||Q||^2 - ||M||^2) / ((o + i) r - r^2)`: by default
+//!   Adafactor's increasing decay `v <- b2_t v + (1 - b2_t) x_t`, `b2_t = 1 - t^-0.8`,
+//!   `v_hat = v` (or Adam's moving average, `b2_t = b2`, `v_hat = v / (1 - b2^t)`:
+//!   [`AdapterSecondMoment`]); AMSGrad uses `v_max <- max(v_max, v)` in place of `v`; then
+//!   `D = m / ((1 - b1^t) (sqrt(v_hat) + eps))`. An elementwise second
+//!   moment has no fixed meaning in rotating coordinates (it breaks the invariance to the
+//!   factor split and fails on ill-conditioned targets); one scalar per adapter survives
+//!   the rotations.
 //!
 //! Everything `n x r` goes through [`TallOps`], so the host path and the composed (device)
 //! path run these same lines; the `r x r` work is on the host in `f64`.
 
 mod directions;
+mod second_moment;
 
 use super::rules::{AdamRule, SgdRule, WeightDecay};
 use crate::kernels::{Real, TallOps};
@@ -48,6 +51,7 @@ use crate::stiefel::retractions::{q_factors, Sums};
 use crate::Error;
 use directions::directions;
 use nalgebra::DMatrix;
+pub use second_moment::AdapterSecondMoment;
 
 /// An adapter's point: the bases (`[o, r]` and `[i, r]`, orthonormal columns) and the
 /// core `[r, r]`.
@@ -108,8 +112,9 @@ impl<M> Default for AdapterMoments<M> {
 pub enum AdapterRule {
     /// SGD, with momentum, Nesterov and dampening.
     Sgd(SgdRule),
-    /// Adam with one tangent-norm second moment per adapter (and AMSGrad).
-    Adam(AdamRule),
+    /// Adam with one tangent-norm second moment per adapter (and AMSGrad), averaged over
+    /// the steps as the second field says.
+    Adam(AdamRule, AdapterSecondMoment),
 }
 
 /// Step sizes of a basis-update step.
