@@ -22,7 +22,8 @@ pub enum AdapterSecondMoment {
     /// `b2_t = 1 - t^(-exponent)`, used as `v_hat = v` (`b2_1 = 0`: the weights sum to one
     /// at every step, no correction is due). The memory grows like `t^exponent` steps:
     /// `exponent = 1` is the plain mean of every step so far, Adafactor's default is `0.8`.
-    /// The rule's `b2` is not used.
+    /// The rule's `b2` is not used. With AMSGrad the running maximum keeps the first,
+    /// fully weighted value: pair AMSGrad with the moving average.
     IncreasingDecay {
         /// In `(0, 1]`.
         exponent: f64,
