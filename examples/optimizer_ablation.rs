@@ -9,8 +9,9 @@
 //! Rules: SGD, SGD with momentum 0.9, Nesterov 0.9, Adam, AdamW (decoupled weight decay
 //! 0.01 on the core), AMSGrad, for the per-tensor step Adam with a per-matrix second
 //! moment, and for the basis-update step Adam with Adam's moving average of the adapter's
-//! second moment in place of Adafactor's increasing decay. Steps: the basis-update step (the default; it takes no retraction) and the
-//! per-tensor step with the retractions Qr, Polar, Cayley, NewtonSchulz (5 iterations).
+//! second moment in place of Adafactor's increasing decay. Steps: the basis-update step
+//! (the default; it takes no retraction) and the per-tensor step with the retractions Qr,
+//! Polar, Cayley, NewtonSchulz (5 iterations).
 //! Every row picks its learning rate, one for all groups, from its family's grid on each
 //! task (by the final training loss on digits, the final error on the low-rank problem),
 //! so that momentum rules are not judged at plain SGD's rate. Prints the metric, the

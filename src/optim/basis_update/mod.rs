@@ -34,10 +34,9 @@
 //!   Adafactor's increasing decay `v <- b2_t v + (1 - b2_t) x_t`, `b2_t = 1 - t^-0.8`,
 //!   `v_hat = v` (or Adam's moving average, `b2_t = b2`, `v_hat = v / (1 - b2^t)`:
 //!   [`AdapterSecondMoment`]); AMSGrad uses `v_max <- max(v_max, v)` in place of `v`; then
-//!   `D = m / ((1 - b1^t) (sqrt(v_hat) + eps))`. An elementwise second
-//!   moment has no fixed meaning in rotating coordinates (it breaks the invariance to the
-//!   factor split and fails on ill-conditioned targets); one scalar per adapter survives
-//!   the rotations.
+//!   `D = m / ((1 - b1^t) (sqrt(v_hat) + eps))`. An elementwise second moment has no
+//!   fixed meaning in rotating coordinates (it breaks the invariance to the factor split
+//!   and fails on ill-conditioned targets); one scalar per adapter survives the rotations.
 //!
 //! Everything `n x r` goes through [`TallOps`], so the host path and the composed (device)
 //! path run these same lines; the `r x r` work is on the host in `f64`.

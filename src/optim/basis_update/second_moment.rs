@@ -13,6 +13,20 @@ use serde::{Deserialize, Serialize};
 /// answer for its pooled (factored) second moments (Shazeer and Stern 2018, section 7.2),
 /// whose memory grows with the step count. It is the default (exponent `0.8`):
 /// `docs/experiments.md` measures both.
+///
+/// ```
+/// use sds_lora::optim::{AdapterSecondMoment, SdsAdamConfig};
+///
+/// let default = AdapterSecondMoment::default();
+/// assert_eq!(default, AdapterSecondMoment::IncreasingDecay { exponent: 0.8 });
+/// // With a constant input both averages give that constant once corrected.
+/// let v = (1..=3).fold(0.0, |v, t| default.average(0.999, v, 2.0, t));
+/// assert!((v * default.correction(0.999, 3) - 2.0).abs() < 1e-12);
+/// // Adam's own average, e.g. with AMSGrad:
+/// let mut cfg = SdsAdamConfig::default();
+/// cfg.rule.amsgrad = true;
+/// cfg.adapter_second_moment = AdapterSecondMoment::MovingAverage;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum AdapterSecondMoment {
     /// Adam's: `v <- b2 v + (1 - b2) x_t` with the rule's `b2` (`betas[1]`), used as
