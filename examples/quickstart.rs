@@ -10,7 +10,7 @@
 //!    rank 8 (PEFT's default).
 //!
 //! Each method picks its learning rate from the same grid by its mean final training loss
-//! over three seeds (the test split is not looked at), then reports the held-out accuracy
+//! over ten seeds (the test split is not looked at), then reports the held-out accuracy
 //! on the rotated digits, mean and spread over those seeds, with the trainable parameter
 //! count, final loss and wall time: a table, the share of LoRA's gap to full fine-tuning
 //! that SDS-LoRA closes at each rank, then one JSON line per run
@@ -38,7 +38,9 @@ const PRETRAIN_STEPS: usize = 600;
 const ADAPT_STEPS: usize = 300;
 const LR: f64 = 1e-2;
 const LR_GRID: [f64; 4] = [3e-3, 1e-2, 3e-2, 1e-1];
-const SEEDS: [u64; 5] = [2027, 2028, 2029, 2030, 2031];
+/// Ten seeds: the share of LoRA's gap varies from one five-seed draw to the next by
+/// more than the differences it is meant to show (`docs/experiments.md`).
+const SEEDS: [u64; 10] = [2027, 2028, 2029, 2030, 2031, 2032, 2033, 2034, 2035, 2036];
 const SEED: u64 = 2026;
 
 type LoraMlp<const R: usize> = (
