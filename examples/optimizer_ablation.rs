@@ -8,8 +8,9 @@
 //!
 //! Rules: SGD, SGD with momentum 0.9, Nesterov 0.9, Adam, AdamW (decoupled weight decay
 //! 0.01 on the core), AMSGrad, for the per-tensor step Adam with a per-matrix second
-//! moment, and for the basis-update step Adam with Adam's moving average of the adapter's
-//! second moment in place of Adafactor's increasing decay. Steps: the basis-update step
+//! moment, and for the basis-update step Adam with one second moment per adapter in place
+//! of one per singular direction of the core, and with Adam's moving average of the second
+//! moments in place of Adafactor's increasing decay. Steps: the basis-update step
 //! (the default; it takes no retraction) and the per-tensor step with the retractions Qr,
 //! Polar, Cayley, NewtonSchulz (5 iterations).
 //! Every row picks its learning rate, one for all groups, from its family's grid on each
@@ -29,7 +30,7 @@ use dfdx::prelude::*;
 use sds_lora::nn::{Adapter, SdsLinear};
 use sds_lora::optim::{
     AdapterSecondMoment, AdapterStep, Momentum, ParamGroups, SdsAdamConfig, SdsConfig,
-    SdsSgdConfig, SecondMoment, StiefelConfig, WeightDecay,
+    SdsSgdConfig, SecondMoment, SecondMomentPer, StiefelConfig, WeightDecay,
 };
 use sds_lora::stiefel::Retraction;
 use std::time::Instant;
@@ -49,11 +50,12 @@ enum Variant {
     AdamW,
     AmsGrad,
     AdamMatrix,
+    AdamPerAdapter,
     AdamMovingAverage,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 9] = [
         Variant::Sgd,
         Variant::Momentum,
         Variant::Nesterov,
@@ -61,6 +63,7 @@ impl Variant {
         Variant::AdamW,
         Variant::AmsGrad,
         Variant::AdamMatrix,
+        Variant::AdamPerAdapter,
         Variant::AdamMovingAverage,
     ];
 
@@ -73,6 +76,7 @@ impl Variant {
             Variant::AdamW => "AdamW",
             Variant::AmsGrad => "AMSGrad",
             Variant::AdamMatrix => "Adam (per-matrix v)",
+            Variant::AdamPerAdapter => "Adam (one v per adapter)",
             Variant::AdamMovingAverage => "Adam (moving-average v)",
         }
     }
@@ -107,6 +111,7 @@ impl Variant {
         cfg.rule.amsgrad = matches!(self, Variant::AmsGrad);
         match self {
             Variant::AdamMatrix => cfg.second_moment = SecondMoment::Matrix,
+            Variant::AdamPerAdapter => cfg.adapter_second_moment_per = SecondMomentPer::Adapter,
             Variant::AdamMovingAverage => {
                 cfg.adapter_second_moment = AdapterSecondMoment::MovingAverage
             }
@@ -251,10 +256,12 @@ fn main() {
     for variant in Variant::ALL {
         for &(adapter_step, retraction) in &steps {
             let applies = match variant {
-                // the basis-update step's Adam has one second moment per adapter
+                // the basis-update step's Adam keeps its own second moments: what for,
+                // and how they are averaged
                 Variant::AdamMatrix => adapter_step == AdapterStep::PerTensor,
-                // how that one is averaged
-                Variant::AdamMovingAverage => adapter_step == AdapterStep::BasisUpdate,
+                Variant::AdamPerAdapter | Variant::AdamMovingAverage => {
+                    adapter_step == AdapterStep::BasisUpdate
+                }
                 _ => true,
             };
             if !applies {

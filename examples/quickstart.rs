@@ -10,7 +10,7 @@
 //!    rank 8 (PEFT's default).
 //!
 //! Each method picks its learning rate from the same grid by its mean final training loss
-//! over ten seeds (the test split is not looked at), then reports the held-out accuracy
+//! over forty seeds (the test split is not looked at), then reports the held-out accuracy
 //! on the rotated digits, mean and spread over those seeds, with the trainable parameter
 //! count, final loss and wall time: a table, the share of LoRA's gap to full fine-tuning
 //! that SDS-LoRA closes at each rank, then one JSON line per run
@@ -38,9 +38,10 @@ const PRETRAIN_STEPS: usize = 600;
 const ADAPT_STEPS: usize = 300;
 const LR: f64 = 1e-2;
 const LR_GRID: [f64; 4] = [3e-3, 1e-2, 3e-2, 1e-1];
-/// Ten seeds: the share of LoRA's gap varies from one five-seed draw to the next by
-/// more than the differences it is meant to show (`docs/experiments.md`).
-const SEEDS: [u64; 10] = [2027, 2028, 2029, 2030, 2031, 2032, 2033, 2034, 2035, 2036];
+/// Forty seeds, `2027..2067`: over five or ten seeds the share of LoRA's gap that
+/// SDS-LoRA closes moves by more than the margins it is read against (five-seed draws of
+/// it ranged from -2% to 51% with one optimizer; `docs/experiments.md`).
+const SEEDS: std::ops::Range<u64> = 2027..2067;
 const SEED: u64 = 2026;
 
 type LoraMlp<const R: usize> = (
@@ -138,7 +139,7 @@ fn select(
 ) -> Selected {
     let mut best: Option<(f32, f64, Vec<Run>)> = None;
     for lr in LR_GRID {
-        let runs: Vec<Run> = SEEDS.iter().map(|&seed| adapt(lr, seed)).collect();
+        let runs: Vec<Run> = SEEDS.map(|seed| adapt(lr, seed)).collect();
         let loss = runs.iter().map(Run::final_loss).sum::<f32>() / runs.len() as f32;
         if best.as_ref().is_none_or(|(l, _, _)| loss < *l) {
             best = Some((loss, lr, runs));
@@ -271,7 +272,7 @@ fn main() {
     println!(
         "\nAdapting to rotated digits: {ADAPT_STEPS} steps of batch {BATCH}, learning rate chosen \
          from {LR_GRID:?} by training loss, {} seeds\n",
-        SEEDS.len()
+        SEEDS.count()
     );
     println!("| method | rank | trainable params | lr | test acc. before | test acc. after (mean ± sd) | final loss | wall time per run (s) |");
     println!("|---|---|---|---|---|---|---|---|");

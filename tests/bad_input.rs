@@ -355,8 +355,9 @@ fn a_step_that_overflows_writes_nothing() {
     assert_eq!((snapshot(&m), opt.state()), before);
 }
 
-/// Checkpoints: a negative or non-finite second moment, a tensor saved with another shape
-/// of the same length, or a moment with NaN is refused, the optimizer unchanged.
+/// Checkpoints: a negative or non-finite second moment, per-direction second moments of
+/// the wrong count, a tensor saved with another shape of the same length, or a moment with
+/// NaN is refused, the optimizer unchanged.
 #[test]
 fn checkpoints_are_checked_by_shape_and_by_sign() {
     let dev = Cpu::seed_from_u64(11);
@@ -377,9 +378,17 @@ fn checkpoints_are_checked_by_shape_and_by_sign() {
     let good = opt.state();
     assert_eq!(good.shapes["1.lora_a"], vec![2, 4]);
     type Spoiler = fn(&mut OptimizerState<f64>);
-    let spoilers: [(&str, Spoiler); 5] = [
+    assert_eq!(good.tensors["0.core"].second_directions.len(), 2 * 2 * 2);
+    let spoilers: [(&str, Spoiler); 7] = [
         ("negative", |s| {
             s.tensors.get_mut("1.lora_a").unwrap().second[3] = -1.0
+        }),
+        ("negative", |s| {
+            s.tensors.get_mut("0.core").unwrap().second_directions[3] = -1.0
+        }),
+        ("length", |s| {
+            let core = s.tensors.get_mut("0.core").unwrap();
+            core.second_directions_max.push(1.0)
         }),
         ("negative", |s| {
             s.tensors.get_mut("0.core").unwrap().second_scalar = -1.0

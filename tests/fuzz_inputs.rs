@@ -301,9 +301,9 @@ fn state_edit() -> impl Strategy<Value = StateEdit> {
         -10.0..10.0f64
     ];
     prop_oneof![
-        (any::<usize>(), 0..3usize, any::<usize>(), value.clone())
+        (any::<usize>(), 0..5usize, any::<usize>(), value.clone())
             .prop_map(|(t, b, i, v)| StateEdit::Value(t, b, i, v)),
-        (any::<usize>(), 0..3usize, 0..80usize).prop_map(|(t, b, n)| StateEdit::Resize(t, b, n)),
+        (any::<usize>(), 0..5usize, 0..80usize).prop_map(|(t, b, n)| StateEdit::Resize(t, b, n)),
         (any::<usize>(), any::<bool>(), value).prop_map(|(t, m, v)| StateEdit::Scalar(t, m, v)),
         (any::<usize>(), any::<u64>()).prop_map(|(t, s)| StateEdit::Steps(t, s)),
         (any::<usize>(), prop::collection::vec(0..12usize, 0..3))
@@ -318,7 +318,14 @@ fn apply(state: &mut OptimizerState<f64>, edit: &StateEdit) {
     match edit {
         StateEdit::Value(t, b, i, v) => {
             let s = state.tensors.get_mut(&at(*t)).unwrap();
-            let buf = [&mut s.first, &mut s.second, &mut s.second_max][*b % 3].as_mut_slice();
+            let buf = [
+                &mut s.first,
+                &mut s.second,
+                &mut s.second_max,
+                &mut s.second_directions,
+                &mut s.second_directions_max,
+            ][*b % 5]
+                .as_mut_slice();
             if !buf.is_empty() {
                 let n = buf.len();
                 buf[i % n] = *v;
@@ -326,7 +333,14 @@ fn apply(state: &mut OptimizerState<f64>, edit: &StateEdit) {
         }
         StateEdit::Resize(t, b, n) => {
             let s = state.tensors.get_mut(&at(*t)).unwrap();
-            [&mut s.first, &mut s.second, &mut s.second_max][*b % 3].resize(*n, 0.5);
+            [
+                &mut s.first,
+                &mut s.second,
+                &mut s.second_max,
+                &mut s.second_directions,
+                &mut s.second_directions_max,
+            ][*b % 5]
+                .resize(*n, 0.5);
         }
         StateEdit::Scalar(t, max, v) => {
             let s = state.tensors.get_mut(&at(*t)).unwrap();

@@ -8,7 +8,7 @@ use sds_lora::kernels::ComposedOps;
 use sds_lora::nn::{builders, Adapter, SdsLinear};
 use sds_lora::optim::{
     AdamRule, AdapterSecondMoment, Momentum, ParamGroups, SdsAdam, SdsAdamConfig, SdsConfig,
-    SdsSgd, SdsSgdConfig, SgdRule,
+    SdsSgd, SdsSgdConfig, SecondMomentPer, SgdRule,
 };
 
 const I: usize = 9;
@@ -85,12 +85,31 @@ enum Reference {
         nesterov: bool,
         damp: f64,
     },
-    /// `b2: None`: Adafactor's increasing decay `1 - t^-0.8`, no correction.
+    /// `b2: None`: Adafactor's increasing decay `1 - t^-0.8`, no correction;
+    /// `per_direction`: one second moment per singular direction of the core, else one.
     Adam {
         b1: f64,
         b2: Option<f64>,
         eps: f64,
+        per_direction: bool,
     },
+}
+
+/// The singular frame of `s`, singular values falling: `(A, B)` with `S = A diag B^T`.
+fn frame(s: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
+    let svd = s.clone().svd(true, true);
+    let mut order: Vec<usize> = (0..R).collect();
+    order.sort_by(|&x, &y| svd.singular_values[y].total_cmp(&svd.singular_values[x]));
+    let (u, vt) = (svd.u.unwrap(), svd.v_t.unwrap());
+    (
+        DMatrix::from_fn(R, R, |i, k| u[(i, order[k])]),
+        DMatrix::from_fn(R, R, |i, k| vt[(order[k], i)]),
+    )
+}
+
+/// `basis diag(d) basis^T`.
+fn along(basis: &DMatrix<f64>, d: &[f64]) -> DMatrix<f64> {
+    basis * DMatrix::from_diagonal(&nalgebra::DVector::from_column_slice(d)) * basis.transpose()
 }
 
 fn dense_steps(
@@ -108,6 +127,7 @@ fn dense_steps(
         DMatrix::zeros(R, R),
     );
     let mut second = 0.0;
+    let mut seconds = [0.0; R];
     for t in 1..=steps {
         work.basis_out.copy_from(&row_major(&u));
         work.core.copy_from(&row_major(&s));
@@ -133,26 +153,68 @@ fn dense_steps(
                     (mp.clone(), mq.clone(), mm.clone())
                 }
             }
-            Reference::Adam { b1, b2, eps } => {
+            Reference::Adam {
+                b1,
+                b2,
+                eps,
+                per_direction,
+            } => {
                 mp = &mp * b1 + &p * (1.0 - b1);
                 mq = &mq * b1 + &q * (1.0 - b1);
                 mm = &mm * b1 + &m * (1.0 - b1);
-                let dim = ((O + I) * R - R * R) as f64;
-                let norm2 = p.norm_squared() + q.norm_squared() - m.norm_squared();
                 let ti = t as i32;
                 let (decay, correction) = match b2 {
                     Some(b2) => (b2, 1.0 / (1.0 - b2.powi(ti))),
                     None => (1.0 - (t as f64).powf(-0.8), 1.0),
                 };
-                second = decay * second + (1.0 - decay) * norm2 / dim;
-                let scale = 1.0 / ((1.0 - b1.powi(ti)) * ((second * correction).sqrt() + eps));
-                (&mp * scale, &mq * scale, &mm * scale)
+                let unbias = 1.0 / (1.0 - b1.powi(ti));
+                if per_direction {
+                    // Direction j: the parts of P b_j, Q a_j outside the bases and half
+                    // of the core's row and column j, over o + i - r dimensions.
+                    let (a, b) = frame(&s);
+                    let p_out = &p - &u * (u.transpose() * &p);
+                    let q_out = &q - &v * (v.transpose() * &q);
+                    let core = a.transpose() * &m * &b;
+                    let n: Vec<f64> = (0..R)
+                        .map(|j| {
+                            let x = ((&p_out * b.column(j)).norm_squared()
+                                + (&q_out * a.column(j)).norm_squared()
+                                + (core.column(j).norm_squared() + core.row(j).norm_squared())
+                                    / 2.0)
+                                / (O + I - R) as f64;
+                            seconds[j] = decay * seconds[j] + (1.0 - decay) * x;
+                            1.0 / ((seconds[j] * correction).sqrt() + eps)
+                        })
+                        .collect();
+                    let root: Vec<f64> = n.iter().map(|x| x.sqrt()).collect();
+                    (
+                        &mp * along(&b, &n) * unbias,
+                        &mq * along(&a, &n) * unbias,
+                        along(&a, &root) * &mm * along(&b, &root) * unbias,
+                    )
+                } else {
+                    let dim = ((O + I) * R - R * R) as f64;
+                    let norm2 = p.norm_squared() + q.norm_squared() - m.norm_squared();
+                    second = decay * second + (1.0 - decay) * norm2 / dim;
+                    let scale = unbias / ((second * correction).sqrt() + eps);
+                    (&mp * scale, &mq * scale, &mm * scale)
+                }
             }
         };
+        let old_frame = frame(&s);
         let u1 = qf(&(&u * &s - &dp * lr));
         let v1 = qf(&(&v * s.transpose() - &dq * lr));
         let (o_u, o_v) = (u.transpose() * &u1, v.transpose() * &v1);
         s = o_u.transpose() * (&s - &dm * lr) * &o_v;
+        // Each new direction k takes the old moments weighted by its squared overlaps.
+        let (a1, b1) = frame(&s);
+        let w_u = old_frame.0.transpose() * &o_u * a1;
+        let w_v = old_frame.1.transpose() * &o_v * b1;
+        seconds = std::array::from_fn(|k| {
+            (0..R)
+                .map(|j| seconds[j] * (w_u[(j, k)].powi(2) + w_v[(j, k)].powi(2)) / 2.0)
+                .sum()
+        });
         mp = &mp * &o_v;
         mq = &mq * &o_u;
         mm = o_u.transpose() * &mm * &o_v;
@@ -239,19 +301,26 @@ fn one_and_three_steps_match_the_dense_computation() {
             (AdapterSecondMoment::default(), None),
             (AdapterSecondMoment::MovingAverage, Some(0.999)),
         ];
-        for (average, b2) in averages {
+        let pers = [SecondMomentPer::SingularDirection, SecondMomentPer::Adapter];
+        for ((average, b2), per) in averages.into_iter().flat_map(|a| pers.map(|p| (a, p))) {
             let reference = Reference::Adam {
                 b1: 0.9,
                 b2,
                 eps: 1e-8,
+                per_direction: per == SecondMomentPer::SingularDirection,
             };
             let want = dense_steps(&l, reference, 0.02, steps);
             let cfg = SdsAdamConfig {
                 adapter_second_moment: average,
+                adapter_second_moment_per: per,
                 ..adam(0.02)
             };
             let got = run(&l, SdsAdam::new(&l, cfg).unwrap(), steps);
-            assert_factors(&got, &want, &format!("Adam ({average:?}), {steps} steps"));
+            assert_factors(
+                &got,
+                &want,
+                &format!("Adam ({average:?}, {per:?}), {steps} steps"),
+            );
         }
     }
 }
@@ -513,8 +582,51 @@ fn checkpoints_restore_bit_identically_on_both_paths() {
         assert_eq!(bits(&a), bits(&b), "composed = {composed}");
         let core = &opt_a.state().tensors["core"];
         assert!(core.second_scalar > 0.0 && core.second_scalar_max >= core.second_scalar);
+        assert_eq!(core.second_directions.len(), 2 * R * R);
         assert_eq!(core.step, 6);
     }
+}
+
+/// A checkpoint of one second moment per adapter (or one saved before the per-direction
+/// moments existed) continues with every direction starting from that moment.
+#[test]
+fn a_per_adapter_checkpoint_continues_per_direction_from_its_moment() {
+    let l = layer();
+    let per_adapter = SdsAdamConfig {
+        adapter_second_moment_per: SecondMomentPer::Adapter,
+        ..adam(0.02)
+    };
+    let mut model = l.clone();
+    let mut opt = SdsAdam::new(&model, per_adapter).unwrap();
+    for _ in 0..3 {
+        let g = gradients(&model);
+        opt.update(&mut model, &g).unwrap();
+    }
+    let saved = opt.state();
+    assert!(saved.tensors["core"].second_directions.is_empty());
+    let mut filled = saved.clone();
+    let core = filled.tensors.get_mut("core").unwrap();
+    // v I on both sides: every direction reads v.
+    let held = |v: f64| {
+        let eye = DMatrix::<f64>::identity(R, R) * v;
+        [eye.as_slice(), eye.as_slice()].concat()
+    };
+    core.second_directions = held(core.second_scalar);
+    core.second_directions_max = held(core.second_scalar_max);
+    let continued = [saved, filled].map(|state| {
+        let mut m = model.clone();
+        let mut opt = SdsAdam::new(&m, adam(0.02)).unwrap();
+        opt.set_state(state).unwrap();
+        let g = gradients(&m);
+        opt.update(&mut m, &g).unwrap();
+        assert_eq!(
+            opt.state().tensors["core"].second_directions.len(),
+            2 * R * R
+        );
+        bits(&m)
+    });
+    assert_eq!(continued[0], continued[1]);
+    assert_ne!(continued[0], bits(&model));
 }
 
 #[test]

@@ -121,6 +121,15 @@ where
         Ok(a.mul_small_add(m, Some((beta, c))))
     }
 
+    /// One pass: both products on each piece of rows.
+    fn mul_small_pair(
+        &self,
+        (a, m): (&HostMat<E>, &DMatrix<f64>),
+        (b, n): (&HostMat<E>, &DMatrix<f64>),
+    ) -> Result<HostMat<E>, Error> {
+        Ok(a.mul_small_pair(m, b, n))
+    }
+
     /// One pass: the product and the sum together.
     fn mul_small_plus(
         &self,

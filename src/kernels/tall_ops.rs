@@ -99,6 +99,16 @@ pub trait TallOps<E: Real> {
         self.axpy(beta, c, self.mul_small(a, m)?)
     }
 
+    /// `A M + B N` in a new matrix, with small host matrices `M`, `N` (`A`, `B` of the
+    /// same rows): a host backend forms both products in one pass over the rows.
+    fn mul_small_pair(
+        &self,
+        (a, m): (&Self::Mat, &DMatrix<f64>),
+        (b, n): (&Self::Mat, &DMatrix<f64>),
+    ) -> Result<Self::Mat, Error> {
+        self.mul_small_add(b, n, self.mul_small(a, m)?)
+    }
+
     /// `C + A M` ([`TallOps::mul_small_axpy`] with `beta = 1`).
     fn mul_small_add(
         &self,

@@ -25,7 +25,7 @@ pub(crate) mod walk;
 pub use adapter_step::AdapterStep;
 pub use basis_update::{
     basis_update, AdapterGrad, AdapterMoments, AdapterPoint, AdapterRule, AdapterSecondMoment,
-    AdapterStepSizes,
+    AdapterStepSizes, SecondMomentPer,
 };
 pub use config::{SdsConfig, StiefelConfig};
 pub use groups::{Group, GroupConfig, ParamGroups};

@@ -1,6 +1,6 @@
 //! `SdsAdam`: Adam on every group, Riemannian on the Stiefel tensors.
 
-use super::basis_update::{AdapterRule, AdapterSecondMoment};
+use super::basis_update::{AdapterRule, AdapterSecondMoment, SecondMomentPer};
 use super::config::{SdsConfig, StiefelConfig};
 use super::groups::ParamGroups;
 use super::rules::{AdamRule, AdamUpdate, SecondMoment};
@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// Hyperparameters of [`SdsAdam`]. The default: learning rate `1e-3` for every group, no
 /// weight decay, betas `[0.9, 0.999]`, eps `1e-8` (dfdx's `AdamConfig` defaults); adapters
-/// take the basis-update step with one second moment each, averaged with Adafactor's
-/// increasing decay ([`AdapterSecondMoment`]); other Stiefel tensors an elementwise second
-/// moment and the `Qr` retraction.
+/// take the basis-update step with one second moment per singular direction of the core
+/// ([`SecondMomentPer`]), averaged with Adafactor's increasing decay
+/// ([`AdapterSecondMoment`]); other Stiefel tensors an elementwise second moment and the
+/// `Qr` retraction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SdsAdamConfig {
     /// Learning rates and weight decays of bases, scales and other tensors.
@@ -21,9 +22,13 @@ pub struct SdsAdamConfig {
     /// The second moment of Stiefel tensors under the per-tensor step: elementwise or one
     /// per matrix.
     pub second_moment: SecondMoment,
-    /// How an adapter's one second moment averages over the steps (basis-update step).
+    /// How an adapter's second moments average over the steps (basis-update step).
     #[serde(default)]
     pub adapter_second_moment: AdapterSecondMoment,
+    /// What an adapter's second moment is kept for: each singular direction of its core
+    /// (the default) or the whole adapter (basis-update step).
+    #[serde(default)]
+    pub adapter_second_moment_per: SecondMomentPer,
     /// Retraction and re-orthonormalisation.
     pub stiefel: StiefelConfig,
 }
@@ -51,7 +56,11 @@ impl SdsConfig for SdsAdamConfig {
     }
 
     fn adapter_rule(&self) -> AdapterRule {
-        AdapterRule::Adam(self.rule, self.adapter_second_moment)
+        AdapterRule::Adam(
+            self.rule,
+            self.adapter_second_moment,
+            self.adapter_second_moment_per,
+        )
     }
 }
 

@@ -86,6 +86,28 @@ impl<E: Real> OptimizerState<E> {
                     "{path}: a second moment is negative or not finite (they are sums of squares)"
                 ));
             }
+            // Two symmetric r x r matrices for a square core (or nothing), finite, with
+            // non-negative diagonals (each is a sum of squares).
+            let directions = [
+                ("second_directions", &s.second_directions),
+                ("second_directions_max", &s.second_directions_max),
+            ];
+            for (name, held) in directions {
+                let r = dims.first().copied().unwrap_or(0);
+                let square = dims.len() == 2 && dims[1] == r;
+                if !(held.is_empty() || square && held.len() == 2 * r * r) {
+                    return mismatch(format!(
+                        "{path}.{name} has {} values, expected two {r} x {r} matrices of a square core",
+                        held.len()
+                    ));
+                }
+                let diagonal = (0..2 * r).map(|k| held.get((k / r) * r * r + (k % r) * (r + 1)));
+                if !held.iter().all(|x| x.is_finite()) || !diagonal.flatten().all(|&d| d >= 0.0) {
+                    return mismatch(format!(
+                        "{path}: a second moment is negative or not finite (they are sums of squares)"
+                    ));
+                }
+            }
             for (name, buf) in [
                 ("first", &s.first),
                 ("second", &s.second),

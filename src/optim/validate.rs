@@ -108,7 +108,7 @@ impl AdapterRule {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             AdapterRule::Sgd(rule) => rule.validate(),
-            AdapterRule::Adam(rule, average) => {
+            AdapterRule::Adam(rule, average, _) => {
                 rule.validate()?;
                 average.validate()
             }

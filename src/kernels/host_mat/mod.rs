@@ -282,6 +282,37 @@ impl<E: Real> HostMat<E> {
         }
     }
 
+    /// `A M + B N` in a new matrix (`B` with this matrix's rows), both products on each
+    /// piece of rows while it is in cache ([`tall_products::mul_small_pair_into`]).
+    pub fn mul_small_pair(&self, m: &DMatrix<f64>, b: &Self, n: &DMatrix<f64>) -> Self {
+        assert_eq!(
+            self.cols,
+            m.nrows(),
+            "HostMat::mul_small_pair: inner dimensions"
+        );
+        assert_eq!(
+            b.cols,
+            n.nrows(),
+            "HostMat::mul_small_pair: inner dimensions"
+        );
+        assert_eq!(m.ncols(), n.ncols(), "HostMat::mul_small_pair: outputs");
+        let (rows, cols, stride) = (self.rows, m.ncols(), Self::stride_for(m.ncols()));
+        let (m_e, n_e) = (Self::padded_small(m, stride), Self::padded_small(n, stride));
+        let mut data = scratch::spare(rows * stride);
+        tall_products::mul_small_pair_into(
+            (self.strided(), &m_e),
+            (b.strided(), &n_e),
+            &mut data,
+            stride,
+        );
+        Self {
+            rows,
+            cols,
+            stride,
+            data,
+        }
+    }
+
     /// `M` in `E`, rows padded with zeros to `stride` (an output's row length).
     fn padded_small(m: &DMatrix<f64>, stride: usize) -> Vec<E> {
         let mut m_e = vec![E::zero(); m.nrows() * stride];

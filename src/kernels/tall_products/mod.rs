@@ -285,6 +285,54 @@ pub fn mul_small_add_into<E: Real>(
     mul_small_add(a, m, beta, out, c_stride);
 }
 
+/// `D = A M + B N` (each operand as [`mul_small_add`]'s, `B` with `A`'s rows) written into
+/// the spare capacity of `out` as [`mul_small_add_into`] writes `A M`: each piece of rows
+/// takes both products while it is in cache, so the sum costs about one pass over `D`.
+/// Panics on inconsistent sizes.
+pub fn mul_small_pair_into<E: Real>(
+    (a, m): (Strided<'_, E>, &[E]),
+    (b, n): (Strided<'_, E>, &[E]),
+    out: &mut Vec<E>,
+    c_stride: usize,
+) {
+    a.check();
+    b.check();
+    let len = a.rows * c_stride;
+    assert!(
+        c_stride.is_multiple_of(ROW_ALIGN)
+            && b.rows == a.rows
+            && m.len() == a.cols * c_stride
+            && n.len() == b.cols * c_stride
+            && out.is_empty()
+            && out.capacity() >= len,
+        "tall_products::mul_small_pair_into: sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        let ranges = pieces(a.rows, a.stride.max(b.stride).max(c_stride));
+        let jobs = cut_at_pieces(out.spare_capacity_mut(), ranges, c_stride);
+        parallel::run(jobs, |(dst, rows)| {
+            let d = dst.as_mut_ptr().cast::<E>();
+            // SAFETY: the CPU has AVX-512F; sizes checked above. `dst` is this piece's
+            // rows of `out`'s spare capacity, apart from every input: the first product
+            // writes each of its elements (`beta = 0` reads nothing), the second adds to
+            // them in place.
+            unsafe {
+                let a_rows = a.rows(rows.clone()).raw();
+                avx512_kernels::mul_small_add(a_rows, m, E::zero(), std::ptr::null(), d, c_stride);
+                let b_rows = b.rows(rows).raw();
+                avx512_kernels::mul_small_add(b_rows, n, E::one(), d.cast_const(), d, c_stride);
+            }
+        });
+        // SAFETY: the pieces cover the first `len` elements, and each was written.
+        unsafe { out.set_len(len) };
+        return;
+    }
+    out.resize(len, E::zero());
+    mul_small_add(a, m, E::zero(), out, c_stride);
+    mul_small_add(b, n, E::one(), out, c_stride);
+}
+
 /// `C = alpha A B + beta C` on strided storage (`A: m x k`, `B: k x n`, `C: m x n`,
 /// element `(i, j)` of `A` at `a[i*rsa + j*csa]`), by the `gemm` crate that dfdx's own
 /// `Cpu` matmul uses (runtime AVX2/FMA dispatch), on one thread: the products' fallback on

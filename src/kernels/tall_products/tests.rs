@@ -142,12 +142,42 @@ fn check_into<E: Real>() {
     }
 }
 
+/// `A M + B N` in one pass equals `A M` then `+= B N` in place, bit for bit (the same
+/// kernel calls in the same order per row), for `A`, `B` of other widths.
+fn check_pair<E: Real>() {
+    for &(n, r, k) in SHAPES {
+        let (a, sa) = padded::<E>(n, r, 4);
+        let (b, sb) = padded::<E>(n, r + 3, 8);
+        let sc = crate::kernels::layout::padded_stride(k);
+        let m = small_matrix::<E>(r, k, sc, 5);
+        let mn = small_matrix::<E>(r + 3, k, sc, 9);
+        let mut expect = vec![E::zero(); n * sc];
+        mul_small_add(view(&a, n, r, sa), &m, E::zero(), &mut expect, sc);
+        mul_small_add(view(&b, n, r + 3, sb), &mn, E::one(), &mut expect, sc);
+        let mut out = Vec::with_capacity(n * sc);
+        mul_small_pair_into(
+            (view(&a, n, r, sa), &m),
+            (view(&b, n, r + 3, sb), &mn),
+            &mut out,
+            sc,
+        );
+        let same = out.len() == expect.len()
+            && out
+                .iter()
+                .zip(&expect)
+                .all(|(p, q)| p.to_f64() == q.to_f64());
+        assert!(same, "{n} x {r} x {k}");
+    }
+}
+
 #[test]
 fn products_match_a_plain_loop_and_into_spare_capacity_the_one_in_place() {
     check_products::<f64>(1e-15);
     check_products::<f32>(1e-6);
     check_into::<f32>();
     check_into::<f64>();
+    check_pair::<f32>();
+    check_pair::<f64>();
 }
 
 /// The same with the pieces shared between two threads.
@@ -156,5 +186,6 @@ fn products_split_between_threads() {
     parallel::splitting(|| {
         check_products::<f64>(1e-15);
         check_into::<f32>();
+        check_pair::<f64>();
     });
 }

@@ -5,6 +5,7 @@
 //! of coefficients for `P` and `Q`; each tall matrix is then formed in one pass, and the
 //! `r x r` ones on the host.
 
+use super::singular_directions::Frame;
 use super::{AdapterMoments, AdapterRule};
 use crate::kernels::{Real, TallOps};
 use crate::optim::rules::{AdamStep, SgdStep};
@@ -85,19 +86,37 @@ impl Form {
 
 /// How the rule turns a gradient into a direction at this step: the moment it keeps (a
 /// form of the gradient and the old moment) and the direction (a form of the gradient and
-/// the kept moment), the same for `P`, `Q` and `M`; and Adam's new `v`, `v_max`.
+/// the kept moment), the same for `P`, `Q` and `M`; Adam's new `v`, `v_max`; and, with
+/// one second moment per singular direction, the new ones and the scalings `n_j` that
+/// precondition the direction.
 #[derive(Debug, Clone, PartialEq)]
 struct Plan {
     moment: Option<Form>,
     direction: Form,
     v: f64,
     v_max: f64,
+    per_direction: Option<PerDirection>,
+}
+
+/// The second moments of the singular directions after this step, their maxima, and the
+/// scalings `n_j = 1 / (sqrt(v_hat_j) + eps)`.
+#[derive(Debug, Clone, PartialEq)]
+struct PerDirection {
+    v: Vec<f64>,
+    v_max: Vec<f64>,
+    scalings: Vec<f64>,
 }
 
 impl Plan {
     /// The plan of `rule` after the moments `old`; `tangent2` is `||P_T(G)||^2` per
-    /// tangent dimension (Adam's second moment follows it).
-    fn of<M>(rule: AdapterRule, old: &AdapterMoments<M>, tangent2: f64) -> Self {
+    /// tangent dimension and `energies` its split among the singular directions, where the
+    /// rule keeps one second moment per direction (Adam's second moments follow them).
+    fn of<M>(
+        rule: AdapterRule,
+        old: &AdapterMoments<M>,
+        tangent2: f64,
+        split: Option<&(Frame, Vec<f64>)>,
+    ) -> Self {
         let g = Form::of(Operand::Gradient);
         let kept = Form::of(Operand::Moment);
         let carried = old.step > 0 && old.p.is_some() && old.q.is_some() && old.m.is_some();
@@ -114,21 +133,59 @@ impl Plan {
                     direction,
                     v: 0.0,
                     v_max: 0.0,
+                    per_direction: None,
                 }
             }
-            AdapterRule::Adam(adam, average) => {
+            AdapterRule::Adam(adam, average, _) => {
                 let t = old.step.saturating_add(1);
                 let c = AdamStep::<f64>::new(&adam, 1.0, t);
                 let b2 = adam.betas[1];
-                let v = average.average(b2, old.v, tangent2, t);
-                let v_max = v.max(old.v_max);
-                let used = if adam.amsgrad { v_max } else { v };
-                let denominator = (used * average.correction(b2, t)).sqrt() + adam.eps;
-                Plan {
-                    moment: Some(c.first(old_moment.unwrap_or_default(), g)),
-                    direction: kept * c.update(1.0, denominator),
-                    v,
-                    v_max,
+                let correction = average.correction(b2, t);
+                // v <- average(v, x), v_max <- max(v_max, v), n = 1 / (sqrt(v_hat) + eps).
+                let second = |old_v: f64, old_max: f64, x: f64| {
+                    let v = average.average(b2, old_v, x, t);
+                    let v_max = v.max(old_max);
+                    let used = if adam.amsgrad { v_max } else { v };
+                    (v, v_max, 1.0 / ((used * correction).sqrt() + adam.eps))
+                };
+                let moment = Some(c.first(old_moment.unwrap_or_default(), g));
+                match split {
+                    None => {
+                        let (v, v_max, n) = second(old.v, old.v_max, tangent2);
+                        Plan {
+                            moment,
+                            direction: kept * c.update(1.0, 1.0 / n),
+                            v,
+                            v_max,
+                            per_direction: None,
+                        }
+                    }
+                    Some((frame, x)) => {
+                        // A checkpoint of one moment per adapter starts every direction
+                        // from it.
+                        let olds = |held: &[f64], one: f64| {
+                            frame.read(held).unwrap_or_else(|| vec![one; x.len()])
+                        };
+                        let (old_v, old_max) = (
+                            olds(&old.v_directions, old.v),
+                            olds(&old.v_directions_max, old.v_max),
+                        );
+                        let (mut v, mut v_max, mut scalings) = (vec![], vec![], vec![]);
+                        for j in 0..x.len() {
+                            let (a, b, n) = second(old_v[j], old_max[j], x[j]);
+                            v.push(a);
+                            v_max.push(b);
+                            scalings.push(n);
+                        }
+                        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+                        Plan {
+                            moment,
+                            direction: kept * c.update(1.0, 1.0),
+                            v: mean(&v),
+                            v_max: mean(&v_max),
+                            per_direction: Some(PerDirection { v, v_max, scalings }),
+                        }
+                    }
                 }
             }
         }
@@ -151,10 +208,14 @@ pub(super) struct TallDirection<M> {
     gradient: Option<M>,
     /// The moment this step keeps.
     pub(super) moment: Option<M>,
+    /// A preconditioner on the right (one second moment per singular direction):
+    /// `D = form N`.
+    right: Option<DMatrix<f64>>,
 }
 
 impl<M> TallDirection<M> {
-    /// `X W + alpha D` in a new matrix (the first term in the same pass as the product).
+    /// `X W + alpha D` in a new matrix, the first term in the same pass as the product
+    /// (with a preconditioner, both products in one pass).
     pub(super) fn after<E: Real, B: TallOps<E, Mat = M>>(
         &self,
         ops: &B,
@@ -163,6 +224,13 @@ impl<M> TallDirection<M> {
         alpha: f64,
     ) -> Result<M, Error> {
         let term = |t| operand(t, self.gradient.as_ref(), None, self.moment.as_ref());
+        if let Some(n) = &self.right {
+            let (a, first) = self.form.0[0];
+            let c = ops.mul_small_pair((x, w), (term(first), &(n * (alpha * a))))?;
+            return self.form.0[1..].iter().try_fold(c, |c, &(a, t)| {
+                ops.mul_small_add(term(t), &(n * (alpha * a)), c)
+            });
+        }
         let (a, first) = self.form.0[0];
         let c = ops.mul_small_plus(x, w, E::of_f64(alpha * a), term(first))?;
         self.form.0[1..]
@@ -183,20 +251,28 @@ pub(super) type Planned<M> = (Directions<M>, AdapterMoments<M>);
 
 /// The directions of a step from the gradients `P`, `M`, `Q` and the squared norms
 /// `[||P||^2, ||Q||^2]`, and the moments it keeps (not yet carried to the new bases;
-/// `step` not yet counted).
+/// `step` not yet counted). `split`: the core's singular frame and the energies of its
+/// directions, where the rule keeps one second moment per direction.
 pub(super) fn directions<E: Real, B: TallOps<E>>(
     ops: &B,
     rule: AdapterRule,
     (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
     [p2, q2]: [f64; 2],
     old: AdapterMoments<B::Mat>,
+    split: Option<&(Frame, Vec<f64>)>,
 ) -> Result<Planned<B::Mat>, Error> {
     // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
     let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
     let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
     let tangent2 = (p2 + q2 - m.norm_squared()).max(0.0) / tangent_dim;
-    let plan = Plan::of(rule, &old, tangent2);
-    let tall = |g: B::Mat, old: Option<B::Mat>| -> Result<TallDirection<B::Mat>, Error> {
+    let plan = Plan::of(rule, &old, tangent2, split);
+    let preconditioner = split
+        .zip(plan.per_direction.as_ref())
+        .map(|((frame, _), d)| frame.preconditioner(&d.scalings));
+    let tall = |g: B::Mat,
+                old: Option<B::Mat>,
+                right: Option<DMatrix<f64>>|
+     -> Result<TallDirection<B::Mat>, Error> {
         let moment = match &plan.moment {
             Some(f) => Some(f.tall(ops, |x| operand(x, Some(&g), old.as_ref(), None))?),
             None => None,
@@ -205,22 +281,36 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
             form: plan.direction.clone(),
             gradient: plan.direction.uses(Operand::Gradient).then_some(g),
             moment,
+            right,
         })
     };
     let mm =
         (plan.moment.as_ref()).map(|f| f.small(|x| operand(x, Some(&m), old.m.as_ref(), None)));
-    let dm = plan
+    let mut dm = plan
         .direction
         .small(|x| operand(x, Some(&m), None, mm.as_ref()));
+    if let Some(pre) = &preconditioner {
+        dm = &pre.core_left * dm * &pre.core_right;
+    }
+    let (v_directions, v_directions_max) = split
+        .zip(plan.per_direction)
+        .map(|((frame, _), d)| (frame.hold(&d.v), frame.hold(&d.v_max)))
+        .unwrap_or_default();
     let next = AdapterMoments {
         m: mm,
         v: plan.v,
         v_max: plan.v_max,
+        v_directions,
+        v_directions_max,
         ..AdapterMoments::default()
     };
+    let (right_p, right_q) = match preconditioner {
+        Some(pre) => (Some(pre.p), Some(pre.q)),
+        None => (None, None),
+    };
     let dirs = Directions {
-        p: tall(p, old.p)?,
-        q: tall(q, old.q)?,
+        p: tall(p, old.p, right_p)?,
+        q: tall(q, old.q, right_q)?,
         m: dm,
     };
     Ok((dirs, next))

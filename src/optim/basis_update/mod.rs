@@ -28,21 +28,32 @@
 //! - SGD: `D = g` without momentum; with momentum `mu` and dampening `d`,
 //!   `m <- g` on the first step and `m <- mu m + (1 - d) g` after, `D = m`
 //!   (classic) or `D = g + mu m` (Nesterov), for each of `g = P, Q, M`.
-//! - Adam: `m <- b1 m + (1 - b1) g` for each of `P, Q, M`, and one second moment for the
-//!   whole adapter, the average of its squared tangent-gradient norm per tangent
-//!   dimension, `x_t = (||P||^2 + ||Q||^2 - ||M||^2) / ((o + i) r - r^2)`: by default
+//! - Adam: `m <- b1 m + (1 - b1) g` for each of `P, Q, M`, and second moments of the
+//!   tangent gradient `P_T(G)`, which survive the rotations (an elementwise second moment
+//!   has no fixed meaning in rotating coordinates: it breaks the invariance to the factor
+//!   split and fails on ill-conditioned targets). By default one per singular direction of
+//!   the core, `S = A diag(sigma) B^T` ([`SecondMomentPer`]): direction `j` measures
+//!   `x_j = (||(I - U U^T) P b_j||^2 + ||(I - V V^T) Q a_j||^2 + (||M~ e_j||^2 +
+//!   ||M~^T e_j||^2) / 2) / (o + i - r)` with `M~ = A^T M B`, averages it into `v_j`, and
+//!   scales by `n_j = 1 / (sqrt(v_hat_j) + eps)`:
+//!   `D_P = m_P B diag(n) B^T / (1 - b1^t)`, `D_Q = m_Q A diag(n) A^T / (1 - b1^t)`,
+//!   `D_M = A diag(sqrt(n)) A^T m_M B diag(sqrt(n)) B^T / (1 - b1^t)`. The `v_j` are kept
+//!   free of the frame, as `A diag(v) A^T` and `B diag(v) B^T`, turned with the bases like
+//!   the first moments, and read back in the next step's frame (`singular_directions`:
+//!   a direction that keeps its place keeps its moment). Or one for the whole adapter,
+//!   `x_t = (||P||^2 + ||Q||^2 - ||M||^2) / ((o + i) r - r^2)`, and
+//!   `D = m / ((1 - b1^t) (sqrt(v_hat) + eps))`. Either average over the steps by
 //!   Adafactor's increasing decay `v <- b2_t v + (1 - b2_t) x_t`, `b2_t = 1 - t^-0.8`,
-//!   `v_hat = v` (or Adam's moving average, `b2_t = b2`, `v_hat = v / (1 - b2^t)`:
-//!   [`AdapterSecondMoment`]); AMSGrad uses `v_max <- max(v_max, v)` in place of `v`; then
-//!   `D = m / ((1 - b1^t) (sqrt(v_hat) + eps))`. An elementwise second moment has no
-//!   fixed meaning in rotating coordinates (it breaks the invariance to the factor split
-//!   and fails on ill-conditioned targets); one scalar per adapter survives the rotations.
+//!   `v_hat = v` (the default), or Adam's moving average, `b2_t = b2`,
+//!   `v_hat = v / (1 - b2^t)` ([`AdapterSecondMoment`]); AMSGrad uses
+//!   `v_max <- max(v_max, v)` in place of `v`.
 //!
 //! Everything `n x r` goes through [`TallOps`], so the host path and the composed (device)
 //! path run these same lines; the `r x r` work is on the host in `f64`.
 
 mod directions;
 mod second_moment;
+mod singular_directions;
 
 use super::rules::{AdamRule, SgdRule, WeightDecay};
 use crate::kernels::{Real, TallOps};
@@ -50,7 +61,8 @@ use crate::stiefel::retractions::{q_factors, Sums};
 use crate::Error;
 use directions::directions;
 use nalgebra::DMatrix;
-pub use second_moment::AdapterSecondMoment;
+pub use second_moment::{AdapterSecondMoment, SecondMomentPer};
+use singular_directions::{turn_held, Frame};
 
 /// An adapter's point: the bases (`[o, r]` and `[i, r]`, orthonormal columns) and the
 /// core `[r, r]`.
@@ -90,6 +102,13 @@ pub struct AdapterMoments<M> {
     pub v: f64,
     /// Its running maximum (AMSGrad).
     pub v_max: f64,
+    /// Adam's second moments per singular direction of the core
+    /// ([`SecondMomentPer::SingularDirection`]; empty otherwise), held free of the core's
+    /// frame `S = A diag(sigma) B^T` as `A diag(v) A^T` and `B diag(v) B^T`, each `r x r`,
+    /// one after the other (`2 r^2` values).
+    pub v_directions: Vec<f64>,
+    /// Their running maxima (AMSGrad), held the same way.
+    pub v_directions_max: Vec<f64>,
 }
 
 impl<M> Default for AdapterMoments<M> {
@@ -102,6 +121,8 @@ impl<M> Default for AdapterMoments<M> {
             q: None,
             v: 0.0,
             v_max: 0.0,
+            v_directions: Vec::new(),
+            v_directions_max: Vec::new(),
         }
     }
 }
@@ -111,9 +132,10 @@ impl<M> Default for AdapterMoments<M> {
 pub enum AdapterRule {
     /// SGD, with momentum, Nesterov and dampening.
     Sgd(SgdRule),
-    /// Adam with one tangent-norm second moment per adapter (and AMSGrad), averaged over
-    /// the steps as the second field says.
-    Adam(AdamRule, AdapterSecondMoment),
+    /// Adam (and AMSGrad) with tangent-norm second moments, averaged over the steps as
+    /// the second field says, one per adapter or per singular direction of its core as
+    /// the third says.
+    Adam(AdamRule, AdapterSecondMoment, SecondMomentPer),
 }
 
 /// Step sizes of a basis-update step.
@@ -153,14 +175,25 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     rule: AdapterRule,
     sizes: AdapterStepSizes,
 ) -> Result<Stepped<B::Mat>, Error> {
-    let norms = checked_norms(ops, &x, &g)?;
+    let per_direction = matches!(
+        rule,
+        AdapterRule::Adam(_, _, SecondMomentPer::SingularDirection)
+    );
+    let (norms, grams) = checked_norms(ops, &x, &g, per_direction)?;
     let AdapterPoint { u, s, v } = x;
     let t = old.step.saturating_add(1);
     let mut gm = g.m;
     if let Some(WeightDecay::L2(wd)) = sizes.core_weight_decay {
         gm += &s * wd;
     }
-    let (mut dir, mut next) = directions(ops, rule, (g.p, gm, g.q), norms, old)?;
+    // One second moment per singular direction: the frame of S and the energies x_j.
+    let split = grams.map(|[ptp, qtq]| {
+        let frame = Frame::of(&s);
+        let dims = ops.dims(&u).0 + ops.dims(&v).0 - s.nrows();
+        let x = frame.energies(&ptp, &qtq, &gm, dims);
+        (frame, x)
+    });
+    let (mut dir, mut next) = directions(ops, rule, (g.p, gm, g.q), norms, old, split.as_ref())?;
     next.step = t;
 
     // K = U S - eta D_P, L = V S^T - eta D_Q, and their Q factors.
@@ -201,6 +234,10 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     next.p = has_p.then(|| carried.next().expect("carried m_P"));
     next.q = has_q.then(|| carried.next().expect("carried m_Q"));
     next.m = next.m.map(|mm| o_u.transpose() * mm * o_v);
+    if split.is_some() {
+        next.v_directions = turn_held(&next.v_directions, (o_u, o_v));
+        next.v_directions_max = turn_held(&next.v_directions_max, (o_u, o_v));
+    }
     Ok((
         AdapterPoint {
             u: u1,
@@ -211,17 +248,29 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     ))
 }
 
-/// `[||P||^2, ||Q||^2]`, accumulated in `f64`; fails with [`Error::NonFinite`] where a
-/// gradient or the core holds NaN or an infinity. A finite squared norm means finite
-/// entries, so the entries are scanned only where a norm is not finite (NaN, an infinity,
-/// or an overflowing sum). (A non-finite basis makes the Gram matrix of `K` or `L`
-/// non-finite: [`Sums::new`] reports it.)
+/// The gradients' Gram matrices `[P^T P, Q^T Q]`, where `grams` asks for them.
+type GradGrams = Option<[DMatrix<f64>; 2]>;
+
+/// `[||P||^2, ||Q||^2]`, accumulated in `f64` (the traces of `P^T P` and `Q^T Q`, also
+/// returned, where `grams`); fails with [`Error::NonFinite`] where a gradient or the core
+/// holds NaN or an infinity. A finite squared norm means finite entries, so the entries
+/// are scanned only where a norm is not finite (NaN, an infinity, or an overflowing sum).
+/// (A non-finite basis makes the Gram matrix of `K` or `L` non-finite: [`Sums::new`]
+/// reports it.)
 fn checked_norms<E: Real, B: TallOps<E>>(
     ops: &B,
     x: &AdapterPoint<B::Mat>,
     g: &AdapterGrad<B::Mat>,
-) -> Result<[f64; 2], Error> {
-    let norms = ops.squared_norms(&[&g.p, &g.q])?;
+    grams: bool,
+) -> Result<([f64; 2], GradGrams), Error> {
+    let (norms, grams) = if grams {
+        let mut pair = ops.grams(&[(&g.p, &g.p), (&g.q, &g.q)])?;
+        let qtq = pair.pop().expect("two Gram matrices");
+        let ptp = pair.pop().expect("two Gram matrices");
+        (vec![ptp.trace(), qtq.trace()], Some([ptp, qtq]))
+    } else {
+        (ops.squared_norms(&[&g.p, &g.q])?, None)
+    };
     let finite = if norms.iter().all(|n| n.is_finite()) {
         vec![true, true]
     } else {
@@ -238,7 +287,7 @@ fn checked_norms<E: Real, B: TallOps<E>>(
         Some((_, part, what)) => Err(Error::NonFinite {
             what: format!("{what} of {}", part.name()),
         }),
-        None => Ok([norms[0], norms[1]]),
+        None => Ok(([norms[0], norms[1]], grams)),
     }
 }
 
@@ -281,17 +330,18 @@ mod tests {
             m: DMatrix::zeros(2, 2),
             q: filled(q),
         };
-        assert_eq!(
-            checked_norms(&ops, &x, &grad(0.5, 2.0)).unwrap(),
-            [4.0, 64.0]
-        );
-        let [p2, q2] = checked_norms(&ops, &x, &grad(1e200, 1.0)).unwrap();
-        assert!(p2.is_infinite() && q2 == 16.0);
+        for grams in [false, true] {
+            let (norms, got) = checked_norms(&ops, &x, &grad(0.5, 2.0), grams).unwrap();
+            assert_eq!(norms, [4.0, 64.0]);
+            assert_eq!(got.is_some(), grams);
+            let ([p2, q2], _) = checked_norms(&ops, &x, &grad(1e200, 1.0), grams).unwrap();
+            assert!(p2.is_infinite() && q2 == 16.0);
+        }
         for (g, name) in [
             (grad(f64::NAN, 1.0), BASIS_OUT_NAME),
             (grad(1.0, f64::INFINITY), BASIS_IN_NAME),
         ] {
-            match checked_norms(&ops, &x, &g) {
+            match checked_norms(&ops, &x, &g, false) {
                 Err(Error::NonFinite { what }) => assert!(what.contains(name), "{what}"),
                 other => panic!("expected a non-finite gradient of {name}: {other:?}"),
             }

@@ -1,4 +1,5 @@
-//! How the basis-update Adam averages its one second moment per adapter over the steps.
+//! How the basis-update Adam keeps its second moment: for the whole adapter or for each
+//! singular direction of its core, and averaged over the steps.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,60 @@ impl Default for AdapterSecondMoment {
     fn default() -> Self {
         Self::IncreasingDecay { exponent: 0.8 }
     }
+}
+
+/// What one second moment of the basis-update Adam is kept for.
+///
+/// The tangent gradient's squared norm `||P||^2 + ||Q||^2 - ||M||^2` splits exactly among
+/// the `r` singular directions of the core `S = A diag(sigma) B^T` (the adapter's own modes,
+/// `U a_j`, `V b_j`): direction `j` holds `||(I - U U^T) P b_j||^2 + ||(I - V V^T) Q a_j||^2
+/// + (||M~ e_j||^2 + ||M~^T e_j||^2) / 2` with `M~ = A^T M B`, over `o + i - r` of the
+/// tangent's `(o + i) r - r^2` dimensions. One second moment per direction is Adam's
+/// equalisation in the frame of the adapter's modes: each direction's step is normalised
+/// by its own gradient scale, so a direction whose gradient is small (a mode the loss has
+/// only begun to use) is not starved by a dominant one. The frame is the adapter's own, so
+/// the step stays invariant to the factor split; where the frame turns between steps the
+/// moments follow it (each new direction takes the old moments weighted by its squared
+/// overlaps with the old directions). One second moment per adapter is the coarser choice,
+/// a normalised gradient step with momentum. `docs/experiments.md` compares them.
+///
+/// With a constant learning rate on a deterministic (full-batch) problem, once the error
+/// is far below the step size every second moment decays with the gradient, and the
+/// normalised step of the weakest direction outgrows its stability limit: the error jumps
+/// back to about the learning rate's scale and converges again (one moment per adapter
+/// does the same later). There, pair it with [`AdapterSecondMoment::MovingAverage`], whose
+/// longer memory holds the step down to rounding, or decay the learning rate.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use sds_lora::nn::builders::SdsLinear;
+/// use sds_lora::optim::{SdsAdam, SdsAdamConfig, SecondMomentPer};
+///
+/// let dev = Cpu::default();
+/// let mut model = dev.build_module::<SdsLinear<8, 6, 2>, f64>();
+/// for per in [SecondMomentPer::SingularDirection, SecondMomentPer::Adapter] {
+///     let cfg = SdsAdamConfig {
+///         adapter_second_moment_per: per,
+///         ..Default::default()
+///     };
+///     let mut opt = SdsAdam::new(&model, cfg).unwrap();
+///     let x: Tensor<Rank2<3, 8>, f64, _> = dev.sample_normal();
+///     let grads = model.forward(x.trace(model.alloc_grads())).square().mean().backward();
+///     opt.update(&mut model, &grads).unwrap();
+///     // The core's state holds the directions' second moments as two 2 x 2 matrices
+///     // (rank 2), or nothing.
+///     let held = opt.state().tensors["core"].second_directions.len();
+///     assert_eq!(held, if per == SecondMomentPer::default() { 8 } else { 0 });
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecondMomentPer {
+    /// One second moment for the adapter: `x_t` is the squared tangent-gradient norm per
+    /// tangent dimension.
+    Adapter,
+    /// One second moment for each singular direction of the core (the default).
+    #[default]
+    SingularDirection,
 }
 
 impl AdapterSecondMoment {

@@ -55,6 +55,15 @@ pub struct RuleState<E> {
     pub second_scalar: f64,
     /// Running maximum of `second_scalar` (AMSGrad).
     pub second_scalar_max: f64,
+    /// Second moments per singular direction of an adapter's core (basis-update Adam,
+    /// [`SecondMomentPer::SingularDirection`](crate::optim::SecondMomentPer)), kept with
+    /// the core as two symmetric `r x r` matrices free of its frame
+    /// ([`AdapterMoments::v_directions`](crate::optim::AdapterMoments::v_directions)).
+    #[serde(default)]
+    pub second_directions: Vec<f64>,
+    /// Running maxima of `second_directions` (AMSGrad).
+    #[serde(default)]
+    pub second_directions_max: Vec<f64>,
 }
 
 impl<E: Real> RuleState<E> {
@@ -67,6 +76,8 @@ impl<E: Real> RuleState<E> {
             second_max: Vec::new(),
             second_scalar: self.second_scalar,
             second_scalar_max: self.second_scalar_max,
+            second_directions: self.second_directions.clone(),
+            second_directions_max: self.second_directions_max.clone(),
         }
     }
 

@@ -23,6 +23,11 @@ pub struct TensorRuleState<E: Real, D: Device<E>> {
     pub second_scalar: Option<Tensor<Rank0, E, D>>,
     /// Running maximum of `second_scalar` (AMSGrad).
     pub second_scalar_max: Option<Tensor<Rank0, E, D>>,
+    /// Second moments per singular direction of an adapter's core, on the host (the step
+    /// computes with them there).
+    pub second_directions: Vec<f64>,
+    /// Running maxima of `second_directions` (AMSGrad).
+    pub second_directions_max: Vec<f64>,
 }
 
 impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
@@ -35,6 +40,8 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
             second_max: None,
             second_scalar: None,
             second_scalar_max: None,
+            second_directions: Vec::new(),
+            second_directions_max: Vec::new(),
         }
     }
 
@@ -69,6 +76,8 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
             second_max: buf(&s.second_max)?,
             second_scalar: scalar(s.second_scalar)?,
             second_scalar_max: scalar(s.second_scalar_max)?,
+            second_directions: s.second_directions.clone(),
+            second_directions_max: s.second_directions_max.clone(),
         })
     }
 
@@ -88,6 +97,8 @@ impl<E: Real, D: Device<E>> TensorRuleState<E, D> {
             second_max: buf(&self.second_max),
             second_scalar: scalar(&self.second_scalar),
             second_scalar_max: scalar(&self.second_scalar_max),
+            second_directions: self.second_directions.clone(),
+            second_directions_max: self.second_directions_max.clone(),
         }
     }
 }
