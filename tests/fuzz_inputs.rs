@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use sds_lora::nn::builders;
 use sds_lora::nn::peft::{import_peft, PeftAdapter, KEY_PREFIX};
-use sds_lora::optim::{OptimizerState, ParamGroups, SdsAdam, SdsAdamConfig};
+use sds_lora::optim::{OptimizerState, ParamGroups, RuleState, SdsAdam, SdsAdamConfig};
 use sds_lora::stiefel::orthogonality_error;
 use serde_json::{json, Value};
 
@@ -312,35 +312,31 @@ fn state_edit() -> impl Strategy<Value = StateEdit> {
     ]
 }
 
+/// Buffer `b` (modulo 5) of a tensor's saved state: the moments, elementwise and per
+/// singular direction.
+fn buffer(s: &mut RuleState<f64>, b: usize) -> &mut Vec<f64> {
+    match b % 5 {
+        0 => &mut s.first,
+        1 => &mut s.second,
+        2 => &mut s.second_max,
+        3 => &mut s.second_directions,
+        _ => &mut s.second_directions_max,
+    }
+}
+
 fn apply(state: &mut OptimizerState<f64>, edit: &StateEdit) {
     let paths: Vec<String> = state.tensors.keys().cloned().collect();
     let at = |t: usize| paths[t % paths.len()].clone();
     match edit {
         StateEdit::Value(t, b, i, v) => {
-            let s = state.tensors.get_mut(&at(*t)).unwrap();
-            let buf = [
-                &mut s.first,
-                &mut s.second,
-                &mut s.second_max,
-                &mut s.second_directions,
-                &mut s.second_directions_max,
-            ][*b % 5]
-                .as_mut_slice();
+            let buf = buffer(state.tensors.get_mut(&at(*t)).unwrap(), *b);
             if !buf.is_empty() {
                 let n = buf.len();
                 buf[i % n] = *v;
             }
         }
         StateEdit::Resize(t, b, n) => {
-            let s = state.tensors.get_mut(&at(*t)).unwrap();
-            [
-                &mut s.first,
-                &mut s.second,
-                &mut s.second_max,
-                &mut s.second_directions,
-                &mut s.second_directions_max,
-            ][*b % 5]
-                .resize(*n, 0.5);
+            buffer(state.tensors.get_mut(&at(*t)).unwrap(), *b).resize(*n, 0.5);
         }
         StateEdit::Scalar(t, max, v) => {
             let s = state.tensors.get_mut(&at(*t)).unwrap();
