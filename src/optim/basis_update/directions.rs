@@ -109,8 +109,9 @@ struct PerDirection {
 
 impl Plan {
     /// The plan of `rule` after the moments `old`; `tangent2` is `||P_T(G)||^2` per
-    /// tangent dimension and `energies` its split among the singular directions, where the
-    /// rule keeps one second moment per direction (Adam's second moments follow them).
+    /// tangent dimension, and `split` the core's singular frame with that norm's split
+    /// among its directions where the rule keeps one second moment per direction (Adam's
+    /// second moments follow them).
     fn of<M>(
         rule: AdapterRule,
         old: &AdapterMoments<M>,
@@ -141,20 +142,20 @@ impl Plan {
                 let c = AdamStep::<f64>::new(&adam, 1.0, t);
                 let b2 = adam.betas[1];
                 let correction = average.correction(b2, t);
-                // v <- average(v, x), v_max <- max(v_max, v), n = 1 / (sqrt(v_hat) + eps).
+                // v <- average(v, x), v_max <- max(v_max, v), and sqrt(v_hat) + eps.
                 let second = |old_v: f64, old_max: f64, x: f64| {
                     let v = average.average(b2, old_v, x, t);
                     let v_max = v.max(old_max);
                     let used = if adam.amsgrad { v_max } else { v };
-                    (v, v_max, 1.0 / ((used * correction).sqrt() + adam.eps))
+                    (v, v_max, (used * correction).sqrt() + adam.eps)
                 };
                 let moment = Some(c.first(old_moment.unwrap_or_default(), g));
                 match split {
                     None => {
-                        let (v, v_max, n) = second(old.v, old.v_max, tangent2);
+                        let (v, v_max, denominator) = second(old.v, old.v_max, tangent2);
                         Plan {
                             moment,
-                            direction: kept * c.update(1.0, 1.0 / n),
+                            direction: kept * c.update(1.0, denominator),
                             v,
                             v_max,
                             per_direction: None,
@@ -172,10 +173,10 @@ impl Plan {
                         );
                         let (mut v, mut v_max, mut scalings) = (vec![], vec![], vec![]);
                         for j in 0..x.len() {
-                            let (a, b, n) = second(old_v[j], old_max[j], x[j]);
+                            let (a, b, denominator) = second(old_v[j], old_max[j], x[j]);
                             v.push(a);
                             v_max.push(b);
-                            scalings.push(n);
+                            scalings.push(1.0 / denominator);
                         }
                         let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
                         Plan {
@@ -266,9 +267,17 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
     let tangent2 = (p2 + q2 - m.norm_squared()).max(0.0) / tangent_dim;
     let plan = Plan::of(rule, &old, tangent2, split);
-    let preconditioner = split
-        .zip(plan.per_direction.as_ref())
-        .map(|((frame, _), d)| frame.preconditioner(&d.scalings));
+    // With one second moment per direction: the preconditioner, and the new moments held
+    // free of the frame.
+    let (preconditioner, v_directions, v_directions_max) =
+        match split.zip(plan.per_direction.as_ref()) {
+            Some(((frame, _), d)) => (
+                Some(frame.preconditioner(&d.scalings)),
+                frame.hold(&d.v),
+                frame.hold(&d.v_max),
+            ),
+            None => (None, Vec::new(), Vec::new()),
+        };
     let tall = |g: B::Mat,
                 old: Option<B::Mat>,
                 right: Option<DMatrix<f64>>|
@@ -292,10 +301,6 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     if let Some(pre) = &preconditioner {
         dm = &pre.core_left * dm * &pre.core_right;
     }
-    let (v_directions, v_directions_max) = split
-        .zip(plan.per_direction)
-        .map(|((frame, _), d)| (frame.hold(&d.v), frame.hold(&d.v_max)))
-        .unwrap_or_default();
     let next = AdapterMoments {
         m: mm,
         v: plan.v,
