@@ -83,7 +83,8 @@ fn checkpoints_restore_bit_identically_on_both_paths() {
 }
 
 /// A checkpoint of one second moment per adapter (or one saved before the per-direction
-/// moments existed) continues with every direction starting from that moment.
+/// moments existed) continues with every direction starting from that moment: as if it
+/// held `v I` for the directions.
 #[test]
 fn a_per_adapter_checkpoint_continues_per_direction_from_its_moment() {
     let l = layer();
@@ -118,10 +119,19 @@ fn a_per_adapter_checkpoint_continues_per_direction_from_its_moment() {
             opt.state().tensors["core"].second_directions.len(),
             2 * R * R
         );
-        bits(&m)
+        m
     });
-    assert_eq!(continued[0], continued[1]);
-    assert_ne!(continued[0], bits(&model));
+    // Equal to rounding (reading `v I` back through the frame costs an ulp or two), and
+    // both moved.
+    let values = |l: &Layer| [l.basis_out.as_vec(), l.core.as_vec(), l.basis_in.as_vec()].concat();
+    let (a, b) = (values(&continued[0]), values(&continued[1]));
+    let gap = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(gap < 1e-13, "fallback and v I differ by {gap:e}");
+    assert_ne!(bits(&continued[0]), bits(&model));
 }
 
 #[test]
