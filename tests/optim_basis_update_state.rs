@@ -134,6 +134,34 @@ fn a_per_adapter_checkpoint_continues_per_direction_from_its_moment() {
     assert_ne!(bits(&continued[0]), bits(&model));
 }
 
+/// A step with one second moment per adapter keeps the per-direction moments of earlier
+/// steps, turned with the bases: switching back reads them where they belong.
+#[test]
+fn per_direction_moments_survive_steps_of_another_rule() {
+    let l = layer();
+    let mut model = l.clone();
+    let mut opt = SdsAdam::new(&model, adam(0.02)).unwrap();
+    for _ in 0..2 {
+        let g = gradients(&model);
+        opt.update(&mut model, &g).unwrap();
+    }
+    let held = opt.state().tensors["core"].second_directions.clone();
+    opt.cfg.adapter_second_moment_per = SecondMomentPer::Adapter;
+    let g = gradients(&model);
+    opt.update(&mut model, &g).unwrap();
+    let kept = &opt.state().tensors["core"].second_directions;
+    assert_eq!(kept.len(), held.len());
+    assert!(kept != &held, "turned with the bases");
+    // Turning keeps each matrix's trace (the sum of the directions' moments) to rounding,
+    // up to the bases' turn out of their old span.
+    let trace = |h: &[f64]| (0..R).map(|j| h[j * (R + 1)]).sum::<f64>();
+    let (before, after) = (trace(&held), trace(kept));
+    assert!(
+        (after - before).abs() <= 0.05 * before,
+        "{before:e} -> {after:e}"
+    );
+}
+
 #[test]
 fn a_non_finite_gradient_is_refused_and_changes_nothing() {
     let l = layer();

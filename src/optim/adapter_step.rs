@@ -220,14 +220,8 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     );
     core_state.second_scalar = next.v;
     core_state.second_scalar_max = next.v_max;
-    keep_directions(
-        (
-            &mut core_state.second_directions,
-            &mut core_state.second_directions_max,
-        ),
-        next.v_directions,
-        next.v_directions_max,
-    );
+    core_state.second_directions = next.v_directions;
+    core_state.second_directions_max = next.v_directions_max;
     let states = [
         state(
             old[0],
@@ -333,26 +327,12 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
     s_core.second_scalar = Some(rank0(take())?);
     s_core.second_scalar_max = Some(rank0(take())?);
     s_core.first = next.m.is_some().then(|| flat(take())).transpose()?;
-    keep_directions(
-        (
-            &mut s_core.second_directions,
-            &mut s_core.second_directions_max,
-        ),
-        next.v_directions,
-        next.v_directions_max,
-    );
+    s_core.second_directions = next.v_directions;
+    s_core.second_directions_max = next.v_directions_max;
     s_out.first = next.p.map(flat).transpose()?;
     s_in.first = next.q.map(flat).transpose()?;
     for s in [s_out, s_core, s_in] {
         s.step = s.step.saturating_add(1);
     }
     Ok([flat(x1.u)?, s1, flat(x1.v)?])
-}
-
-/// Stores a step's per-direction second moments where the rule kept them; a rule with one
-/// per adapter leaves those of an earlier step as they were (nothing is lost).
-fn keep_directions((v, v_max): (&mut Vec<f64>, &mut Vec<f64>), new: Vec<f64>, new_max: Vec<f64>) {
-    if !new.is_empty() {
-        (*v, *v_max) = (new, new_max);
-    }
 }

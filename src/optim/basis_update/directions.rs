@@ -259,7 +259,7 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     rule: AdapterRule,
     (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
     [p2, q2]: [f64; 2],
-    old: AdapterMoments<B::Mat>,
+    mut old: AdapterMoments<B::Mat>,
     split: Option<&(Frame, Vec<f64>)>,
 ) -> Result<Planned<B::Mat>, Error> {
     // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
@@ -268,7 +268,8 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     let tangent2 = (p2 + q2 - m.norm_squared()).max(0.0) / tangent_dim;
     let plan = Plan::of(rule, &old, tangent2, split);
     // With one second moment per direction: the preconditioner, and the new moments held
-    // free of the frame.
+    // free of the frame; otherwise any held ones pass through unchanged (a rule changed
+    // between steps: they are kept, and turn with the bases).
     let (preconditioner, v_directions, v_directions_max) =
         match split.zip(plan.per_direction.as_ref()) {
             Some(((frame, _), d)) => (
@@ -276,7 +277,11 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
                 frame.hold(&d.v),
                 frame.hold(&d.v_max),
             ),
-            None => (None, Vec::new(), Vec::new()),
+            None => (
+                None,
+                std::mem::take(&mut old.v_directions),
+                std::mem::take(&mut old.v_directions_max),
+            ),
         };
     let tall = |g: B::Mat,
                 old: Option<B::Mat>,

@@ -103,9 +103,10 @@ pub struct AdapterMoments<M> {
     /// Its running maximum (AMSGrad).
     pub v_max: f64,
     /// Adam's second moments per singular direction of the core
-    /// ([`SecondMomentPer::SingularDirection`]; empty otherwise), held free of the core's
-    /// frame `S = A diag(sigma) B^T` as `A diag(v) A^T` and `B diag(v) B^T`, each `r x r`,
-    /// one after the other (`2 r^2` values).
+    /// ([`SecondMomentPer::SingularDirection`]; empty until a step keeps them), held free
+    /// of the core's frame `S = A diag(sigma) B^T` as `A diag(v) A^T` and `B diag(v) B^T`,
+    /// each `r x r`, one after the other (`2 r^2` values). A step of another rule passes
+    /// them on, turned with the bases.
     pub v_directions: Vec<f64>,
     /// Their running maxima (AMSGrad), held the same way.
     pub v_directions_max: Vec<f64>,
@@ -234,10 +235,8 @@ pub fn basis_update<E: Real, B: TallOps<E>>(
     next.p = has_p.then(|| carried.next().expect("carried m_P"));
     next.q = has_q.then(|| carried.next().expect("carried m_Q"));
     next.m = next.m.map(|mm| o_u.transpose() * mm * o_v);
-    if split.is_some() {
-        next.v_directions = turn_held(&next.v_directions, (o_u, o_v));
-        next.v_directions_max = turn_held(&next.v_directions_max, (o_u, o_v));
-    }
+    next.v_directions = turn_held(&next.v_directions, (o_u, o_v));
+    next.v_directions_max = turn_held(&next.v_directions_max, (o_u, o_v));
     Ok((
         AdapterPoint {
             u: u1,
