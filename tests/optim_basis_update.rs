@@ -166,14 +166,30 @@ fn two_factor_splits_give_one_trajectory() {
 fn from_a_zero_core_the_first_step_moves() {
     let mut l = layer();
     l.core.copy_from(&[0.0; R * R]);
-    let moved = run(&l, SdsSgd::new(&l, sgd(0.05, None, 0.0)).unwrap(), 1);
-    let dw = host(&moved.delta_weight().unwrap());
     // From S = 0: U1 = qf(-eta P), V1 = qf(-eta Q), S1 = -eta O_U^T M O_V: a step along
-    // -G restricted to the spans the gradient itself picks.
-    assert!(dw.norm() > 1e-3, "dW after one step: {:e}", dw.norm());
+    // -G restricted to the spans the gradient itself picks. Adam's per-direction second
+    // moments start from the zero core's (arbitrary) frame and scale the same step.
     let g = full_gradient(&l);
-    let descent = -(dw.dot(&g)) / (dw.norm() * g.norm());
-    assert!(descent > 0.5, "a descent direction: cos = {descent}");
+    for (name, moved) in [
+        (
+            "SGD",
+            run(&l, SdsSgd::new(&l, sgd(0.05, None, 0.0)).unwrap(), 1),
+        ),
+        ("Adam", run(&l, SdsAdam::new(&l, adam(0.05)).unwrap(), 1)),
+    ] {
+        let dw = host(&moved.delta_weight().unwrap());
+        assert!(
+            dw.norm() > 1e-3,
+            "{name}: dW after one step: {:e}",
+            dw.norm()
+        );
+        let descent = -(dw.dot(&g)) / (dw.norm() * g.norm());
+        println!("{name}: cos(dW, -G) = {descent}");
+        assert!(
+            descent > 0.5,
+            "{name}: a descent direction: cos = {descent}"
+        );
+    }
 }
 
 #[test]
