@@ -40,7 +40,10 @@ pub(super) struct Frame {
 }
 
 impl Frame {
-    /// The frame of `s` (`r x r`).
+    /// The frame of `s` (`r x r`), by nalgebra's SVD sorted here. Not the crate's
+    /// `small::svd_jacobi`, which is accurate to rounding on clustered spectra but takes
+    /// about twice as long: this SVD runs every step, and a frame off by rounding among
+    /// nearly equal singular values only mixes directions whose moments are alike.
     pub(super) fn of(s: &DMatrix<f64>) -> Self {
         let r = s.nrows();
         let svd = s.clone().svd(true, true);
