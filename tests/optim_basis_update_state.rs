@@ -10,6 +10,7 @@ use nalgebra::DMatrix;
 use sds_lora::kernels::ComposedOps;
 use sds_lora::nn::Adapter;
 use sds_lora::optim::{Momentum, SdsAdam, SdsAdamConfig, SdsConfig, SdsSgd, SecondMomentPer};
+use sds_lora::Error;
 
 /// Six steps of an optimizer on the host path, then on the composed path.
 fn both_paths<C: SdsConfig + Copy>(l: &Layer, cfg: C) -> (Layer, Layer)
@@ -160,6 +161,49 @@ fn per_direction_moments_survive_steps_of_another_rule() {
         (after - before).abs() <= 0.05 * before,
         "{before:e} -> {after:e}"
     );
+}
+
+/// A step refused late, after the rule has read the carried moments (finite gradients of
+/// 1e200 overflow the Gram matrix of `K`), leaves the parameters and the state, moments
+/// included, as they were, on both paths; the next good step is the one it would have been.
+#[test]
+fn a_step_refused_after_reading_the_moments_changes_nothing() {
+    let l = layer();
+    let dev = Cpu::default();
+    for composed in [false, true] {
+        let build = |model: &Layer| {
+            let mut opt = SdsAdam::new(model, adam(0.02)).unwrap();
+            if composed {
+                opt.use_composed_ops(ComposedOps::new(&dev)).unwrap();
+            }
+            opt
+        };
+        let (mut model, mut twin) = (l.clone(), l.clone());
+        let (mut opt, mut twin_opt) = (build(&model), build(&twin));
+        for (m, o) in [(&mut model, &mut opt), (&mut twin, &mut twin_opt)] {
+            let g = gradients(m);
+            o.update(m, &g).unwrap();
+        }
+        let (before, state) = (bits(&model), opt.state());
+        assert!(
+            !state.tensors["basis_out"].first.is_empty(),
+            "a moment is carried"
+        );
+        let mut huge = gradients(&model);
+        let scale = |g: &mut Vec<f64>| g.iter_mut().for_each(|x| *x *= 1e200);
+        scale(huge.get_or_alloc_mut(&model.basis_out).unwrap());
+        scale(huge.get_or_alloc_mut(&model.basis_in).unwrap());
+        let err = opt.step(&mut model, &huge).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { .. }), "{err:?}");
+        assert_eq!(bits(&model), before, "parameters unchanged");
+        assert_eq!(opt.state(), state, "state unchanged");
+        for (m, o) in [(&mut model, &mut opt), (&mut twin, &mut twin_opt)] {
+            let g = gradients(m);
+            o.update(m, &g).unwrap();
+        }
+        assert_eq!(bits(&model), bits(&twin), "composed: {composed}");
+        assert_eq!(opt.state(), twin_opt.state());
+    }
 }
 
 #[test]

@@ -107,16 +107,16 @@ pub(crate) type DeviceStepped<E, D> = (Vec<(String, Flat<E, D>)>, Vec<bool>);
 
 /// Takes every adapter whose three tensors are all in `entries` out of it and steps it on
 /// the host: the new values (compact, row-major) and rule states, by path. `stored` (the
-/// optimizer's states) is read only.
+/// optimizer's states) comes back as it was: an adapter's states are lent to its step,
+/// which reads their moments in place.
 pub(crate) fn host_adapter_steps<E: Real, B: HostBackend<E>>(
     ops: &B,
     adapters: &[AdapterPaths],
     entries: &mut BTreeMap<String, (Group, Entry<E>)>,
-    stored: &BTreeMap<String, RuleState<E>>,
+    stored: &mut BTreeMap<String, RuleState<E>>,
     rule: AdapterRule,
     sizes: AdapterStepSizes,
 ) -> Result<HostStepped<E>, Refused> {
-    let fresh = RuleState::default();
     let mut out = Vec::new();
     for paths in adapters {
         let all = paths.all();
@@ -124,9 +124,16 @@ pub(crate) fn host_adapter_steps<E: Real, B: HostBackend<E>>(
             continue;
         }
         let triple = all.map(|p| entries.remove(p).expect("present").1);
-        let old = all.map(|p| stored.get(p).unwrap_or(&fresh));
-        let (values, states) = host_adapter_step(ops, paths, triple, old, rule, sizes)
-            .map_err(|e| (e, all.iter().map(|p| p.to_string()).collect()))?;
+        let had = all.map(|p| stored.contains_key(p));
+        let mut lent = all.map(|p| stored.remove(p).unwrap_or_default());
+        let stepped = host_adapter_step(ops, paths, triple, lent.each_mut(), rule, sizes);
+        for ((path, state), had) in all.iter().zip(lent).zip(had) {
+            if had {
+                stored.insert((*path).clone(), state);
+            }
+        }
+        let (values, states) =
+            stepped.map_err(|e| (e, all.iter().map(|p| p.to_string()).collect()))?;
         for ((path, value), state) in all.into_iter().zip(values).zip(states) {
             out.push((path.clone(), value, state));
         }
@@ -173,28 +180,30 @@ pub(crate) fn composed_adapter_steps<E: Real, D: Device<E>>(
 }
 
 /// One adapter's step on the host: the new values (compact, row-major) and rule states of
-/// `[out, core, in]`. `old` is read only.
+/// `[out, core, in]`. `old` comes back as it was: the bases' moments are moved into the
+/// step's matrices, read there, and moved back (no copy).
 fn host_adapter_step<E: Real, B: HostBackend<E>>(
     ops: &B,
     paths: &AdapterPaths,
     [out, core, inn]: [Entry<E>; 3],
-    old: [&RuleState<E>; 3],
+    old: [&mut RuleState<E>; 3],
     rule: AdapterRule,
     sizes: AdapterStepSizes,
 ) -> Result<TripleStepped<E>, Error> {
     let ((o, r), i) = ((out.dims[0], out.dims[1]), inn.dims[0]);
-    let moment = |n: usize, s: &RuleState<E>| {
-        (!s.first.is_empty()).then(|| B::Mat::from_padded(n, r, E::pooled_copy(&s.first)))
+    let [s_out, s_core, s_in] = old;
+    let moment = |n: usize, s: &mut RuleState<E>| {
+        (!s.first.is_empty()).then(|| B::Mat::from_padded(n, r, std::mem::take(&mut s.first)))
     };
-    let moments = AdapterMoments {
-        step: old[1].step,
-        p: moment(o, old[0]),
-        m: (!old[1].first.is_empty()).then(|| E::from_row_major(r, r, &old[1].first)),
-        q: moment(i, old[2]),
-        v: old[1].second_scalar,
-        v_max: old[1].second_scalar_max,
-        v_directions: old[1].second_directions.clone(),
-        v_directions_max: old[1].second_directions_max.clone(),
+    let mut moments = AdapterMoments {
+        step: s_core.step,
+        p: moment(o, s_out),
+        m: (!s_core.first.is_empty()).then(|| E::from_row_major(r, r, &s_core.first)),
+        q: moment(i, s_in),
+        v: s_core.second_scalar,
+        v_max: s_core.second_scalar_max,
+        v_directions: s_core.second_directions.clone(),
+        v_directions_max: s_core.second_directions_max.clone(),
     };
     let x = AdapterPoint {
         u: B::Mat::from_compact(o, r, out.param),
@@ -208,14 +217,21 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     };
     E::recycle(core.param);
     E::recycle(core.grad);
-    let (x1, next) = basis_update(ops, x, g, moments, rule, sizes).map_err(|e| named(e, paths))?;
+    let stepped = basis_update(ops, x, g, &moments, rule, sizes);
+    for (s, m) in [
+        (&mut *s_out, moments.p.take()),
+        (&mut *s_in, moments.q.take()),
+    ] {
+        s.first = m.map(RowPieces::into_padded).unwrap_or_default();
+    }
+    let (x1, next) = stepped.map_err(|e| named(e, paths))?;
     let state = |old: &RuleState<E>, first: Vec<E>| {
         let mut s = old.successor();
         s.first = first;
         s.keep_unused(old)
     };
     let mut core_state = state(
-        old[1],
+        s_core,
         next.m.as_ref().map(E::row_major).unwrap_or_default(),
     );
     core_state.second_scalar = next.v;
@@ -224,14 +240,11 @@ fn host_adapter_step<E: Real, B: HostBackend<E>>(
     core_state.second_directions_max = next.v_directions_max;
     let states = [
         state(
-            old[0],
+            s_out,
             next.p.map(RowPieces::into_padded).unwrap_or_default(),
         ),
         core_state,
-        state(
-            old[2],
-            next.q.map(RowPieces::into_padded).unwrap_or_default(),
-        ),
+        state(s_in, next.q.map(RowPieces::into_padded).unwrap_or_default()),
     ];
     let values = [
         x1.u.into_compact(),
@@ -311,7 +324,7 @@ fn composed_adapter_step<E: Real, D: Device<E>>(
         m,
         q: mat(&inn.grad, (i, r))?,
     };
-    let (x1, next) = basis_update(ops, x, g, moments, rule, sizes).map_err(|e| named(e, paths))?;
+    let (x1, next) = basis_update(ops, x, g, &moments, rule, sizes).map_err(|e| named(e, paths))?;
 
     // S1, m_M, v, v_max back to the device in one transfer.
     let one = |x: f64| DMatrix::from_element(1, 1, x);

@@ -259,14 +259,14 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
     rule: AdapterRule,
     (p, m, q): (B::Mat, DMatrix<f64>, B::Mat),
     [p2, q2]: [f64; 2],
-    mut old: AdapterMoments<B::Mat>,
+    old: &AdapterMoments<B::Mat>,
     split: Option<&(Frame, Vec<f64>)>,
 ) -> Result<Planned<B::Mat>, Error> {
     // ||P_T(G)||^2 = ||P||^2 + ||Q||^2 - ||M||^2 over (o + i) r - r^2 dimensions.
     let ((o, r), (i, _)) = (ops.dims(&p), ops.dims(&q));
     let tangent_dim = ((o + i) * r - r * r).max(1) as f64;
     let tangent2 = (p2 + q2 - m.norm_squared()).max(0.0) / tangent_dim;
-    let plan = Plan::of(rule, &old, tangent2, split);
+    let plan = Plan::of(rule, old, tangent2, split);
     // With one second moment per direction: the preconditioner, and the new moments held
     // free of the frame; otherwise any held ones pass through unchanged (a rule changed
     // between steps: they are kept, and turn with the bases).
@@ -277,18 +277,14 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
                 frame.hold(&d.v),
                 frame.hold(&d.v_max),
             ),
-            None => (
-                None,
-                std::mem::take(&mut old.v_directions),
-                std::mem::take(&mut old.v_directions_max),
-            ),
+            None => (None, old.v_directions.clone(), old.v_directions_max.clone()),
         };
     let tall = |g: B::Mat,
-                old: Option<B::Mat>,
+                old: Option<&B::Mat>,
                 right: Option<DMatrix<f64>>|
      -> Result<TallDirection<B::Mat>, Error> {
         let moment = match &plan.moment {
-            Some(f) => Some(f.tall(ops, |x| operand(x, Some(&g), old.as_ref(), None))?),
+            Some(f) => Some(f.tall(ops, |x| operand(x, Some(&g), old, None))?),
             None => None,
         };
         Ok(TallDirection {
@@ -319,8 +315,8 @@ pub(super) fn directions<E: Real, B: TallOps<E>>(
         None => (None, None),
     };
     let dirs = Directions {
-        p: tall(p, old.p, right_p)?,
-        q: tall(q, old.q, right_q)?,
+        p: tall(p, old.p.as_ref(), right_p)?,
+        q: tall(q, old.q.as_ref(), right_q)?,
         m: dm,
     };
     Ok((dirs, next))

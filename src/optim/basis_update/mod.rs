@@ -165,14 +165,15 @@ pub enum AdapterPart {
 pub type Stepped<M> = (AdapterPoint<M>, AdapterMoments<M>);
 
 /// One basis-update step (module docs): the new point and moments. `old` is what the rule
-/// carried from the previous step. Errors before anything is returned: a non-finite
-/// gradient or core ([`Error::NonFinite`], naming the [`AdapterPart`] in `what`), or a
-/// device failure.
+/// carried from the previous step, only read (its buffers stay with the caller's state,
+/// which changes only when the whole step succeeds). Errors before anything is returned:
+/// a non-finite gradient or core ([`Error::NonFinite`], naming the [`AdapterPart`] in
+/// `what`), or a device failure.
 pub fn basis_update<E: Real, B: TallOps<E>>(
     ops: &B,
     x: AdapterPoint<B::Mat>,
     g: AdapterGrad<B::Mat>,
-    old: AdapterMoments<B::Mat>,
+    old: &AdapterMoments<B::Mat>,
     rule: AdapterRule,
     sizes: AdapterStepSizes,
 ) -> Result<Stepped<B::Mat>, Error> {

@@ -16,11 +16,13 @@ use dfdx::nn::tensor_collection::TensorCollection;
 use std::collections::BTreeMap;
 
 impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<M, E, D, C> {
-    /// New values and rule states of every tensor, computed on the host.
+    /// New values and rule states of every tensor, computed on the host. `stored` (the
+    /// optimizer's states, taken out of `self` for the step) comes back as it was.
     #[allow(clippy::type_complexity)]
     pub(super) fn host_step(
         &self,
         entries: Vec<(Group, String, Entry<E>)>,
+        stored: &mut BTreeMap<String, RuleState<E>>,
         geometry: Geometry,
     ) -> Result<
         (
@@ -45,7 +47,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             &self.ops,
             self.active_adapters(),
             &mut entries,
-            &self.state.tensors,
+            stored,
             self.cfg.adapter_rule(),
             self.adapter_sizes(),
         )
@@ -57,7 +59,7 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
         for (path, (group, entry)) in entries {
             // The rules return new states: the stored ones change only when the whole
             // step succeeds.
-            let old = self.state.tensors.get(&path).unwrap_or(&fresh);
+            let old = stored.get(&path).unwrap_or(&fresh);
             let (value, state) = match group {
                 Group::Stiefel => self
                     .stiefel(entry, old, geometry)
