@@ -8,7 +8,7 @@ use basis_update::*;
 use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use sds_lora::kernels::ComposedOps;
-use sds_lora::nn::Adapter;
+use sds_lora::nn::{Adapter, SdsLinear};
 use sds_lora::optim::{Momentum, SdsAdam, SdsAdamConfig, SdsConfig, SdsSgd, SecondMomentPer};
 use sds_lora::Error;
 
@@ -204,6 +204,49 @@ fn a_step_refused_after_reading_the_moments_changes_nothing() {
         assert_eq!(bits(&model), bits(&twin), "composed: {composed}");
         assert_eq!(opt.state(), twin_opt.state());
     }
+}
+
+thread_local! {
+    /// Whether `Flaky` panics when the optimizer walks it.
+    static PANIC_ON_WALK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The test layer behind a walk that panics on request (a user's module whose
+/// `TensorCollection` panics inside a step).
+#[derive(Clone)]
+struct Flaky<E: Dtype, D: Device<E>>(SdsLinear<I, O, R, E, D>);
+
+impl<E: sds_lora::kernels::Real, D: Device<E>> TensorCollection<E, D> for Flaky<E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Flaky<E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        assert!(!PANIC_ON_WALK.get(), "the walk panics");
+        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), Flaky)
+    }
+}
+
+/// A panic inside the host step (here from the module's walk, after the stored states
+/// were lent to the step) leaves the states where they were.
+#[test]
+fn a_panic_inside_the_step_keeps_the_state() {
+    let mut model = Flaky(layer());
+    let mut opt = SdsAdam::new(&model, adam(0.02)).unwrap();
+    let g = gradients(&model.0);
+    opt.step(&mut model, &g).unwrap();
+    let state = opt.state();
+    assert!(
+        !state.tensors["0.basis_out"].first.is_empty(),
+        "a moment is carried"
+    );
+    let g = gradients(&model.0);
+    PANIC_ON_WALK.set(true);
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| opt.step(&mut model, &g)));
+    PANIC_ON_WALK.set(false);
+    assert!(outcome.is_err(), "the step panicked");
+    assert_eq!(opt.state(), state);
 }
 
 #[test]

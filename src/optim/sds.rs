@@ -278,14 +278,17 @@ impl<M: TensorCollection<E, D>, E: Real, D: StiefelDevice<E>, C: SdsConfig> Sds<
             None => {
                 // The step's passes go over the same pieces of rows: worth two threads.
                 // The stored states are lent to the step (which reads moments in place)
-                // and come back whatever it returns.
+                // and come back whatever it returns, a panic included.
                 let mut stored = std::mem::take(&mut self.state.tensors);
-                let stepped = self.ops.splitting(|| {
-                    let entries = self.grouped(walk::gather_to_host(module, grads))?;
-                    self.host_step(entries, &mut stored, geometry)
-                });
+                let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.ops.splitting(|| {
+                        let entries = self.grouped(walk::gather_to_host(module, grads))?;
+                        self.host_step(entries, &mut stored, geometry)
+                    })
+                }));
                 self.state.tensors = stored;
-                let (values, states) = stepped?;
+                let (values, states) =
+                    stepped.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
                 self.refuse_non_finite(&values, None)?;
                 walk::commit(module, &values).map_err(|e| Refusal::device(e, &values))?;
                 for (path, state) in states {
