@@ -7,17 +7,17 @@
 //!
 //! `cargo bench --bench layers`
 
+#[path = "../examples/common/stacks.rs"]
+mod stacks;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
-use sds_lora::nn::{builders, frozen_linear};
+use sds_lora::nn::frozen_linear;
 use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+use stacks::{Lora, Sds, BATCH, WIDTH};
 use std::hint::black_box;
 use std::time::Duration;
-
-const BATCH: usize = 64;
-const WIDTH: usize = 1024;
-const RANK: usize = 16;
 
 fn frozen_base(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(1);
@@ -42,17 +42,6 @@ fn frozen_base(c: &mut Criterion) {
     });
     group.finish();
 }
-
-type Sds = (
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-);
-type Lora = (
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-);
 
 fn train_step(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(2);

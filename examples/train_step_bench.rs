@@ -14,30 +14,18 @@
 //! cargo run --release --example train_step_bench -- --runs 3
 //! ```
 
+#[path = "common/stacks.rs"]
+mod stacks;
 #[path = "common/timing.rs"]
 mod timing;
 
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
 use dfdx::prelude::*;
-use sds_lora::nn::builders;
 use sds_lora::optim::{SdsAdam, SdsAdamConfig};
+use stacks::{Lora, Sds, BATCH, WIDTH};
 use std::hint::black_box;
 use timing::paired_median_ns;
 
-const BATCH: usize = 64;
-const WIDTH: usize = 1024;
-const RANK: usize = 16;
-
-type Sds = (
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-    builders::SdsLinear<WIDTH, WIDTH, RANK>,
-);
-type Lora = (
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-    builders::LoraLinear<WIDTH, WIDTH, RANK>,
-);
 type Batch = Tensor<Rank2<BATCH, WIDTH>, f32, Cpu>;
 type SdsModel = <Sds as BuildOnDevice<Cpu, f32>>::Built;
 type LoraModel = <Lora as BuildOnDevice<Cpu, f32>>::Built;
