@@ -9,19 +9,29 @@ use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use sds_lora::kernels::ComposedOps;
 use sds_lora::nn::{Adapter, SdsLinear};
-use sds_lora::optim::{Momentum, SdsAdam, SdsAdamConfig, SdsConfig, SdsSgd, SecondMomentPer};
+use sds_lora::optim::{Momentum, Sds, SdsAdam, SdsAdamConfig, SdsConfig, SecondMomentPer};
 use sds_lora::Error;
+
+/// An optimizer of `model` with `cfg`, on the composed path where `composed`, else on the
+/// host path.
+fn on_path<C: SdsConfig>(model: &Layer, cfg: C, composed: bool) -> Sds<Layer, f64, Cpu, C> {
+    let mut opt = Sds::new(model, cfg).unwrap();
+    if composed {
+        opt.use_composed_ops(ComposedOps::new(&Cpu::default()))
+            .unwrap();
+    }
+    opt
+}
 
 /// Six steps of an optimizer on the host path, then on the composed path.
 fn both_paths<C: SdsConfig + Copy>(l: &Layer, cfg: C) -> (Layer, Layer)
 where
-    sds_lora::optim::Sds<Layer, f64, Cpu, C>: dfdx::optim::Optimizer<Layer, Cpu, f64>,
+    Sds<Layer, f64, Cpu, C>: dfdx::optim::Optimizer<Layer, Cpu, f64>,
 {
-    let host_path = run(l, sds_lora::optim::Sds::new(l, cfg).unwrap(), 6);
-    let mut opt = sds_lora::optim::Sds::new(l, cfg).unwrap();
-    opt.use_composed_ops(ComposedOps::new(&Cpu::default()))
-        .unwrap();
-    (host_path, run(l, opt, 6))
+    (
+        run(l, on_path(l, cfg, false), 6),
+        run(l, on_path(l, cfg, true), 6),
+    )
 }
 
 #[test]
@@ -49,17 +59,10 @@ fn host_and_composed_paths_agree() {
 #[test]
 fn checkpoints_restore_bit_identically_on_both_paths() {
     let l = layer();
-    let dev = Cpu::default();
     for composed in [false, true] {
         let mut cfg = adam(0.02);
         cfg.rule.amsgrad = true;
-        let build = |model: &Layer| {
-            let mut opt = SdsAdam::new(model, cfg).unwrap();
-            if composed {
-                opt.use_composed_ops(ComposedOps::new(&dev)).unwrap();
-            }
-            opt
-        };
+        let build = |model: &Layer| on_path(model, cfg, composed);
         let (mut a, mut opt_a) = (l.clone(), build(&l));
         for _ in 0..3 {
             let g = gradients(&a);
@@ -169,15 +172,8 @@ fn per_direction_moments_survive_steps_of_another_rule() {
 #[test]
 fn a_step_refused_after_reading_the_moments_changes_nothing() {
     let l = layer();
-    let dev = Cpu::default();
     for composed in [false, true] {
-        let build = |model: &Layer| {
-            let mut opt = SdsAdam::new(model, adam(0.02)).unwrap();
-            if composed {
-                opt.use_composed_ops(ComposedOps::new(&dev)).unwrap();
-            }
-            opt
-        };
+        let build = |model: &Layer| on_path(model, adam(0.02), composed);
         let (mut model, mut twin) = (l.clone(), l.clone());
         let (mut opt, mut twin_opt) = (build(&model), build(&twin));
         for (m, o) in [(&mut model, &mut opt), (&mut twin, &mut twin_opt)] {
@@ -252,15 +248,14 @@ fn a_panic_inside_the_step_keeps_the_state() {
 #[test]
 fn a_non_finite_gradient_is_refused_and_changes_nothing() {
     let l = layer();
-    let dev = Cpu::default();
     for composed in [false, true] {
         for (name, at) in [("basis_out", 0usize), ("core", 1), ("basis_in", 2)] {
             let mut model = l.clone();
-            let mut opt =
-                SdsSgd::new(&model, sgd(0.05, Some(Momentum::Classic(0.9)), 0.0)).unwrap();
-            if composed {
-                opt.use_composed_ops(ComposedOps::new(&dev)).unwrap();
-            }
+            let mut opt = on_path(
+                &model,
+                sgd(0.05, Some(Momentum::Classic(0.9)), 0.0),
+                composed,
+            );
             let g = gradients(&model);
             opt.update(&mut model, &g).unwrap();
             let (before, state) = (bits(&model), opt.state());
